@@ -1,0 +1,155 @@
+"""torch.library registration of fasttrack's ops: custom ops with fake kernels and autograd.
+
+Each public op is one `fasttrack::<op>` custom op taking the backend name as a string, so that
+torch.compile(fullgraph=True) sees a single opaque node (shapes from the fake kernel) and
+autograd calls the matching `fasttrack::<op>_bwd` op on the same backend. The forward ops
+return the row log-sum-exp as an extra output: the backward recomputes probabilities from it.
+
+Schemas (q (B,H,Nq,D), k (B,H,Nk,D), v (B,H,Nk,Dv), cross (B,Nq,T), lse (B,H,Nq)):
+    fasttrack::attention(q, k, v, scale, backend) -> (out, lse)
+    fasttrack::self_cross(q, k, cross, lse?, scale, backend) -> (out (B,Nk,T), lse_used)
+    fasttrack::cross_attention(q, k, v, scale, backend) -> (out, probs (B,Nq,Nk), lse)
+`lse_used` is the computed lse when the caller passed none, else an empty tensor (an output may
+not alias an input); the caller's lse is then read from the inputs.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .dispatch import backend_module
+
+
+def _lse_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------- attention
+@torch.library.custom_op("fasttrack::attention", mutates_args=())
+def attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> tuple[Tensor, Tensor]:
+    return backend_module(backend).attention_fwd(q, k, v, scale)
+
+
+@attention_op.register_fake
+def _(q, k, v, scale, backend):
+    return q.new_empty(*q.shape[:3], v.shape[3]), q.new_empty(q.shape[:3], dtype=_lse_dtype(q))
+
+
+@torch.library.custom_op("fasttrack::attention_bwd", mutates_args=())
+def attention_bwd_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Optional[Tensor],
+                     dlse: Optional[Tensor], scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(t.contiguous() for t in backend_module(backend).attention_bwd(q, k, v, out, lse, dout, dlse, scale))
+
+
+@attention_bwd_op.register_fake
+def _(q, k, v, out, lse, dout, dlse, scale, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.scale, ctx.backend = scale, backend
+
+
+def _attention_backward(ctx, dout, dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = attention_bwd_op(q, k, v, out, lse, dout, dlse, ctx.scale, ctx.backend)
+    return dq, dk, dv, None, None
+
+
+attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
+
+
+# ---------------------------------------------------------------- self_cross
+@torch.library.custom_op("fasttrack::self_cross", mutates_args=())
+def self_cross_op(q: Tensor, k: Tensor, cross: Tensor, lse: Optional[Tensor], scale: float,
+                  backend: str) -> tuple[Tensor, Tensor]:
+    mod = backend_module(backend)
+    if lse is None:
+        lse_used = mod.lse_fwd(q, k, scale)
+        return mod.self_cross_fwd(q, k, cross, lse_used, scale), lse_used
+    return mod.self_cross_fwd(q, k, cross, lse, scale), q.new_empty(0, dtype=_lse_dtype(q))
+
+
+@self_cross_op.register_fake
+def _(q, k, cross, lse, scale, backend):
+    out = cross.new_empty(k.shape[0], k.shape[2], cross.shape[2])
+    if lse is None:
+        return out, q.new_empty(q.shape[:3], dtype=_lse_dtype(q))
+    return out, q.new_empty(0, dtype=_lse_dtype(q))
+
+
+@torch.library.custom_op("fasttrack::self_cross_bwd", mutates_args=())
+def self_cross_bwd_op(q: Tensor, k: Tensor, cross: Tensor, lse: Tensor, dout: Optional[Tensor], scale: float,
+                      lse_given: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dq, dk, dcross, dlse = backend_module(backend).self_cross_bwd(q, k, cross, lse, dout, scale, lse_given)
+    if dlse is None:
+        dlse = q.new_empty(0, dtype=lse.dtype)
+    return dq.contiguous(), dk.contiguous(), dcross.contiguous(), dlse.contiguous()
+
+
+@self_cross_bwd_op.register_fake
+def _(q, k, cross, lse, dout, scale, lse_given, backend):
+    dlse = torch.empty_like(lse) if lse_given else q.new_empty(0, dtype=lse.dtype)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(cross), dlse
+
+
+def _self_cross_setup(ctx, inputs, output):
+    q, k, cross, lse, scale, backend = inputs
+    _, lse_used = output
+    ctx.lse_given = lse is not None
+    ctx.save_for_backward(q, k, cross, lse if ctx.lse_given else lse_used)
+    ctx.scale, ctx.backend = scale, backend
+
+
+def _self_cross_backward(ctx, dout, _dlse_used):
+    q, k, cross, lse = ctx.saved_tensors
+    dq, dk, dcross, dlse = self_cross_bwd_op(q, k, cross, lse, dout, ctx.scale, ctx.lse_given, ctx.backend)
+    return dq, dk, dcross, (dlse if ctx.lse_given else None), None, None
+
+
+self_cross_op.register_autograd(_self_cross_backward, setup_context=_self_cross_setup)
+
+
+# ---------------------------------------------------------------- cross_attention
+@torch.library.custom_op("fasttrack::cross_attention", mutates_args=())
+def cross_attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return backend_module(backend).cross_attention_fwd(q, k, v, scale)
+
+
+@cross_attention_op.register_fake
+def _(q, k, v, scale, backend):
+    return (q.new_empty(*q.shape[:3], v.shape[3]), q.new_empty(q.shape[0], q.shape[2], k.shape[2]),
+            q.new_empty(q.shape[:3], dtype=_lse_dtype(q)))
+
+
+@torch.library.custom_op("fasttrack::cross_attention_bwd", mutates_args=())
+def cross_attention_bwd_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Optional[Tensor],
+                           dprobs: Optional[Tensor], scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    res = backend_module(backend).cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale)
+    return tuple(t.contiguous() for t in res)
+
+
+@cross_attention_bwd_op.register_fake
+def _(q, k, v, out, lse, dout, dprobs, scale, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _cross_attention_setup(ctx, inputs, output):
+    q, k, v, scale, backend = inputs
+    out, _, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.scale, ctx.backend = scale, backend
+
+
+def _cross_attention_backward(ctx, dout, dprobs, _dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = cross_attention_bwd_op(q, k, v, out, lse, dout, dprobs, ctx.scale, ctx.backend)
+    return dq, dk, dv, None, None
+
+
+cross_attention_op.register_autograd(_cross_attention_backward, setup_context=_cross_attention_setup)

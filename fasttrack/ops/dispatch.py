@@ -1,0 +1,96 @@
+"""Backend selection, xformers style: every backend says why it cannot take an input.
+
+`backend="auto"` tries the backends in order (cuda, triton, torch) and takes the first with no
+reasons to refuse; a forced backend ("cuda", "triton", "torch", or the FASTTRACK_BACKEND
+environment variable when the call says "auto") raises `BackendUnavailable` listing its reasons.
+
+The CUDA kernels join "auto" only once they have passed the GPU tests: `VERIFIED_CUDA_OPS` holds
+the ops whose CUDA forward ran clean under the GPU test suite and compute-sanitizer (with the run
+that showed it recorded in benchmarks/results/). Until then "cuda" must be asked for by name.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from types import ModuleType
+
+log = logging.getLogger("fasttrack.dispatch")
+
+BACKENDS = ("cuda", "triton", "torch")
+_MODULES = {
+    "cuda": "fasttrack.ops.cuda_backend",
+    "triton": "fasttrack.ops.triton_backend",
+    "torch": "fasttrack.ops.torch_backend",
+}
+
+# No CUDA kernel of fasttrack has run on a GPU yet (the machines that built them had none), so
+# none is eligible for "auto". Add an op here only with a committed GPU test run.
+VERIFIED_CUDA_OPS: frozenset[str] = frozenset()
+
+
+class BackendUnavailable(ValueError):
+    """A forced backend cannot take the inputs; the message lists its reasons."""
+
+
+def backend_module(name: str) -> ModuleType:
+    return importlib.import_module(_MODULES[name])
+
+
+def _module_reasons(name: str, op: str, tensors) -> list[str]:
+    try:
+        mod = backend_module(name)
+    except ImportError as e:  # a backend whose module cannot import refuses everything
+        return [f"cannot import {_MODULES[name]}: {e}"]
+    return list(mod.reasons(op, *tensors))
+
+
+def reasons(name: str, op: str, *tensors, auto: bool = False) -> list[str]:
+    """Why backend `name` cannot run `op` on `tensors` (empty: it can)."""
+    out = _module_reasons(name, op, tensors)
+    if auto and name == "cuda" and op not in VERIFIED_CUDA_OPS:
+        out.append(f"the CUDA {op} kernel has not passed the GPU tests yet (ask for backend='cuda')")
+    return out
+
+
+def select(op: str, backend: str, *tensors) -> str:
+    """The backend that will run `op`: a name from BACKENDS.
+
+    Raises ValueError for an unknown backend name and BackendUnavailable when the forced
+    backend refuses (or, under "auto", when every backend does)."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if backend == "auto":
+        env = os.environ.get("FASTTRACK_BACKEND", "").strip().lower()
+        if env and env != "auto":
+            if env not in BACKENDS:
+                raise ValueError(f"FASTTRACK_BACKEND must be one of {('auto',) + BACKENDS}, got {env!r}")
+            backend = env
+    if backend == "auto":
+        why = {}
+        for name in BACKENDS:
+            r = reasons(name, op, *tensors, auto=True)
+            if not r:
+                log.debug("%s: auto chose backend %s", op, name)
+                return name
+            why[name] = r
+        raise BackendUnavailable(_format(op, why))
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    r = reasons(backend, op, *tensors)
+    if r:
+        raise BackendUnavailable(_format(op, {backend: r}))
+    log.debug("%s: forced backend %s", op, backend)
+    return backend
+
+
+def _format(op: str, why: dict[str, list[str]]) -> str:
+    lines = [f"no fasttrack backend can run {op} on these inputs:"]
+    for name, rs in why.items():
+        lines += [f"  {name}: {r}" for r in rs]
+    return "\n".join(lines)
+
+
+def available(op: str, *tensors) -> dict[str, list[str]]:
+    """Every backend's reasons for `op` on `tensors`: {name: reasons}, empty lists can run."""
+    return {name: reasons(name, op, *tensors) for name in BACKENDS}

@@ -1,0 +1,189 @@
+"""The "torch" backend: memory-lean PyTorch, the CPU path and the fallback everywhere.
+
+It implements the primitives of docs/BACKENDS.md with the same factorization as the fused
+kernels (DESIGN 1.1-1.3) but chunked over queries instead of tiled: only a
+(B, H, chunk, Nk) slab of probabilities exists at a time, recomputed from (q, k, lse) in the
+backward, so self_cross at N=16384 needs O(N (D + T)) memory plus one slab, never N x N.
+
+Numerics: half inputs are upcast per chunk and accumulated in float32; float64 stays float64.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+NAME = "torch"
+
+# Bytes one probability slab may take. 128 MiB keeps slabs cache-friendly on CPU and tiny next
+# to a GPU's memory, while chunks stay large enough (>= 64 rows at N=16384, H=10) for BLAS.
+CHUNK_BYTES = int(os.environ.get("FASTTRACK_TORCH_CHUNK_BYTES", 128 * 2**20))
+
+
+def _acc(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _chunks(q: torch.Tensor, nk: int):
+    """Query ranges [i0, i1) such that one (B, H, rows, Nk) slab fits CHUNK_BYTES."""
+    b, h, nq = q.shape[0], q.shape[1], q.shape[2]
+    elem = 8 if q.dtype == torch.float64 else 4
+    rows = max(1, CHUNK_BYTES // max(1, b * h * nk * elem))
+    for i0 in range(0, nq, rows):
+        yield i0, min(nq, i0 + rows)
+
+
+def reasons(op: str, *tensors) -> list[str]:
+    """The torch backend takes every valid input."""
+    return []
+
+
+def _probs(qc, k, lse_c, scale):
+    """P = exp(s q k^T - L) for one query chunk: (B, H, rows, Nk) in the accumulation dtype."""
+    z = torch.matmul(qc, k.transpose(-1, -2)) * scale
+    return torch.exp(z - lse_c.unsqueeze(-1))
+
+
+def lse_fwd(q, k, scale):
+    """Row log-sum-exp of s q k^T: (B, H, Nq), float32 (float64 for float64 inputs)."""
+    acc = _acc(q)
+    kf = k.to(acc)
+    lse = torch.empty(q.shape[:3], dtype=acc, device=q.device)
+    for i0, i1 in _chunks(q, k.shape[2]):
+        z = torch.matmul(q[:, :, i0:i1].to(acc), kf.transpose(-1, -2)) * scale
+        lse[:, :, i0:i1] = torch.logsumexp(z, dim=-1)
+    return lse
+
+
+def attention_fwd(q, k, v, scale):
+    """out (B, H, Nq, Dv) in q.dtype and lse (B, H, Nq)."""
+    acc = _acc(q)
+    kf, vf = k.to(acc), v.to(acc)
+    out = torch.empty(*q.shape[:3], v.shape[3], dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:3], dtype=acc, device=q.device)
+    for i0, i1 in _chunks(q, k.shape[2]):
+        z = torch.matmul(q[:, :, i0:i1].to(acc), kf.transpose(-1, -2)) * scale
+        lse_c = torch.logsumexp(z, dim=-1)
+        p = torch.exp(z - lse_c.unsqueeze(-1))
+        out[:, :, i0:i1] = torch.matmul(p, vf).to(q.dtype)
+        lse[:, :, i0:i1] = lse_c
+    return out, lse
+
+
+def attention_bwd(q, k, v, out, lse, dout, dlse, scale):
+    """FlashAttention-2 backward, chunked over queries: (dq, dk, dv) in the input dtypes.
+
+    dZ = P * (dP - delta + dlse) with dP = dO V^T and delta = rowsum(dO * O)."""
+    acc = _acc(q)
+    kf, vf = k.to(acc), v.to(acc)
+    dq = torch.empty_like(q)
+    dk = torch.zeros(k.shape, dtype=acc, device=k.device)
+    dv = torch.zeros(v.shape, dtype=acc, device=v.device)
+    for i0, i1 in _chunks(q, k.shape[2]):
+        qc = q[:, :, i0:i1].to(acc)
+        p = _probs(qc, kf, lse[:, :, i0:i1].to(acc), scale)
+        corr = torch.zeros(p.shape[:3], dtype=acc, device=q.device)
+        if dout is not None:
+            doc = dout[:, :, i0:i1].to(acc)
+            dp = torch.matmul(doc, vf.transpose(-1, -2))
+            corr = (doc * out[:, :, i0:i1].to(acc)).sum(-1)
+            dv += torch.matmul(p.transpose(-1, -2), doc)
+        else:
+            dp = torch.zeros_like(p)
+        if dlse is not None:
+            corr = corr - dlse[:, :, i0:i1].to(acc)
+        dz = p * (dp - corr.unsqueeze(-1))
+        dq[:, :, i0:i1] = (torch.matmul(dz, kf) * scale).to(q.dtype)
+        dk += torch.matmul(dz.transpose(-1, -2), qc) * scale
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
+def self_cross_fwd(q, k, cross, lse, scale):
+    """(1/H) sum_h P_h^T C: (B, Nk, T) in cross.dtype.
+
+    The heads share C, so sum_h P_h^T C = (sum_h P_h)^T C: one (B, Nk, rows) x (B, rows, T)
+    product per chunk instead of H."""
+    acc = _acc(q)
+    kf = k.to(acc)
+    h = q.shape[1]
+    out = torch.zeros(k.shape[0], k.shape[2], cross.shape[2], dtype=acc, device=q.device)
+    for i0, i1 in _chunks(q, k.shape[2]):
+        p = _probs(q[:, :, i0:i1].to(acc), kf, lse[:, :, i0:i1].to(acc), scale)
+        out += torch.matmul(p.sum(1).transpose(-1, -2), cross[:, i0:i1].to(acc))
+    return (out / h).to(cross.dtype)
+
+
+def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
+    """Backward of self_cross (DESIGN 1.3, docs/BACKENDS.md): (dq, dk, dcross, dlse or None).
+
+    Per head, with G = dout: A = P G; dcross = mean_h A; delta = (1/H) rowsum(C * A);
+    dP = (1/H) C G^T; dZ = P (dP - delta) (softmax backward) or P dP (lse given, dlse = -delta).
+    """
+    acc = _acc(q)
+    h = q.shape[1]
+    if dout is None:
+        dout = torch.zeros(k.shape[0], k.shape[2], cross.shape[2], dtype=cross.dtype, device=q.device)
+    kf, g = k.to(acc), dout.to(acc)
+    dq = torch.empty_like(q)
+    dk = torch.zeros(k.shape, dtype=acc, device=k.device)
+    dcross = torch.empty_like(cross)
+    dlse = torch.empty(q.shape[:3], dtype=lse.dtype, device=q.device) if lse_given else None
+    for i0, i1 in _chunks(q, k.shape[2]):
+        qc = q[:, :, i0:i1].to(acc)
+        cc = cross[:, i0:i1].to(acc)
+        p = _probs(qc, kf, lse[:, :, i0:i1].to(acc), scale)            # (B, H, r, Nk)
+        a = torch.matmul(p, g.unsqueeze(1))                              # (B, H, r, T)
+        dcross[:, i0:i1] = a.mean(1).to(cross.dtype)
+        delta = (cc.unsqueeze(1) * a).sum(-1) / h                        # (B, H, r)
+        dp = torch.matmul(cc, g.transpose(-1, -2)).unsqueeze(1) / h      # (B, 1, r, Nk)
+        if lse_given:
+            dz = p * dp
+            dlse[:, :, i0:i1] = (-delta).to(dlse.dtype)
+        else:
+            dz = p * (dp - delta.unsqueeze(-1))
+        dq[:, :, i0:i1] = (torch.matmul(dz, kf) * scale).to(q.dtype)
+        dk += torch.matmul(dz.transpose(-1, -2), qc) * scale
+    return dq, dk.to(k.dtype), dcross, dlse
+
+
+def cross_attention_fwd(q, k, v, scale):
+    """out (B, H, Nq, Dv), probs (B, Nq, Nk) head-mean, both in q.dtype, and lse (B, H, Nq)."""
+    acc = _acc(q)
+    kf, vf = k.to(acc), v.to(acc)
+    out = torch.empty(*q.shape[:3], v.shape[3], dtype=q.dtype, device=q.device)
+    probs = torch.empty(q.shape[0], q.shape[2], k.shape[2], dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:3], dtype=acc, device=q.device)
+    for i0, i1 in _chunks(q, k.shape[2]):
+        z = torch.matmul(q[:, :, i0:i1].to(acc), kf.transpose(-1, -2)) * scale
+        lse_c = torch.logsumexp(z, dim=-1)
+        p = torch.exp(z - lse_c.unsqueeze(-1))
+        out[:, :, i0:i1] = torch.matmul(p, vf).to(q.dtype)
+        probs[:, i0:i1] = p.mean(1).to(q.dtype)
+        lse[:, :, i0:i1] = lse_c
+    return out, probs, lse
+
+
+def cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale):
+    """Attention backward with the head-mean probs' gradient added to every head's dP:
+    dP_h = dO_h V^T + dprobs / H; delta = rowsum(P * dP); dZ = P (dP - delta)."""
+    acc = _acc(q)
+    h = q.shape[1]
+    kf, vf = k.to(acc), v.to(acc)
+    dq = torch.empty_like(q)
+    dk = torch.zeros(k.shape, dtype=acc, device=k.device)
+    dv = torch.zeros(v.shape, dtype=acc, device=v.device)
+    for i0, i1 in _chunks(q, k.shape[2]):
+        qc = q[:, :, i0:i1].to(acc)
+        p = _probs(qc, kf, lse[:, :, i0:i1].to(acc), scale)
+        dp = torch.zeros_like(p)
+        if dout is not None:
+            doc = dout[:, :, i0:i1].to(acc)
+            dp = dp + torch.matmul(doc, vf.transpose(-1, -2))
+            dv += torch.matmul(p.transpose(-1, -2), doc)
+        if dprobs is not None:
+            dp = dp + dprobs[:, i0:i1].to(acc).unsqueeze(1) / h
+        delta = (p * dp).sum(-1, keepdim=True)
+        dz = p * (dp - delta)
+        dq[:, :, i0:i1] = (torch.matmul(dz, kf) * scale).to(q.dtype)
+        dk += torch.matmul(dz.transpose(-1, -2), qc) * scale
+    return dq, dk.to(k.dtype), dv.to(v.dtype)

@@ -1,0 +1,199 @@
+"""`Tracker`: the base class of fasttrack's trackers (DESIGN.md section 3).
+
+A subclass implements two hooks and inherits the whole public API, its checks and its errors:
+
+    class MyTracker(Tracker):
+        max_targets = 1                      # how many targets one forward may track (None: any)
+
+        def _start(self, image, boxes):      # image: validated (H, W, 3) uint8 ndarray or tensor
+            ...                              # boxes: (K, 4) float64 ndarray, validated [x, y, w, h]
+
+        def _advance(self, image):           # same frame size as at start (checked)
+            return boxes, scores             # (K, 4) and (K,) array-likes
+
+Public API (got10k style): `init(image, box)`, `update(image) -> box` ((4,) float32 ndarray,
+[x, y, w, h] in pixels, 0-based, never truncated), the last confidence in `tracker.score`;
+`init_batch(image, boxes)` / `update_batch(image)` for many targets in one forward ((K, 4)
+boxes, `tracker.scores` (K,)); `track(frames, box)` runs a whole sequence; pytracking adapter
+`initialize(image, info)` / `track(image[, info])` returning dicts. `track` is overloaded:
+called with a box it runs a sequence, called with one image (and optionally pytracking's info
+dict) it is pytracking's step.
+
+Errors: a wrong image (type, rank, channel count, dtype, empty, or a size other than the
+init frame's) is a TypeError/ValueError naming `image`; a box that is not 4 finite numbers with
+w, h > 0 overlapping the frame is a ValueError naming `box` (`boxes[i]` for batches); update
+before init is `NotInitializedError` (a ValueError and a RuntimeError) naming `init`.
+"""
+from __future__ import annotations
+
+import abc
+import time
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+__all__ = ["Tracker", "NotInitializedError", "check_image", "check_boxes"]
+
+
+class NotInitializedError(ValueError, RuntimeError):
+    """`update` / `update_batch` / `track(image)` before `init` / `init_batch`."""
+
+
+def check_image(image: Any, name: str = "image") -> tuple[int, int]:
+    """Validate an RGB HWC uint8 image (numpy array or torch tensor, any device) and return
+    (H, W). TypeError for a wrong type or dtype, ValueError for a wrong shape."""
+    if isinstance(image, np.ndarray):
+        dtype_ok = image.dtype == np.uint8
+    elif isinstance(image, torch.Tensor):
+        dtype_ok = image.dtype == torch.uint8
+    else:
+        raise TypeError(f"{name} must be an RGB (H, W, 3) uint8 numpy array or torch tensor, got "
+                        f"{type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{name} must have shape (H, W, 3) (RGB, channels last), got "
+                         f"{tuple(image.shape)}")
+    if not dtype_ok:
+        raise TypeError(f"{name} must have dtype uint8, got {image.dtype}")
+    h, w = int(image.shape[0]), int(image.shape[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(image.shape)}")
+    return h, w
+
+
+def check_boxes(boxes: Any, frame_size: tuple[int, int], name: str = "box",
+                batch: bool = False) -> np.ndarray:
+    """Validate [x, y, w, h] boxes against a frame of size (H, W): finite, w, h > 0, and
+    overlapping the frame (a positive-area intersection). Returns (4,) float64, or (K, 4) with
+    K >= 1 when batch=True. ValueError/TypeError naming `name` (and the row for batches)."""
+    if isinstance(boxes, torch.Tensor):
+        boxes = boxes.detach().cpu().numpy()
+    try:
+        arr = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be numbers [x, y, w, h], got {type(boxes).__name__}") from None
+    want = "(K, 4) with K >= 1" if batch else "(4,) [x, y, w, h]"
+    if (batch and (arr.ndim != 2 or arr.shape[1] != 4 or arr.shape[0] < 1)) or (
+            not batch and arr.shape != (4,)):
+        raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
+    H, W = frame_size
+    for i, (x, y, w, h) in enumerate(arr.reshape(-1, 4)):
+        label = f"{name}[{i}]" if batch else name
+        if not np.all(np.isfinite([x, y, w, h])):
+            raise ValueError(f"{label} must be finite, got {[x, y, w, h]}")
+        if w <= 0 or h <= 0:
+            raise ValueError(f"{label} is empty: width and height must be > 0, got w={w}, h={h}")
+        if x >= W or y >= H or x + w <= 0 or y + h <= 0:
+            raise ValueError(f"{label} = {[x, y, w, h]} lies outside the {W}x{H} frame")
+    return arr
+
+
+class Tracker(abc.ABC):
+    """Base class of fasttrack trackers; see the module docstring for the contract.
+
+    Attributes:
+        score: confidence of the last `update` (float), None before the first one.
+        scores: (K,) float32 confidences of the last step, one per target.
+        frame_size: (H, W) of the init frame, None before init.
+    """
+
+    max_targets: int | None = None
+
+    def __init__(self) -> None:
+        self.score: float | None = None
+        self.scores: np.ndarray | None = None
+        self.frame_size: tuple[int, int] | None = None
+        self._num_targets = 0
+
+    # -- hooks ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _start(self, image, boxes: np.ndarray) -> None:
+        """Start tracking the K targets `boxes` (K, 4) in the validated frame `image`."""
+
+    @abc.abstractmethod
+    def _advance(self, image) -> tuple[Any, Any]:
+        """One step on the validated frame: returns boxes (K, 4) and scores (K,)."""
+
+    # -- checks -----------------------------------------------------------------------------
+    def _check_frame(self, image) -> None:
+        size = check_image(image)
+        if self.frame_size is None:
+            raise NotInitializedError(f"{type(self).__name__}: call init(image, box) (or "
+                                      "init_batch) before update")
+        if size != self.frame_size:
+            raise ValueError(f"image must have the init frame's size {self.frame_size} (H, W), "
+                             f"got {size}")
+
+    # -- got10k-style API -------------------------------------------------------------------
+    def init(self, image, box) -> None:
+        """Start tracking one target. image: (H, W, 3) uint8 RGB; box: [x, y, w, h]."""
+        size = check_image(image)
+        arr = check_boxes(box, size, "box")
+        self._begin(image, size, arr[None])
+
+    def init_batch(self, image, boxes) -> None:
+        """Start tracking K targets in one frame. boxes: (K, 4) [x, y, w, h] rows."""
+        size = check_image(image)
+        arr = check_boxes(boxes, size, "boxes", batch=True)
+        if self.max_targets is not None and arr.shape[0] > self.max_targets:
+            raise ValueError(f"boxes holds {arr.shape[0]} targets; {type(self).__name__} tracks "
+                             f"at most {self.max_targets} per forward")
+        self._begin(image, size, arr)
+
+    def _begin(self, image, size, boxes: np.ndarray) -> None:
+        self.frame_size = None
+        self._start(image, boxes)
+        self.frame_size = size
+        self._num_targets = boxes.shape[0]
+        self.scores = np.ones(boxes.shape[0], dtype=np.float32)
+        self.score = 1.0
+
+    def update(self, image) -> np.ndarray:
+        """Track one frame; returns the (4,) float32 box [x, y, w, h] of target 0."""
+        return self.update_batch(image)[0]
+
+    def update_batch(self, image) -> np.ndarray:
+        """Track one frame for all targets; returns (K, 4) float32 boxes."""
+        self._check_frame(image)
+        boxes, scores = self._advance(image)
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(self._num_targets, 4)
+        self.scores = np.asarray(scores, dtype=np.float32).reshape(self._num_targets)
+        self.score = float(self.scores[0])
+        return boxes
+
+    def track(self, frames, box=None, *, progress: bool = True):
+        """Two uses. `track(frames, box)`: run a sequence (frames: iterable of images; box: the
+        first frame's [x, y, w, h]) and return (boxes (N, 4) float32 with row 0 = box,
+        seconds_per_frame = total time / N, init included), with a tqdm bar unless
+        progress=False. `track(image)` or `track(image, info_dict)`: pytracking's step,
+        returns {"target_bbox": [x, y, w, h], "score": float}."""
+        if box is None or isinstance(box, dict):
+            out = self.update(frames)
+            return {"target_bbox": [float(v) for v in out], "score": self.score}
+        from tqdm.auto import tqdm
+
+        out = []
+        start = time.perf_counter()
+        it = iter(frames)
+        try:
+            first = next(it)
+        except StopIteration:
+            raise ValueError("frames must hold at least one image") from None
+        self.init(first, box)
+        out.append(check_boxes(box, self.frame_size).astype(np.float32))
+        total = len(frames) if hasattr(frames, "__len__") else None
+        bar = tqdm(it, total=None if total is None else total - 1, disable=not progress,
+                   desc=type(self).__name__, unit="frame")
+        for frame in bar:
+            out.append(self.update(frame))
+        elapsed = time.perf_counter() - start
+        return np.stack(out).astype(np.float32), elapsed / len(out)
+
+    # -- pytracking adapter -----------------------------------------------------------------
+    def initialize(self, image, info: dict) -> dict:
+        """pytracking: info["init_bbox"] is [x, y, w, h]. Returns {"time": seconds}."""
+        if not isinstance(info, dict) or "init_bbox" not in info:
+            raise ValueError("info must be a dict with key 'init_bbox' = [x, y, w, h]")
+        start = time.perf_counter()
+        self.init(image, info["init_bbox"])
+        return {"time": time.perf_counter() - start}

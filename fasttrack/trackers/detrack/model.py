@@ -1,0 +1,225 @@
+"""DeTrack network: a denoising ViT over [templates, search] plus a box branch per block, the
+box-refining transformer and the bin mapping (DESIGN.md 1.4). No cropping or tracker state here
+(crop.py, memory.py, tracker.py).
+
+Tokens: each of the K = 3 templates (template_size px) and the search crop (search_size px) is
+cut into patch x patch patches by a strided convolution and gets a learned position embedding
+(templates share theirs, plus a per-slot embedding). The visual tokens [z_1, .., z_K, x] go
+through pre-norm ViT blocks with joint attention (OSTrack one-stream); in every block the 4 box
+tokens read that block's search keys/values through the box branch (box_branch.py) and lose one
+step of noise, so the box is denoised layer by layer in a single forward.
+
+Noise: cosine schedule abar(t), t = 0 .. timesteps (abar(0) = 1, abar(timesteps) = 0). Training
+noises the ground-truth box embedding b0 to step t; block l is trained to land on the same
+noise sample at step t (L - l) / L (train.py). Inference starts from the embedding of the
+previous box (the box the search crop is centred on) noised to step infer_t with a fixed noise
+sample (`box_noise`, part of the checkpoint), so the step is deterministic; infer_t = timesteps
+(the default of the ViT-B sizes) is pure noise, as the paper's single-pass sampler.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .box_branch import BoxBranch
+from .refine import BinMapping, BoxEmbedding, BoxRefiner
+
+__all__ = ["DeTrackConfig", "DeTrackNet", "VisualBlock", "DenoisingBlock", "cosine_alphas_cumprod"]
+
+
+@dataclass(frozen=True)
+class DeTrackConfig:
+    """Sizes of a DeTrack model (defaults: DeTrack256, DESIGN.md 1.4)."""
+
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    patch: int = 16
+    template_size: int = 128
+    search_size: int = 256
+    n_bins: int = 800
+    n_templates: int = 3
+    box_mlp_ratio: float = 4.0
+    noise_hidden: int | None = None
+    refine_depth: int = 6
+    refine_heads: int = 12
+    traj_len: int = 7
+    template_factor: float = 2.0
+    search_factor: float = 4.0
+    timesteps: int = 1000
+    infer_t: int = 1000
+    iou_gate: float = 0.75
+    softmax_gate: float = 0.9
+    clip_margin: float = 10.0
+    ln_eps: float = 1e-6
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        ints = ("dim", "depth", "heads", "patch", "template_size", "search_size", "n_bins",
+                "n_templates", "refine_depth", "refine_heads", "traj_len", "timesteps")
+        for name in ints:
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
+                raise ValueError(f"config.{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.dim % self.heads or self.dim % self.refine_heads:
+            raise ValueError(f"config.dim ({self.dim}) must be divisible by heads ({self.heads}) "
+                             f"and refine_heads ({self.refine_heads})")
+        if self.template_size % self.patch or self.search_size % self.patch:
+            raise ValueError(f"config.template_size / search_size must be multiples of patch "
+                             f"({self.patch})")
+        if not 0 <= self.infer_t <= self.timesteps:
+            raise ValueError(f"config.infer_t must be in [0, timesteps], got {self.infer_t}")
+        if self.n_bins < 2 or self.template_factor <= 0 or self.search_factor <= 0:
+            raise ValueError("config.n_bins must be >= 2 and the crop factors positive")
+
+    @property
+    def template_tokens(self) -> int:
+        return (self.template_size // self.patch) ** 2
+
+    @property
+    def search_tokens(self) -> int:
+        return (self.search_size // self.patch) ** 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cosine_alphas_cumprod(timesteps: int, s: float = 0.008) -> torch.Tensor:
+    """(timesteps + 1,) float64 abar(t) of the cosine schedule (Nichol & Dhariwal 2021),
+    abar(0) = 1, clamped to exactly 0 at t = timesteps (cos(pi/2) rounds to 6e-17)."""
+    t = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    abar = (f / f[0]).clamp(0.0, 1.0)
+    abar[-1] = 0.0
+    return abar
+
+
+class VisualBlock(nn.Module):
+    """Pre-norm ViT block with joint attention over all visual tokens.
+
+    forward(t (B, N, C), n_search) -> (t_out (B, N, C), k_x, v_x (B, H, n_search, D)): the keys
+    and values of the last n_search tokens (the search region), strided views of the qkv
+    projection, handed to the box branch."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, eps: float = 1e-6):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        hidden = int(round(dim * mlp_ratio))
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, t: torch.Tensor, n_search: int):
+        B, N, C = t.shape
+        q, k, v = self.qkv(self.norm1(t)).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v)
+        t = t + self.proj(a.transpose(1, 2).reshape(B, N, C))
+        t = t + self.fc2(F.gelu(self.fc1(self.norm2(t))))
+        return t, k[:, :, N - n_search:], v[:, :, N - n_search:]
+
+
+class DenoisingBlock(nn.Module):
+    """One denoising block: visual block, then the box branch on its search keys/values.
+    forward(t (B, N, C), b (B, 4, C), n_search) -> (t_out, b_next)."""
+
+    def __init__(self, cfg: DeTrackConfig):
+        super().__init__()
+        self.vis = VisualBlock(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.ln_eps)
+        self.box = BoxBranch(cfg.dim, cfg.heads, cfg.box_mlp_ratio, cfg.noise_hidden, cfg.ln_eps)
+
+    def forward(self, t: torch.Tensor, b: torch.Tensor, n_search: int):
+        t, k_x, v_x = self.vis(t, n_search)
+        return t, self.box(b, k_x, v_x)
+
+
+class DeTrackNet(nn.Module):
+    """The network. Main entry points (B targets):
+
+    embed_template(img (B, 3, Sz, Sz)) -> (B, Nz, C) template tokens (memory.py stores them);
+    embed_search(img (B, 3, S, S)) -> (B, Nx, C);
+    denoise(z (B, K, Nz, C), x (B, Nx, C), b (B, 4, C)) -> (x_out, b_out, [b after each block]);
+    predict(z, x, prior (B, 4), traj (B, T, 4)) -> BinMapping dict (+ "box_tokens"), all boxes
+    xyxy normalized to the search crop.
+    """
+
+    def __init__(self, cfg: DeTrackConfig):
+        super().__init__()
+        self.cfg = cfg
+        C, std = cfg.dim, cfg.init_std
+        self.patch_embed = nn.Conv2d(3, C, cfg.patch, cfg.patch)
+        self.pos_z = nn.Parameter(torch.zeros(1, cfg.template_tokens, C))
+        self.pos_x = nn.Parameter(torch.zeros(1, cfg.search_tokens, C))
+        self.slot_embed = nn.Parameter(torch.zeros(cfg.n_templates, 1, C))
+        self.blocks = nn.ModuleList(DenoisingBlock(cfg) for _ in range(cfg.depth))
+        self.box_embed = BoxEmbedding(cfg.n_bins, C, std)
+        self.refiner = BoxRefiner(C, cfg.refine_depth, cfg.refine_heads, cfg.traj_len,
+                                  cfg.mlp_ratio, cfg.ln_eps, std)
+        self.mapping = BinMapping(C)
+        self.register_buffer("box_noise", torch.zeros(4, C))
+        self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(cfg.timesteps).float(),
+                             persistent=False)
+
+    def reset_parameters(self, seed: int = 0) -> "DeTrackNet":
+        """Random init (ViT style: truncated normal std init_std for linears, position and
+        slot embeddings; LayerNorm 1/0; sinusoidal bin embeddings) from a fixed seed."""
+        gen = torch.Generator().manual_seed(seed)
+        std = self.cfg.init_std
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.startswith("box_embed.word"):
+                    continue
+                if p.dim() == 1 and ("norm" in name.rsplit(".", 2)[-2]):
+                    p.fill_(1.0 if name.endswith("weight") else 0.0)
+                elif name.endswith("bias"):
+                    p.zero_()
+                else:
+                    noise = torch.randn(p.shape, generator=gen).clamp_(-2, 2) * std
+                    p.copy_(noise.to(p.dtype))
+            self.box_noise.copy_(torch.randn(self.box_noise.shape, generator=gen).to(self.box_noise.dtype))
+        return self
+
+    def embed_template(self, img: torch.Tensor) -> torch.Tensor:
+        return self.patch_embed(img).flatten(2).transpose(1, 2) + self.pos_z
+
+    def embed_search(self, img: torch.Tensor) -> torch.Tensor:
+        return self.patch_embed(img).flatten(2).transpose(1, 2) + self.pos_x
+
+    def abar(self, t: torch.Tensor) -> torch.Tensor:
+        return self.alphas_cumprod[t]
+
+    def initial_box_tokens(self, prior_xyxy: torch.Tensor) -> torch.Tensor:
+        """(B, 4) prior box -> (B, 4, C) tokens at step infer_t with the fixed noise sample."""
+        a = self.alphas_cumprod[self.cfg.infer_t].to(prior_xyxy.dtype)
+        b0 = self.box_embed(prior_xyxy)
+        return a.sqrt() * b0 + (1 - a).sqrt() * self.box_noise.to(b0.dtype)
+
+    def denoise(self, z: torch.Tensor, x: torch.Tensor, b: torch.Tensor):
+        B, K, Nz, C = z.shape
+        z = z + self.slot_embed[:K]
+        t = torch.cat([z.reshape(B, K * Nz, C), x], 1)
+        n_search = x.shape[1]
+        layers = []
+        for blk in self.blocks:
+            t, b = blk(t, b, n_search)
+            layers.append(b)
+        return t[:, -n_search:], b, layers
+
+    def head(self, b: torch.Tensor, traj_xyxy: torch.Tensor) -> dict:
+        traj_tokens = self.box_embed(traj_xyxy)
+        refined = self.refiner(b, traj_tokens)
+        return self.mapping(refined, self.box_embed.word.weight)
+
+    def predict(self, z: torch.Tensor, x: torch.Tensor, prior_xyxy: torch.Tensor,
+                traj_xyxy: torch.Tensor) -> dict:
+        b = self.initial_box_tokens(prior_xyxy).to(x.dtype)
+        _, b, _ = self.denoise(z, x, b)
+        out = self.head(b, traj_xyxy)
+        out["box_tokens"] = b
+        return out

@@ -1,0 +1,327 @@
+"""Flash attention forward (with the row log-sum-exp) and its FlashAttention-2 backward.
+
+Shapes: q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv), out (B, H, Nq, Dv),
+lse (B, H, Nq) float32 (natural log). Scores are handled in base 2 inside the kernels:
+s * q.k * log2(e) and lse * log2(e), so every exponential is one exp2.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import LN2, LOG2E, attention_config, check_head_dims, check_tensor, dot_precision
+from ._common import launch, pad
+
+
+@triton.jit
+def _attention_fwd_kernel(
+    Q, K, V, O, LSE, scale, Nq, Nk, D, Dv,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, HAS_V: tl.constexpr, PREC: tl.constexpr,
+):
+    """O = softmax(s Q K^T) V and L[i] = log sum_j exp(s q_i.k_j), one (batch*head, query
+    block) per program, keys streamed with the online softmax of FlashAttention-2 (Dao 2023,
+    Algorithm 1). HAS_V=False computes L only (DESIGN.md 1.2 records (q, k, L) of self layers).
+    """
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < Nq
+    mask_d = offs_d < D
+    q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    qk_scale = scale * LOG2E
+    # Every key tile holds at least one valid key, so the running max is finite after the first
+    # tile and exp2(m_old - m_new) = exp2(-inf) = 0 there: no NaN from masked columns.
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    if HAS_V:
+        offs_dv = tl.arange(0, BLOCK_DV)
+        mask_dv = offs_dv < Dv
+        acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for start_n in range(0, Nk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < Nk
+        k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if HAS_V:
+            v = tl.load(V + bh * Nk * Dv + offs_n[:, None] * Dv + offs_dv[None, :],
+                        mask=mask_n[:, None] & mask_dv[None, :], other=0.0)
+            # P in the value dtype for the tensor-core product (as FA2); exact for fp32.
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    tl.store(LSE + bh * Nq + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
+    if HAS_V:
+        acc = acc / l_i[:, None]
+        tl.store(O + bh * Nq * Dv + offs_m[:, None] * Dv + offs_dv[None, :],
+                 acc.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_dv[None, :])
+
+
+@triton.jit
+def _attention_bwd_preprocess_kernel(
+    Q, K, O, DO, LSE, DLSE, EXTRA, DELTA, scale, H, Nq, Nk, D, Dv,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, HAS_DO: tl.constexpr, HAS_DLSE: tl.constexpr,
+    HAS_EXTRA: tl.constexpr, PREC: tl.constexpr,
+):
+    """delta[i] = sum_j P_ij dP_ij - dL[i] = rowsum(dO * O)[i] + rowsum(P * E)[i] - dL[i], the
+    softmax-backward row term of FA2 (Dao 2023, Algorithm 2 line 4), widened by the lse
+    gradient dL (dZ = P (dP - delta)) and the extra score gradient E added to every head's dP
+    (BACKENDS.md cross_attention_bwd). The E term needs P, so it loops over key tiles."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < Nq
+    delta = tl.zeros([BLOCK_M], tl.float32)
+    if HAS_DO:
+        offs_dv = tl.arange(0, BLOCK_DV)
+        mask = mask_m[:, None] & (offs_dv < Dv)[None, :]
+        ptrs = bh * Nq * Dv + offs_m[:, None] * Dv + offs_dv[None, :]
+        o = tl.load(O + ptrs, mask=mask, other=0.0).to(tl.float32)
+        do = tl.load(DO + ptrs, mask=mask, other=0.0).to(tl.float32)
+        delta += tl.sum(o * do, 1)
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + bh * Nq + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+    if HAS_EXTRA:
+        b = bh // H
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
+                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
+        for start_n in range(0, Nk, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < Nk
+            k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
+                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * (scale * LOG2E)
+            mask = mask_m[:, None] & mask_n[None, :]
+            p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+            e = tl.load(EXTRA + b * Nq * Nk + offs_m[:, None] * Nk + offs_n[None, :],
+                        mask=mask, other=0.0).to(tl.float32)
+            delta += tl.sum(p * e, 1)
+    tl.store(DELTA + bh * Nq + offs_m, delta, mask=mask_m)
+
+
+@triton.jit
+def _attention_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, EXTRA, DK, DV, scale, H, Nq, Nk, D, Dv,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, HAS_DO: tl.constexpr, HAS_EXTRA: tl.constexpr, PREC: tl.constexpr,
+):
+    """dV = P^T dO and dK = s dZ^T Q with dZ = P (dO V^T + E - delta), one (batch*head, key
+    block) per program looping over query blocks and recomputing P = exp(s Q K^T - L)
+    (FA2, Dao 2023, Algorithm 2, outer loop over key blocks)."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask_n = offs_n < Nk
+    mask_d = offs_d < D
+    mask_dv = offs_dv < Dv
+    k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
+                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+    v = tl.load(V + bh * Nk * Dv + offs_n[:, None] * Dv + offs_dv[None, :],
+                mask=mask_n[:, None] & mask_dv[None, :], other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    qk_scale = scale * LOG2E
+    for start_m in range(0, Nq, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < Nq
+        q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
+                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
+        delta = tl.load(DELTA + bh * Nq + offs_m, mask=mask_m, other=0.0)
+        # Transposed tiles (keys x queries) so both accumulations are plain tile products.
+        mask_t = mask_n[:, None] & mask_m[None, :]
+        s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
+        p_t = tl.where(mask_t, tl.exp2(s_t - lse2[None, :]), 0.0)
+        dp_t = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+        if HAS_DO:
+            do = tl.load(DO + bh * Nq * Dv + offs_m[:, None] * Dv + offs_dv[None, :],
+                         mask=mask_m[:, None] & mask_dv[None, :], other=0.0)
+            dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
+            dp_t += tl.dot(v, tl.trans(do), input_precision=PREC)
+        if HAS_EXTRA:
+            dp_t += tl.load(EXTRA + b * Nq * Nk + offs_m[None, :] * Nk + offs_n[:, None],
+                            mask=mask_t, other=0.0).to(tl.float32)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
+    tl.store(DK + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
+             (dk * scale).to(DK.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
+    tl.store(DV + bh * Nk * Dv + offs_n[:, None] * Dv + offs_dv[None, :],
+             dv.to(DV.dtype.element_ty), mask=mask_n[:, None] & mask_dv[None, :])
+
+
+@triton.jit
+def _attention_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, EXTRA, DQ, scale, H, Nq, Nk, D, Dv,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, HAS_DO: tl.constexpr, HAS_EXTRA: tl.constexpr, PREC: tl.constexpr,
+):
+    """dQ = s dZ K with dZ = P (dO V^T + E - delta), one (batch*head, query block) per program
+    looping over key blocks; a separate pass instead of FA2's atomic dQ adds (deterministic)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask_m = offs_m < Nq
+    mask_d = offs_d < D
+    mask_dv = offs_dv < Dv
+    q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
+    delta = tl.load(DELTA + bh * Nq + offs_m, mask=mask_m, other=0.0)
+    if HAS_DO:
+        do = tl.load(DO + bh * Nq * Dv + offs_m[:, None] * Dv + offs_dv[None, :],
+                     mask=mask_m[:, None] & mask_dv[None, :], other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    qk_scale = scale * LOG2E
+    for start_n in range(0, Nk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < Nk
+        mask = mask_m[:, None] & mask_n[None, :]
+        k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+        dp = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        if HAS_DO:
+            v = tl.load(V + bh * Nk * Dv + offs_n[:, None] * Dv + offs_dv[None, :],
+                        mask=mask_n[:, None] & mask_dv[None, :], other=0.0)
+            dp += tl.dot(do, tl.trans(v), input_precision=PREC)
+        if HAS_EXTRA:
+            dp += tl.load(EXTRA + b * Nq * Nk + offs_m[:, None] * Nk + offs_n[None, :],
+                          mask=mask, other=0.0).to(tl.float32)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    tl.store(DQ + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
+             (dq * scale).to(DQ.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+
+
+def _check_qk(q, k):
+    check_tensor("q", q, 4)
+    check_tensor("k", k, 4)
+    if k.dtype != q.dtype or k.device != q.device:
+        raise TypeError(f"k must match q in dtype and device, got {k.dtype} on {k.device}")
+    B, H, _, D = q.shape
+    if k.shape[0] != B or k.shape[1] != H or k.shape[3] != D or k.shape[2] < 1:
+        raise ValueError(f"k must have shape (B, H, Nk>=1, D) = ({B}, {H}, Nk, {D}), "
+                         f"got {tuple(k.shape)}")
+    check_head_dims(D=D)
+
+
+def _check_v(q, k, v):
+    check_tensor("v", v, 4)
+    if v.dtype != q.dtype or v.device != q.device:
+        raise TypeError(f"v must match q in dtype and device, got {v.dtype} on {v.device}")
+    if tuple(v.shape[:3]) != tuple(k.shape[:3]):
+        raise ValueError(f"v must have shape (B, H, Nk, Dv) with (B, H, Nk) = "
+                         f"{tuple(k.shape[:3])}, got {tuple(v.shape)}")
+    check_head_dims(Dv=v.shape[3])
+
+
+def _forward(q, k, v, scale):
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    Dv = v.shape[3] if v is not None else D
+    q, k = q.contiguous(), k.contiguous()
+    lse = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
+    out = None
+    if v is not None:
+        v = v.contiguous()
+        out = torch.empty((B, H, Nq, Dv), device=q.device, dtype=q.dtype)
+    cfg = attention_config(pad(D), pad(Dv), q.dtype, backward=False)
+    grid = (triton.cdiv(Nq, cfg.block_m), B * H)
+    launch(_attention_fwd_kernel)[grid](
+        q, k, v if v is not None else q, out if out is not None else q, lse,
+        float(scale), Nq, Nk, D, Dv,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
+        HAS_V=v is not None, PREC=dot_precision(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out, lse
+
+
+def attention_fwd(q, k, v, scale):
+    """out (B, H, Nq, Dv) in q.dtype and lse (B, H, Nq) float32 of softmax(scale q k^T) v."""
+    _check_qk(q, k)
+    _check_v(q, k, v)
+    return _forward(q, k, v, scale)
+
+
+def lse_fwd(q, k, scale):
+    """lse (B, H, Nq) float32: L[i] = log sum_j exp(scale q_i.k_j); no value pass."""
+    _check_qk(q, k)
+    return _forward(q, k, None, scale)[1]
+
+
+def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None):
+    """(dq, dk, dv) of attention_fwd, each in q.dtype and shaped like its input.
+
+    dout (B, H, Nq, Dv) or None (zero), dlse (B, H, Nq) or None: gradient of the returned lse
+    (adds P * dlse to dZ). dp_extra (B, Nq, Nk) or None: added to dP of every head (and
+    rowsum(P * dp_extra) to delta), the head-mean probability gradient of cross attention.
+    """
+    _check_qk(q, k)
+    _check_v(q, k, v)
+    B, H, Nq, D = q.shape
+    Nk, Dv = k.shape[2], v.shape[3]
+    if lse.shape != (B, H, Nq):
+        raise ValueError(f"lse must have shape {(B, H, Nq)}, got {tuple(lse.shape)}")
+    if dout is not None and dout.shape != (B, H, Nq, Dv):
+        raise ValueError(f"dout must have shape {(B, H, Nq, Dv)}, got {tuple(dout.shape)}")
+    if dout is not None and out is None:
+        raise ValueError("out is required when dout is given")
+    if dout is not None and out.shape != dout.shape:
+        raise ValueError(f"out must have shape {(B, H, Nq, Dv)}, got {tuple(out.shape)}")
+    if dlse is not None and dlse.shape != (B, H, Nq):
+        raise ValueError(f"dlse must have shape {(B, H, Nq)}, got {tuple(dlse.shape)}")
+    if dp_extra is not None and dp_extra.shape != (B, Nq, Nk):
+        raise ValueError(f"dp_extra must have shape {(B, Nq, Nk)}, got {tuple(dp_extra.shape)}")
+    if dout is None and dlse is None and dp_extra is None:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    lse = lse.to(torch.float32).contiguous()
+    dummy = lse
+    if dout is not None:
+        dout = dout.to(q.dtype).contiguous()
+        out = out.to(q.dtype).contiguous()
+    if dlse is not None:
+        dlse = dlse.contiguous()
+    if dp_extra is not None:
+        dp_extra = dp_extra.contiguous()
+    flags = dict(HAS_DO=dout is not None, HAS_EXTRA=dp_extra is not None,
+                 PREC=dot_precision(q.dtype))
+    sizes = (float(scale), H, Nq, Nk, D, Dv)
+    blocks = dict(BLOCK_D=pad(D), BLOCK_DV=pad(Dv))
+    cfg = attention_config(pad(D), pad(Dv), q.dtype, backward=True)
+    tiles = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+                 num_stages=cfg.num_stages, **blocks)
+    do = dout if dout is not None else dummy
+    extra = dp_extra if dp_extra is not None else dummy
+
+    delta = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
+    launch(_attention_bwd_preprocess_kernel)[(triton.cdiv(Nq, cfg.block_m), B * H)](
+        q, k, out if out is not None else dummy, do, lse,
+        dlse if dlse is not None else dummy, extra, delta, *sizes,
+        HAS_DLSE=dlse is not None, **flags, **tiles)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    launch(_attention_bwd_dkdv_kernel)[(triton.cdiv(Nk, cfg.block_n), B * H)](
+        q, k, v, do, lse, delta, extra, dk, dv, *sizes, **flags, **tiles)
+    launch(_attention_bwd_dq_kernel)[(triton.cdiv(Nq, cfg.block_m), B * H)](
+        q, k, v, do, lse, delta, extra, dq, *sizes, **flags, **tiles)
+    return dq, dk, dv

@@ -1,0 +1,139 @@
+"""Cross attention that also returns its head-mean probability map (DESIGN.md 1.2).
+
+Shapes: q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv); out (B, H, Nq, Dv),
+probs (B, Nq, Nk) = (1/H) sum_h softmax(s Q_h K_h^T) in q.dtype, lse (B, H, Nq) float32.
+No (B, H, Nq, Nk) tensor is ever formed.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import LN2, LOG2E, cross_config, dot_precision, launch, pad, probs_config
+from .attention import _check_qk, _check_v, _forward, attention_bwd
+
+
+@triton.jit
+def _cross_attention_fwd_kernel(
+    Q, K, V, O, PROBS, LSE, scale, H, Nq, Nk, D, Dv,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Per head h: P_h = softmax(s Q_h K_h^T), O_h = P_h V_h, L_h = log rowsum exp(s Q K^T);
+    probs = (1/H) sum_h P_h accumulated in registers (the epilogue of DESIGN.md 1.2). The
+    whole key row fits one tile (BLOCK_N >= Nk, e.g. the 77 text tokens), so the softmax is
+    exact in one pass; one (query block, batch) per program, heads looped inside."""
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask_m = offs_m < Nq
+    mask_n = offs_n < Nk
+    mask_d = offs_d < D
+    mask_dv = offs_dv < Dv
+    qk_scale = scale * LOG2E
+    probs = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for h in range(H):
+        bh = b * H + h
+        q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
+                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        v = tl.load(V + bh * Nk * Dv + offs_n[:, None] * Dv + offs_dv[None, :],
+                    mask=mask_n[:, None] & mask_dv[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        # Padded key columns get -inf (weight 0); Nk >= 1 keeps every row max finite.
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m = tl.max(s, 1)
+        p = tl.exp2(s - m[:, None])
+        l = tl.sum(p, 1)
+        inv_l = 1.0 / l
+        # Unnormalized P (max entry 1) into the value product, divided afterwards, as the
+        # flash forward does; the normalized P feeds the head mean.
+        o = tl.dot(p.to(v.dtype), v, input_precision=PREC) * inv_l[:, None]
+        tl.store(O + bh * Nq * Dv + offs_m[:, None] * Dv + offs_dv[None, :],
+                 o.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_dv[None, :])
+        tl.store(LSE + bh * Nq + offs_m, (m + tl.log2(l)) * LN2, mask=mask_m)
+        probs += p * inv_l[:, None]
+    tl.store(PROBS + b * Nq * Nk + offs_m[:, None] * Nk + offs_n[None, :],
+             (probs / H).to(PROBS.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _head_mean_probs_kernel(
+    Q, K, LSE, PROBS, scale, H, Nq, Nk, D,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
+):
+    """probs[i, j] = (1/H) sum_h exp(s q_i.k_j - L_h[i]) from the lse of a flash forward, for
+    key rows too long for one tile. One (query block, key block, batch) per program, heads
+    looped inside."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < Nq
+    mask_n = offs_n < Nk
+    mask_d = offs_d < D
+    qk_scale = scale * LOG2E
+    probs = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for h in range(H):
+        bh = b * H + h
+        q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
+                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        probs += tl.exp2(s - lse2[:, None])
+    tl.store(PROBS + b * Nq * Nk + offs_m[:, None] * Nk + offs_n[None, :],
+             (probs / H).to(PROBS.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def cross_attention_fwd(q, k, v, scale):
+    """(out (B, H, Nq, Dv), probs (B, Nq, Nk), lse (B, H, Nq) float32); out and probs in
+    q.dtype. Key rows up to 256 (and K, V tiles within 64 KiB) run fused in one kernel;
+    longer ones run the flash forward and then the head-mean kernel (one more Q K^T pass)."""
+    _check_qk(q, k)
+    _check_v(q, k, v)
+    B, H, Nq, D = q.shape
+    Nk, Dv = k.shape[2], v.shape[3]
+    probs = torch.empty((B, Nq, Nk), device=q.device, dtype=q.dtype)
+    prec = dot_precision(q.dtype)
+    cfg = cross_config(pad(Nk), pad(D), pad(Dv), q.dtype)
+    if cfg is None:
+        out, lse = _forward(q, k, v, scale)
+        pcfg = probs_config(pad(D), q.dtype)
+        grid = (triton.cdiv(Nq, pcfg.block_m), triton.cdiv(Nk, pcfg.block_n), B)
+        launch(_head_mean_probs_kernel)[grid](
+            q.contiguous(), k.contiguous(), lse, probs, float(scale), H, Nq, Nk, D,
+            BLOCK_M=pcfg.block_m, BLOCK_N=pcfg.block_n, BLOCK_D=pad(D), PREC=prec,
+            num_warps=pcfg.num_warps, num_stages=pcfg.num_stages)
+        return out, probs, lse
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out = torch.empty((B, H, Nq, Dv), device=q.device, dtype=q.dtype)
+    lse = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
+    launch(_cross_attention_fwd_kernel)[(triton.cdiv(Nq, cfg.block_m), B)](
+        q, k, v, out, probs, lse, float(scale), H, Nq, Nk, D, Dv,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
+        PREC=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out, probs, lse
+
+
+def cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale):
+    """(dq, dk, dv) of cross_attention_fwd given dout (B, H, Nq, Dv) and dprobs (B, Nq, Nk),
+    either None when unused: the flash backward with dP_h += dprobs / H for every head
+    (BACKENDS.md), which also adds rowsum(P_h dprobs) / H to delta."""
+    _check_qk(q, k)
+    B, H, Nq, _ = q.shape
+    Nk = k.shape[2]
+    extra = None
+    if dprobs is not None:
+        if dprobs.shape != (B, Nq, Nk):
+            raise ValueError(f"dprobs must have shape {(B, Nq, Nk)}, got {tuple(dprobs.shape)}")
+        extra = dprobs.to(torch.float32) / H
+    return attention_bwd(q, k, v, out, lse, dout, None, scale, dp_extra=extra)

@@ -1,0 +1,241 @@
+"""Self x cross product M' = S^T C of DESIGN.md 1.1 without forming S, and its backward (1.3).
+
+Shapes: q (B, H, Nq, D), k (B, H, Nk, D), cross C (B, Nq, T), lse L (B, H, Nq) float32,
+out / dout G (B, Nk, T). S = (1/H) sum_h P_h with P_h = exp(s Q_h K_h^T - L_h) (Nq, Nk);
+every kernel recomputes P tile by tile from (q, k, L).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import LOG2E, MAX_TOKENS, check_tensor, dot_precision, launch
+from ._common import pad, self_cross_config, token_block
+from .attention import _check_qk
+
+
+@triton.jit
+def _self_cross_fwd_kernel(
+    Q, K, C, LSE, OUT, scale, H, Nq, Nk, D, T,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, PREC: tl.constexpr, PREC_C: tl.constexpr,
+):
+    """out[j, t] = (1/H) sum_h sum_i exp(s q_i.k_j - L_h[i]) C[i, t] (DESIGN.md 1.1): the
+    dV = P^T dO pass of FlashAttention-2 with dO := C, summed over heads. One (key block,
+    token block, batch) per program; heads and query blocks are looped inside, so the head
+    sum needs no atomics."""
+    pid_n = tl.program_id(0)
+    pid_t = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_n = offs_n < Nk
+    mask_t = offs_t < T
+    mask_d = offs_d < D
+    qk_scale = scale * LOG2E
+    acc = tl.zeros([BLOCK_N, BLOCK_T], tl.float32)
+    for h in range(H):
+        bh = b * H + h
+        k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        for start_m in range(0, Nq, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            mask_m = offs_m < Nq
+            q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
+                        mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+            lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
+            c = tl.load(C + b * Nq * T + offs_m[:, None] * T + offs_t[None, :],
+                        mask=mask_m[:, None] & mask_t[None, :], other=0.0)
+            s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
+            p_t = tl.where(mask_n[:, None] & mask_m[None, :], tl.exp2(s_t - lse2[None, :]), 0.0)
+            acc += tl.dot(p_t.to(c.dtype), c, input_precision=PREC_C)
+    tl.store(OUT + b * Nk * T + offs_n[:, None] * T + offs_t[None, :],
+             (acc / H).to(OUT.dtype.element_ty), mask=mask_n[:, None] & mask_t[None, :])
+
+
+@triton.jit
+def _self_cross_bwd_dq_kernel(
+    Q, K, C, G, LSE, DQ, DCROSS_H, DELTA, DLSE, scale, H, Nq, Nk, D, T,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, LSE_GIVEN: tl.constexpr, PREC: tl.constexpr, PREC_C: tl.constexpr,
+):
+    """Query-block pass of the backward (DESIGN.md 1.3), one (query block, batch*head) per
+    program, two sweeps over the keys:
+      1. A = P_h G / H (BLOCK_M, T), written to DCROSS_H[b, h] (dcross = sum over heads), and
+         delta[i] = sum_t C[i, t] A[i, t] (the softmax-backward row term, FA2's rowsum(dO O)
+         with dO := C / H, O := P_h G);
+      2. dP = C G^T / H, dZ = P (dP - delta) (or P dP when L is an input, then dL = -delta),
+         dQ = s dZ K.
+    The whole padded T sits in one tile because delta needs full token rows."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_t = tl.arange(0, BLOCK_T)
+    mask_m = offs_m < Nq
+    mask_d = offs_d < D
+    mask_t = offs_t < T
+    q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
+    mask_mt = mask_m[:, None] & mask_t[None, :]
+    c = tl.load(C + b * Nq * T + offs_m[:, None] * T + offs_t[None, :], mask=mask_mt, other=0.0)
+    qk_scale = scale * LOG2E
+    a = tl.zeros([BLOCK_M, BLOCK_T], tl.float32)
+    for start_n in range(0, Nk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < Nk
+        k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        g = tl.load(G + b * Nk * T + offs_n[:, None] * T + offs_t[None, :],
+                    mask=mask_n[:, None] & mask_t[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        p = tl.where(mask_m[:, None] & mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+        a += tl.dot(p.to(g.dtype), g, input_precision=PREC_C)
+    a = a / H
+    delta = tl.sum(c.to(tl.float32) * a, 1)
+    tl.store(DCROSS_H + bh * Nq * T + offs_m[:, None] * T + offs_t[None, :], a, mask=mask_mt)
+    tl.store(DELTA + bh * Nq + offs_m, delta, mask=mask_m)
+    if LSE_GIVEN:
+        tl.store(DLSE + bh * Nq + offs_m, -delta, mask=mask_m)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(0, Nk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < Nk
+        k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        g = tl.load(G + b * Nk * T + offs_n[:, None] * T + offs_t[None, :],
+                    mask=mask_n[:, None] & mask_t[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        p = tl.where(mask_m[:, None] & mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+        dp = tl.dot(c, tl.trans(g), input_precision=PREC_C) / H
+        if LSE_GIVEN:
+            ds = p * dp
+        else:
+            ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    tl.store(DQ + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
+             (dq * scale).to(DQ.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def _self_cross_bwd_dk_kernel(
+    Q, K, C, G, LSE, DELTA, DK, scale, H, Nq, Nk, D, T,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, LSE_GIVEN: tl.constexpr, PREC: tl.constexpr, PREC_C: tl.constexpr,
+):
+    """Key-block pass of the backward (DESIGN.md 1.3): dK = s dZ^T Q with
+    dZ^T = P^T (G C^T / H - delta) (or P^T G C^T / H when L is an input), one (key block,
+    batch*head) per program looping over query blocks, as FA2's dK pass."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_t = tl.arange(0, BLOCK_T)
+    mask_n = offs_n < Nk
+    mask_d = offs_d < D
+    mask_t = offs_t < T
+    k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
+                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+    g = tl.load(G + b * Nk * T + offs_n[:, None] * T + offs_t[None, :],
+                mask=mask_n[:, None] & mask_t[None, :], other=0.0)
+    qk_scale = scale * LOG2E
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for start_m in range(0, Nq, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < Nq
+        q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
+                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
+        c = tl.load(C + b * Nq * T + offs_m[:, None] * T + offs_t[None, :],
+                    mask=mask_m[:, None] & mask_t[None, :], other=0.0)
+        s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
+        p_t = tl.where(mask_n[:, None] & mask_m[None, :], tl.exp2(s_t - lse2[None, :]), 0.0)
+        dp_t = tl.dot(g, tl.trans(c), input_precision=PREC_C) / H
+        if LSE_GIVEN:
+            ds_t = p_t * dp_t
+        else:
+            delta = tl.load(DELTA + bh * Nq + offs_m, mask=mask_m, other=0.0)
+            ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
+    tl.store(DK + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
+             (dk * scale).to(DK.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
+
+
+def _check_inputs(q, k, cross, lse):
+    _check_qk(q, k)
+    check_tensor("cross", cross, 3)
+    B, H, Nq, D = q.shape
+    if cross.shape[:2] != (B, Nq) or not 1 <= cross.shape[2] <= MAX_TOKENS:
+        raise ValueError(f"cross must have shape (B, Nq, T) = ({B}, {Nq}, T) with "
+                         f"1 <= T <= {MAX_TOKENS}, got {tuple(cross.shape)}")
+    if cross.device != q.device:
+        raise TypeError(f"cross must be on {q.device}, got {cross.device}")
+    if not isinstance(lse, torch.Tensor) or lse.shape != (B, H, Nq):
+        raise ValueError(f"lse must be a tensor of shape {(B, H, Nq)}")
+
+
+def self_cross_fwd(q, k, cross, lse, scale):
+    """out (B, Nk, T) in cross.dtype: (1/H) sum_h P_h^T C, P_h = exp(scale q k^T - lse_h).
+    The P tiles are cast to cross.dtype for the products with C (fp32 C stays exact)."""
+    _check_inputs(q, k, cross, lse)
+    B, H, Nq, D = q.shape
+    Nk, T = k.shape[2], cross.shape[2]
+    q, k = q.contiguous(), k.contiguous()
+    cross = cross.contiguous()
+    lse = lse.to(torch.float32).contiguous()
+    out = torch.empty((B, Nk, T), device=q.device, dtype=cross.dtype)
+    cfg = self_cross_config(pad(D), pad(T), q.dtype)
+    block_t = token_block(pad(T))
+    grid = (triton.cdiv(Nk, cfg.block_n), triton.cdiv(T, block_t), B)
+    launch(_self_cross_fwd_kernel)[grid](
+        q, k, cross, lse, out, float(scale), H, Nq, Nk, D, T,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_T=block_t,
+        PREC=dot_precision(q.dtype), PREC_C=dot_precision(cross.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out
+
+
+def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
+    """(dq, dk, dcross, dlse) of self_cross_fwd given dout (B, Nk, T) or None (zero).
+
+    dq (B, H, Nq, D), dk (B, H, Nk, D), dcross (B, Nq, T) in the input dtypes (dout is
+    read in cross.dtype, the dtype of the forward output); dlse
+    (B, H, Nq) float32 when lse_given (lse is then an input of the product, not a function of
+    q and k), else None."""
+    _check_inputs(q, k, cross, lse)
+    B, H, Nq, D = q.shape
+    Nk, T = k.shape[2], cross.shape[2]
+    if dout is not None and dout.shape != (B, Nk, T):
+        raise ValueError(f"dout must have shape {(B, Nk, T)}, got {tuple(dout.shape)}")
+    if dout is None:
+        dlse = torch.zeros_like(lse, dtype=torch.float32) if lse_given else None
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(cross), dlse
+    q, k = q.contiguous(), k.contiguous()
+    cross = cross.contiguous()
+    dout = dout.to(cross.dtype).contiguous()
+    lse = lse.to(torch.float32).contiguous()
+    # Per-head A_h / H (B, H, Nq, T) in fp32, summed over heads afterwards: one program per
+    # (query block, head) gives H times more programs than looping heads inside, for a buffer
+    # of the size of q itself (T ~ D).
+    dcross_h = torch.empty((B, H, Nq, T), device=q.device, dtype=torch.float32)
+    delta = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
+    dlse = torch.empty_like(delta) if lse_given else None
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    cfg = self_cross_config(pad(D), pad(T), q.dtype)
+    common = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_T=pad(T),
+                  LSE_GIVEN=bool(lse_given), PREC=dot_precision(q.dtype),
+                  PREC_C=dot_precision(cross.dtype),
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    sizes = (float(scale), H, Nq, Nk, D, T)
+    launch(_self_cross_bwd_dq_kernel)[(triton.cdiv(Nq, cfg.block_m), B * H)](
+        q, k, cross, dout, lse, dq, dcross_h, delta, dlse if lse_given else delta, *sizes,
+        **common)
+    launch(_self_cross_bwd_dk_kernel)[(triton.cdiv(Nk, cfg.block_n), B * H)](
+        q, k, cross, dout, lse, delta, dk, *sizes, **common)
+    dcross = dcross_h.sum(1).to(cross.dtype)
+    return dq, dk, dcross, dlse

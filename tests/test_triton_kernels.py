@@ -1,0 +1,363 @@
+"""Triton kernels (kernels/, fasttrack.kernels) and the "triton" backend against float64
+materializing references written here from the math of DESIGN.md 1.1-1.3 / BACKENDS.md.
+
+Without a GPU the kernels run under Triton's CPU interpreter (TRITON_INTERPRET=1, set before
+triton is imported); with one they run compiled on CUDA tensors. Sizes are small and odd so
+that every query and key loop ends on a partial tile (interpreter tiles are 16 and 32).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot run")
+
+try:
+    import fasttrack.kernels as K
+except ImportError:  # source checkout before `pip install -e .` maps kernels/ to fasttrack.kernels
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import kernels as K
+    sys.modules.setdefault("fasttrack.kernels", K)
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cpu" if INTERPRET else "cuda"
+F64 = torch.float64
+
+
+def make(shape, dtype, seed, scale=1.0):
+    """Random normal tensor in `dtype` (rounded once, so the float64 copy is exact)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=F64) * scale).to(dtype).to(DEVICE)
+
+
+def leaf(x):
+    return x.detach().to(F64).requires_grad_()
+
+
+def grads(outputs, grad_outputs, inputs):
+    """Vector-Jacobian product; None grad_outputs (unused outputs) are left out."""
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None]
+    return torch.autograd.grad([o for o, _ in pairs], inputs, [g.to(o.dtype) for o, g in pairs],
+                               allow_unused=True, materialize_grads=True)
+
+
+def assert_close(actual, expected, rtol=1e-5, atol=1e-7, name=""):
+    """max |actual - expected| <= rtol * max |expected| + atol (fp32 target of DESIGN.md 3)."""
+    assert actual.shape == expected.shape, (name, actual.shape, expected.shape)
+    err = (actual.double() - expected.double()).abs().max().item()
+    bound = rtol * expected.double().abs().max().item() + atol
+    assert err <= bound, f"{name}: max error {err:.3e} > {bound:.3e}"
+
+
+def ref_attention(q, k, v, scale, lse=None):
+    """Materialized P_h = exp(s q k^T - L_h): (out, L, P) in the dtype of the inputs."""
+    z = scale * q @ k.transpose(-1, -2)
+    L = torch.logsumexp(z, -1) if lse is None else lse
+    p = torch.exp(z - L[..., None])
+    return (p @ v if v is not None else None), L, p
+
+
+def ref_self_cross(q, k, cross, scale, lse=None):
+    """(1/H) sum_h P_h^T C: (B, Nk, T)."""
+    _, _, p = ref_attention(q, k, None, scale, lse)
+    return (p.transpose(-1, -2) @ cross[:, None]).mean(1)
+
+
+# ------------------------------------------------------------------------- attention
+ATTN_SIZES = [  # B, H, Nq, Nk, D, Dv, scale (None: D ** -0.5)
+    (1, 1, 1, 1, 16, 16, None),
+    (2, 3, 37, 67, 40, 24, None),
+    (1, 2, 67, 37, 16, 40, 1.0),  # scores with std ~4: large running-max rescales
+]
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,D,Dv,scale", ATTN_SIZES)
+def test_attention_fwd_and_lse(B, H, Nq, Nk, D, Dv, scale):
+    scale = D ** -0.5 if scale is None else scale
+    # q laid out (B, Nq, H, D) and transposed: the launchers take any strides.
+    q = make((B, Nq, H, D), torch.float32, 1).transpose(1, 2)
+    k, v = make((B, H, Nk, D), torch.float32, 2), make((B, H, Nk, Dv), torch.float32, 3)
+    out, lse = K.attention_fwd(q, k, v, scale)
+    ref_out, ref_lse, _ = ref_attention(q.double(), k.double(), v.double(), scale)
+    assert out.dtype == torch.float32 and lse.dtype == torch.float32
+    assert_close(out, ref_out, name="out")
+    assert_close(lse, ref_lse, name="lse")
+    assert_close(K.lse_fwd(q, k, scale), ref_lse, name="lse_fwd")
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,D,Dv,scale", ATTN_SIZES[1:])
+@pytest.mark.parametrize("with_dout,with_dlse,with_extra", [
+    (True, False, False), (True, True, False), (False, True, False), (True, True, True),
+    (False, False, True),
+])
+def test_attention_bwd(B, H, Nq, Nk, D, Dv, scale, with_dout, with_dlse, with_extra):
+    scale = D ** -0.5 if scale is None else scale
+    q, k = make((B, H, Nq, D), torch.float32, 4), make((B, H, Nk, D), torch.float32, 5)
+    v = make((B, H, Nk, Dv), torch.float32, 6)
+    dout = make((B, H, Nq, Dv), torch.float32, 7) if with_dout else None
+    dlse = make((B, H, Nq), torch.float32, 8) if with_dlse else None
+    extra = make((B, Nq, Nk), torch.float32, 9) if with_extra else None
+    out, lse = K.attention_fwd(q, k, v, scale)
+    dq, dk, dv = K.attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=extra)
+
+    q64, k64, v64 = leaf(q), leaf(k), leaf(v)
+    o64, L64, p64 = ref_attention(q64, k64, v64, scale)
+    # dp_extra E enters as the gradient of sum_h P_h * E (added to every head's dP).
+    e_out = (p64 * extra.double()[:, None]).sum() if with_extra else None
+    ref = grads([o64, L64, e_out], [dout, dlse, torch.ones((), dtype=F64) if with_extra else None],
+                (q64, k64, v64))
+    for name, got, want in zip(("dq", "dk", "dv"), (dq, dk, dv), ref):
+        assert got.dtype == torch.float32
+        assert_close(got, want, name=name)
+
+
+# ------------------------------------------------------------------------- self x cross
+SC_SIZES = [  # B, H, Nq, Nk, D, T
+    (1, 1, 1, 1, 16, 1),
+    (2, 3, 37, 67, 40, 77),
+    (1, 2, 67, 37, 16, 130),  # T > 128: the forward splits the tokens over two programs
+]
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,D,T", SC_SIZES)
+def test_self_cross_fwd(B, H, Nq, Nk, D, T):
+    scale = D ** -0.5
+    q, k = make((B, H, Nq, D), torch.float32, 10), make((B, H, Nk, D), torch.float32, 11)
+    cross = torch.softmax(make((B, Nq, T), F64, 12), -1).float()
+    lse = K.lse_fwd(q, k, scale)
+    out = K.self_cross_fwd(q, k, cross, lse, scale)
+    ref = ref_self_cross(q.double(), k.double(), cross.double(), scale)
+    assert out.shape == (B, Nk, T) and out.dtype == torch.float32
+    assert_close(out, ref, name="self_cross")
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,D,T", SC_SIZES[1:])
+@pytest.mark.parametrize("lse_given", [False, True])
+def test_self_cross_bwd(B, H, Nq, Nk, D, T, lse_given):
+    scale = 0.5
+    q, k = make((B, H, Nq, D), torch.float32, 13), make((B, H, Nk, D), torch.float32, 14)
+    cross = torch.softmax(make((B, Nq, T), F64, 15), -1).float()
+    dout = make((B, Nk, T), torch.float32, 16)
+    lse = K.lse_fwd(q, k, scale)
+    dq, dk, dcross, dlse = K.self_cross_bwd(q, k, cross, lse, dout, scale, lse_given)
+
+    q64, k64, c64 = leaf(q), leaf(k), leaf(cross)
+    if lse_given:  # L is an input of the product: P = exp(s q k^T - L) with L a leaf
+        L64 = leaf(lse)
+        out64 = ref_self_cross(q64, k64, c64, scale, lse=L64)
+        ref = grads([out64], [dout], (q64, k64, c64, L64))
+    else:
+        out64 = ref_self_cross(q64, k64, c64, scale)
+        ref = grads([out64], [dout], (q64, k64, c64))
+        assert dlse is None
+    for name, got, want in zip(("dq", "dk", "dcross", "dlse"), (dq, dk, dcross, dlse), ref):
+        assert_close(got, want, name=name)
+
+
+def test_self_cross_bwd_without_dout_is_zero():
+    q, k = make((1, 2, 5, 16), torch.float32, 17), make((1, 2, 7, 16), torch.float32, 18)
+    cross = make((1, 5, 3), torch.float32, 19)
+    lse = K.lse_fwd(q, k, 0.25)
+    dq, dk, dcross, dlse = K.self_cross_bwd(q, k, cross, lse, None, 0.25, True)
+    for t, like in ((dq, q), (dk, k), (dcross, cross), (dlse, lse)):
+        assert t.shape == like.shape and not t.any()
+
+
+# ------------------------------------------------------------------------- cross attention
+@pytest.mark.parametrize("B,H,Nq,Nk,D,Dv", [
+    (1, 1, 1, 1, 16, 16),
+    (2, 3, 37, 77, 40, 24),   # fused kernel: the 77 tokens padded to one 128-wide tile
+    (1, 2, 37, 300, 16, 16),  # key row longer than 256: flash forward + head-mean kernel
+])
+def test_cross_attention_fwd(B, H, Nq, Nk, D, Dv):
+    scale = D ** -0.5
+    q, k = make((B, H, Nq, D), torch.float32, 20), make((B, H, Nk, D), torch.float32, 21)
+    v = make((B, H, Nk, Dv), torch.float32, 22)
+    out, probs, lse = K.cross_attention_fwd(q, k, v, scale)
+    ref_out, ref_lse, p = ref_attention(q.double(), k.double(), v.double(), scale)
+    assert probs.shape == (B, Nq, Nk) and probs.dtype == torch.float32
+    assert_close(out, ref_out, name="out")
+    assert_close(probs, p.mean(1), name="probs")
+    assert_close(lse, ref_lse, name="lse")
+
+
+@pytest.mark.parametrize("Nk,with_dout,with_dprobs", [
+    (77, True, True), (77, False, True), (77, True, False), (300, True, True),
+])
+def test_cross_attention_bwd(Nk, with_dout, with_dprobs):
+    B, H, Nq, D, Dv = 2, 3, 37, 40, 24
+    scale = D ** -0.5
+    q, k = make((B, H, Nq, D), torch.float32, 23), make((B, H, Nk, D), torch.float32, 24)
+    v = make((B, H, Nk, Dv), torch.float32, 25)
+    dout = make((B, H, Nq, Dv), torch.float32, 26) if with_dout else None
+    dprobs = make((B, Nq, Nk), torch.float32, 27) if with_dprobs else None
+    out, _, lse = K.cross_attention_fwd(q, k, v, scale)
+    dq, dk, dv = K.cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale)
+
+    q64, k64, v64 = leaf(q), leaf(k), leaf(v)
+    o64, _, p64 = ref_attention(q64, k64, v64, scale)
+    ref = grads([o64, p64.mean(1)], [dout, dprobs], (q64, k64, v64))
+    for name, got, want in zip(("dq", "dk", "dv"), (dq, dk, dv), ref):
+        assert_close(got, want, name=name)
+
+
+# ------------------------------------------------------------------------- 16-bit inputs
+def half_bound(got, ref, torch_low, name):
+    """DESIGN.md 3: error <= 2x that of the same math done by PyTorch in the 16-bit dtype,
+    plus a floor of 1e-3 of the largest reference value (one fp16 rounding is 4.9e-4)."""
+    err = (got.double() - ref).abs().max().item()
+    err_torch = (torch_low.double() - ref).abs().max().item()
+    bound = 2 * err_torch + 1e-3 * ref.abs().max().item()
+    assert err <= bound, f"{name}: error {err:.3e} > {bound:.3e} (torch 16-bit: {err_torch:.3e})"
+
+
+LOW = [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    INTERPRET, reason="the Triton interpreter has no bfloat16 math"))]
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_attention_low_precision(dtype):
+    B, H, Nq, Nk, D, Dv = 1, 2, 37, 67, 40, 24
+    s = D ** -0.5
+    q, k, v = (make((B, H, n, d), dtype, i) for i, (n, d) in
+               enumerate(((Nq, D), (Nk, D), (Nk, Dv)), start=30))
+    dout, dlse = make((B, H, Nq, Dv), dtype, 33), make((B, H, Nq), torch.float32, 34)
+    out, lse = K.attention_fwd(q, k, v, s)
+    dq, dk, dv = K.attention_bwd(q, k, v, out, lse, dout, dlse, s)
+    assert out.dtype == dtype and lse.dtype == torch.float32 and dq.dtype == dtype
+    ins64 = [leaf(t) for t in (q, k, v)]
+    o64, L64, _ = ref_attention(*ins64, s)
+    ref = grads([o64, L64], [dout, dlse], ins64)
+    ins16 = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    o16, L16, _ = ref_attention(*ins16, s)
+    low = grads([o16, L16], [dout, dlse], ins16)
+    half_bound(out, o64.detach(), o16, "out")
+    half_bound(lse, L64.detach(), L16, "lse")
+    for name, got, want, t16 in zip(("dq", "dk", "dv"), (dq, dk, dv), ref, low):
+        half_bound(got, want, t16, name)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_self_cross_low_precision(dtype):
+    B, H, Nq, Nk, D, T = 1, 2, 37, 67, 40, 77
+    s = D ** -0.5
+    q, k = make((B, H, Nq, D), dtype, 40), make((B, H, Nk, D), dtype, 41)
+    cross = torch.softmax(make((B, Nq, T), F64, 42), -1).to(dtype)
+    dout = make((B, Nk, T), dtype, 43)
+    lse = K.lse_fwd(q, k, s)
+    out = K.self_cross_fwd(q, k, cross, lse, s)
+    dq, dk, dcross, _ = K.self_cross_bwd(q, k, cross, lse, dout, s, False)
+    assert out.dtype == dtype and dcross.dtype == dtype
+    ins64 = [leaf(t) for t in (q, k, cross)]
+    o64 = ref_self_cross(*ins64, s)
+    ref = grads([o64], [dout], ins64)
+    ins16 = [t.detach().clone().requires_grad_() for t in (q, k, cross)]
+    o16 = ref_self_cross(*ins16, s)
+    low = grads([o16], [dout], ins16)
+    half_bound(out, o64.detach(), o16, "self_cross")
+    for name, got, want, t16 in zip(("dq", "dk", "dcross"), (dq, dk, dcross), ref, low):
+        half_bound(got, want, t16, name)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_cross_attention_low_precision(dtype):
+    B, H, Nq, Nk, D, Dv = 1, 3, 37, 77, 40, 40
+    s = D ** -0.5
+    q, k, v = (make((B, H, n, D), dtype, i) for i, n in ((50, Nq), (51, Nk), (52, Nk)))
+    dout, dprobs = make((B, H, Nq, Dv), dtype, 53), make((B, Nq, Nk), dtype, 54)
+    out, probs, lse = K.cross_attention_fwd(q, k, v, s)
+    dq, dk, dv = K.cross_attention_bwd(q, k, v, out, lse, dout, dprobs, s)
+    assert probs.dtype == dtype
+    ins64 = [leaf(t) for t in (q, k, v)]
+    o64, _, p64 = ref_attention(*ins64, s)
+    ref = grads([o64, p64.mean(1)], [dout, dprobs], ins64)
+    ins16 = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    o16, _, p16 = ref_attention(*ins16, s)
+    low = grads([o16, p16.mean(1)], [dout, dprobs], ins16)
+    half_bound(out, o64.detach(), o16, "out")
+    half_bound(probs, p64.mean(1).detach(), p16.mean(1), "probs")
+    for name, got, want, t16 in zip(("dq", "dk", "dv"), (dq, dk, dv), ref, low):
+        half_bound(got, want, t16, name)
+
+
+# ------------------------------------------------------------------------- launchers, backend
+def test_launchers_reject_bad_shapes():
+    q, k = make((1, 2, 5, 16), torch.float32, 60), make((1, 2, 7, 16), torch.float32, 61)
+    with pytest.raises(ValueError, match="k must"):
+        K.attention_fwd(q, make((1, 2, 7, 8), torch.float32, 62), k, 0.25)
+    with pytest.raises(ValueError, match="v must"):
+        K.attention_fwd(q, k, make((1, 2, 6, 16), torch.float32, 63), 0.25)
+    with pytest.raises(ValueError, match="cross must"):
+        K.self_cross_fwd(q, k, make((1, 4, 3), torch.float32, 64), K.lse_fwd(q, k, 0.25), 0.25)
+    with pytest.raises(TypeError, match="q must"):
+        K.lse_fwd(q.double(), k.double(), 0.25)
+    with pytest.raises(ValueError, match="D must"):
+        K.lse_fwd(make((1, 1, 3, 160), torch.float32, 65), make((1, 1, 3, 160), torch.float32, 66), 1.0)
+
+
+def test_launches_go_through_wrap_triton(monkeypatch):
+    """Every launch asks torch.library.wrap_triton for the kernel (traceable by a later
+    triton_op; under the interpreter wrap_triton hands back the interpreted kernel itself)."""
+    seen = []
+    real = torch.library.wrap_triton
+
+    def spy(kernel):
+        seen.append(kernel)
+        return real(kernel)
+
+    monkeypatch.setattr(torch.library, "wrap_triton", spy)
+    q = make((1, 1, 5, 16), torch.float32, 67)
+    out, lse = K.attention_fwd(q, q, q, 0.25)
+    K.attention_bwd(q, q, q, out, lse, out, None, 0.25)
+    assert seen == [K.attention._attention_fwd_kernel,
+                    K.attention._attention_bwd_preprocess_kernel,
+                    K.attention._attention_bwd_dkdv_kernel, K.attention._attention_bwd_dq_kernel]
+
+
+def test_backend_primitives_and_reasons(monkeypatch):
+    from fasttrack.ops import triton_backend as tb
+
+    q, k = make((1, 2, 37, 40), torch.float32, 70), make((1, 2, 37, 40), torch.float32, 71)
+    v, cross = make((1, 2, 37, 24), torch.float32, 72), make((1, 37, 77), torch.float32, 73)
+    out, lse = tb.attention_fwd(q, k, v, 0.3)
+    ref_out, ref_lse, _ = ref_attention(q.double(), k.double(), v.double(), 0.3)
+    assert_close(out, ref_out, name="out")
+    assert_close(tb.self_cross_fwd(q, k, cross, lse, 0.3),
+                 ref_self_cross(q.double(), k.double(), cross.double(), 0.3), name="self_cross")
+
+    for op, ts in (("attention", (q, k, v)), ("self_cross", (q, k, cross)),
+                   ("cross_attention_fwd", (q, k, v)), ("lse_fwd", (q, k))):
+        assert tb.reasons(op, *ts) == [], op
+    assert any("float64" in r for r in tb.reasons("attention", q.double(), k.double(), v.double()))
+    wide = make((1, 2, 37, 160), torch.float32, 74)
+    assert any("D=160" in r for r in tb.reasons("attention", wide, wide, v))
+    assert any("Dv=160" in r for r in tb.reasons("attention", q, k, wide))
+    long = make((1, 37, 300), torch.float32, 75)
+    assert any("T=300" in r for r in tb.reasons("self_cross", q, k, long))
+    assert any("unknown op" in r for r in tb.reasons("conv", q, k))
+    if INTERPRET:
+        assert any("bfloat16" in r for r in tb.reasons("attention", *(t.bfloat16() for t in (q, k, v))))
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        assert any("CPU" in r for r in tb.reasons("attention", q, k, v))
+    monkeypatch.setattr(tb, "_triton_import_error", lambda: "ModuleNotFoundError: triton")
+    assert tb.reasons("attention", q, k, v) == ["triton is not importable (ModuleNotFoundError: triton)"]
+
+
+def test_backend_imports_without_triton():
+    """`fasttrack.ops.triton_backend` imports triton lazily: with triton blocked, the module
+    still imports and refuses every op with the reason."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import torch\n"
+            "from fasttrack.ops import triton_backend as tb\n"
+            "x = torch.zeros(1, 1, 2, 8)\n"
+            "print(tb.reasons('attention', x, x, x))\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "triton is not importable" in res.stdout
