@@ -16,7 +16,12 @@ import torch
 
 from . import checks, reference
 from . import _library as _lib
-from .dispatch import BACKENDS, BackendUnavailable, available, select
+from .dispatch import BACKENDS, BackendUnavailable, available
+
+
+def _check_backend(backend) -> None:
+    if not isinstance(backend, str) or backend not in ("auto",) + BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
 
 __all__ = ["attention", "self_cross", "harmonize", "cross_attention", "reference",
            "BACKENDS", "BackendUnavailable", "available"]
@@ -33,8 +38,8 @@ def attention(q, k, v, *, scale=None, backend="auto"):
     """
     checks.validate_attention(q, k, v)
     s = checks.resolve_scale(scale, q.shape[-1])
-    name = select("attention", backend, q, k, v)
-    return _lib.attention_op(q, k, v, s, name)
+    _check_backend(backend)
+    return _lib.attention_op(q, k, v, s, backend)
 
 
 def self_cross(q, k, cross, *, scale=None, lse=None, backend="auto"):
@@ -51,8 +56,8 @@ def self_cross(q, k, cross, *, scale=None, lse=None, backend="auto"):
     """
     checks.validate_self_cross(q, k, cross, lse)
     s = checks.resolve_scale(scale, q.shape[-1])
-    name = select("self_cross", backend, q, k, cross)
-    out, _ = _lib.self_cross_op(q, k, cross, lse, s, name)
+    _check_backend(backend)
+    out, _ = _lib.self_cross_op(q, k, cross, lse, s, backend)
     return out
 
 
@@ -85,6 +90,6 @@ def cross_attention(q, k, v, *, scale=None, backend="auto"):
     """
     checks.validate_attention(q, k, v)
     s = checks.resolve_scale(scale, q.shape[-1])
-    name = select("cross_attention", backend, q, k, v)
-    out, probs, _ = _lib.cross_attention_op(q, k, v, s, name)
+    _check_backend(backend)
+    out, probs, _ = _lib.cross_attention_op(q, k, v, s, backend)
     return out, probs

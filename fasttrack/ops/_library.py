@@ -1,8 +1,10 @@
 """torch.library registration of fasttrack's ops: custom ops with fake kernels and autograd.
 
-Each public op is one `fasttrack::<op>` custom op taking the backend name as a string, so that
-torch.compile(fullgraph=True) sees a single opaque node (shapes from the fake kernel) and
-autograd calls the matching `fasttrack::<op>_bwd` op on the same backend. The forward ops
+Each public op is one `fasttrack::<op>` custom op taking the requested backend ("auto" or a
+name) as a string, so that torch.compile(fullgraph=True) sees a single opaque node (shapes from
+the fake kernel). The backend is chosen inside the op, on the real tensors at run time
+(`dispatch.select`), never while tracing; autograd calls the matching `fasttrack::<op>_bwd` op,
+which selects again for the backward (the same inputs give the same choice). The forward ops
 return the row log-sum-exp as an extra output: the backward recomputes probabilities from it.
 
 Schemas (q (B,H,Nq,D), k (B,H,Nk,D), v (B,H,Nk,Dv), cross (B,Nq,T), lse (B,H,Nq)):
@@ -19,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .dispatch import backend_module
+from .dispatch import backend_module, select
 
 
 def _lse_dtype(x: Tensor) -> torch.dtype:
@@ -29,7 +31,7 @@ def _lse_dtype(x: Tensor) -> torch.dtype:
 # ---------------------------------------------------------------- attention
 @torch.library.custom_op("fasttrack::attention", mutates_args=())
 def attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> tuple[Tensor, Tensor]:
-    return backend_module(backend).attention_fwd(q, k, v, scale)
+    return backend_module(select("attention", backend, q, k, v)).attention_fwd(q, k, v, scale)
 
 
 @attention_op.register_fake
@@ -40,7 +42,8 @@ def _(q, k, v, scale, backend):
 @torch.library.custom_op("fasttrack::attention_bwd", mutates_args=())
 def attention_bwd_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Optional[Tensor],
                      dlse: Optional[Tensor], scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(t.contiguous() for t in backend_module(backend).attention_bwd(q, k, v, out, lse, dout, dlse, scale))
+    mod = backend_module(select("attention_bwd", backend, q, k, v))
+    return tuple(t.contiguous() for t in mod.attention_bwd(q, k, v, out, lse, dout, dlse, scale))
 
 
 @attention_bwd_op.register_fake
@@ -68,7 +71,7 @@ attention_op.register_autograd(_attention_backward, setup_context=_attention_set
 @torch.library.custom_op("fasttrack::self_cross", mutates_args=())
 def self_cross_op(q: Tensor, k: Tensor, cross: Tensor, lse: Optional[Tensor], scale: float,
                   backend: str) -> tuple[Tensor, Tensor]:
-    mod = backend_module(backend)
+    mod = backend_module(select("self_cross", backend, q, k, cross))
     if lse is None:
         lse_used = mod.lse_fwd(q, k, scale)
         return mod.self_cross_fwd(q, k, cross, lse_used, scale), lse_used
@@ -86,7 +89,8 @@ def _(q, k, cross, lse, scale, backend):
 @torch.library.custom_op("fasttrack::self_cross_bwd", mutates_args=())
 def self_cross_bwd_op(q: Tensor, k: Tensor, cross: Tensor, lse: Tensor, dout: Optional[Tensor], scale: float,
                       lse_given: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dq, dk, dcross, dlse = backend_module(backend).self_cross_bwd(q, k, cross, lse, dout, scale, lse_given)
+    mod = backend_module(select("self_cross_bwd", backend, q, k, cross))
+    dq, dk, dcross, dlse = mod.self_cross_bwd(q, k, cross, lse, dout, scale, lse_given)
     if dlse is None:
         dlse = q.new_empty(0, dtype=lse.dtype)
     return dq.contiguous(), dk.contiguous(), dcross.contiguous(), dlse.contiguous()
@@ -118,7 +122,7 @@ self_cross_op.register_autograd(_self_cross_backward, setup_context=_self_cross_
 # ---------------------------------------------------------------- cross_attention
 @torch.library.custom_op("fasttrack::cross_attention", mutates_args=())
 def cross_attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    return backend_module(backend).cross_attention_fwd(q, k, v, scale)
+    return backend_module(select("cross_attention", backend, q, k, v)).cross_attention_fwd(q, k, v, scale)
 
 
 @cross_attention_op.register_fake
@@ -130,7 +134,8 @@ def _(q, k, v, scale, backend):
 @torch.library.custom_op("fasttrack::cross_attention_bwd", mutates_args=())
 def cross_attention_bwd_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Optional[Tensor],
                            dprobs: Optional[Tensor], scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    res = backend_module(backend).cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale)
+    mod = backend_module(select("cross_attention_bwd", backend, q, k, v))
+    res = mod.cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale)
     return tuple(t.contiguous() for t in res)
 
 

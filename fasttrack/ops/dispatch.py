@@ -46,7 +46,9 @@ def _module_reasons(name: str, op: str, tensors) -> list[str]:
 
 
 def reasons(name: str, op: str, *tensors, auto: bool = False) -> list[str]:
-    """Why backend `name` cannot run `op` on `tensors` (empty: it can)."""
+    """Why backend `name` cannot run `op` on `tensors` (empty: it can). A backward op
+    ("attention_bwd") asks the same question as its forward: the backends key on op families."""
+    op = op.removesuffix("_bwd")
     out = _module_reasons(name, op, tensors)
     if auto and name == "cuda" and op not in VERIFIED_CUDA_OPS:
         out.append(f"the CUDA {op} kernel has not passed the GPU tests yet (ask for backend='cuda')")
