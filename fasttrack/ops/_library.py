@@ -73,6 +73,8 @@ def self_cross_op(q: Tensor, k: Tensor, cross: Tensor, lse: Optional[Tensor], sc
                   backend: str) -> tuple[Tensor, Tensor]:
     mod = backend_module(select("self_cross", backend, q, k, cross))
     if lse is None:
+        if hasattr(mod, "self_cross_lse_fwd"):  # backends whose passes hold whole rows
+            return mod.self_cross_lse_fwd(q, k, cross, scale)
         lse_used = mod.lse_fwd(q, k, scale)
         return mod.self_cross_fwd(q, k, cross, lse_used, scale), lse_used
     return mod.self_cross_fwd(q, k, cross, lse, scale), q.new_empty(0, dtype=_lse_dtype(q))

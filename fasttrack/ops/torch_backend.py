@@ -15,9 +15,9 @@ import torch
 
 NAME = "torch"
 
-# Bytes one probability slab may take. 128 MiB keeps slabs cache-friendly on CPU and tiny next
-# to a GPU's memory, while chunks stay large enough (>= 64 rows at N=16384, H=10) for BLAS.
-CHUNK_BYTES = int(os.environ.get("FASTTRACK_TORCH_CHUNK_BYTES", 128 * 2**20))
+# Bytes one probability slab may take. 32 MiB keeps slabs cache-friendly on CPU and tiny next
+# to a GPU's memory, while chunks stay large enough (>= 50 rows at N=16384, H=10) for BLAS.
+CHUNK_BYTES = int(os.environ.get("FASTTRACK_TORCH_CHUNK_BYTES", 32 * 2**20))
 
 
 def _acc(x: torch.Tensor) -> torch.dtype:
@@ -38,10 +38,29 @@ def reasons(op: str, *tensors) -> list[str]:
     return []
 
 
+def _logits(qc, k, scale):
+    """s q k^T for one query chunk; the scale goes on the (rows, D) side, not the (rows, Nk) one."""
+    return torch.matmul(qc * scale, k.transpose(-1, -2))
+
+
 def _probs(qc, k, lse_c, scale):
-    """P = exp(s q k^T - L) for one query chunk: (B, H, rows, Nk) in the accumulation dtype."""
-    z = torch.matmul(qc, k.transpose(-1, -2)) * scale
-    return torch.exp(z - lse_c.unsqueeze(-1))
+    """P = exp(s q k^T - L) for one query chunk: (B, H, rows, Nk) in the accumulation dtype.
+    In place on the logits slab: the slab is the only large buffer the backend allocates."""
+    return _logits(qc, k, scale).sub_(lse_c.unsqueeze(-1)).exp_()
+
+
+def _softmax_with_lse(qc, k, scale):
+    """(P, L) for one query chunk whose rows are complete: lse and probabilities from one slab.
+
+    Written out instead of torch.logsumexp + exp: those allocate two more slab-sized
+    temporaries, here everything after the matmul happens in place (max-shifted exp, so no
+    overflow; L = m + log(sum))."""
+    z = _logits(qc, k, scale)
+    m = z.amax(dim=-1, keepdim=True)
+    z.sub_(m).exp_()
+    ssum = z.sum(dim=-1, keepdim=True)
+    z.div_(ssum)
+    return z, (m + ssum.log()).squeeze(-1)
 
 
 def lse_fwd(q, k, scale):
@@ -50,8 +69,7 @@ def lse_fwd(q, k, scale):
     kf = k.to(acc)
     lse = torch.empty(q.shape[:3], dtype=acc, device=q.device)
     for i0, i1 in _chunks(q, k.shape[2]):
-        z = torch.matmul(q[:, :, i0:i1].to(acc), kf.transpose(-1, -2)) * scale
-        lse[:, :, i0:i1] = torch.logsumexp(z, dim=-1)
+        lse[:, :, i0:i1] = _softmax_with_lse(q[:, :, i0:i1].to(acc), kf, scale)[1]
     return lse
 
 
@@ -62,11 +80,8 @@ def attention_fwd(q, k, v, scale):
     out = torch.empty(*q.shape[:3], v.shape[3], dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:3], dtype=acc, device=q.device)
     for i0, i1 in _chunks(q, k.shape[2]):
-        z = torch.matmul(q[:, :, i0:i1].to(acc), kf.transpose(-1, -2)) * scale
-        lse_c = torch.logsumexp(z, dim=-1)
-        p = torch.exp(z - lse_c.unsqueeze(-1))
+        p, lse[:, :, i0:i1] = _softmax_with_lse(q[:, :, i0:i1].to(acc), kf, scale)
         out[:, :, i0:i1] = torch.matmul(p, vf).to(q.dtype)
-        lse[:, :, i0:i1] = lse_c
     return out, lse
 
 
@@ -92,25 +107,42 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale):
             dp = torch.zeros_like(p)
         if dlse is not None:
             corr = corr - dlse[:, :, i0:i1].to(acc)
-        dz = p * (dp - corr.unsqueeze(-1))
+        # dv has consumed p above, so the slab can be overwritten by dZ in place.
+        dz = p.mul_(dp.sub_(corr.unsqueeze(-1)))
         dq[:, :, i0:i1] = (torch.matmul(dz, kf) * scale).to(q.dtype)
         dk += torch.matmul(dz.transpose(-1, -2), qc) * scale
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
 def self_cross_fwd(q, k, cross, lse, scale):
-    """(1/H) sum_h P_h^T C: (B, Nk, T) in cross.dtype.
+    """(1/H) sum_h P_h^T C: (B, Nk, T) in cross.dtype."""
+    return _self_cross(q, k, cross, lse, scale)[0]
 
-    The heads share C, so sum_h P_h^T C = (sum_h P_h)^T C: one (B, Nk, rows) x (B, rows, T)
-    product per chunk instead of H."""
+
+def self_cross_lse_fwd(q, k, cross, scale):
+    """self_cross with the lse computed on the fly: (out (B, Nk, T), lse (B, H, Nq)).
+
+    A query chunk holds complete rows, so each slab yields its own lse before it is
+    exponentiated: one pass over q k^T instead of lse_fwd + self_cross_fwd's two."""
+    return _self_cross(q, k, cross, None, scale)
+
+
+def _self_cross(q, k, cross, lse, scale):
+    # The heads share C, so sum_h P_h^T C = (sum_h P_h)^T C: one (B, Nk, rows) x (B, rows, T)
+    # product per chunk instead of H.
     acc = _acc(q)
     kf = k.to(acc)
     h = q.shape[1]
     out = torch.zeros(k.shape[0], k.shape[2], cross.shape[2], dtype=acc, device=q.device)
+    lse_out = torch.empty(q.shape[:3], dtype=acc, device=q.device) if lse is None else lse
     for i0, i1 in _chunks(q, k.shape[2]):
-        p = _probs(q[:, :, i0:i1].to(acc), kf, lse[:, :, i0:i1].to(acc), scale)
+        qc = q[:, :, i0:i1].to(acc)
+        if lse is None:
+            p, lse_out[:, :, i0:i1] = _softmax_with_lse(qc, kf, scale)
+        else:
+            p = _probs(qc, kf, lse[:, :, i0:i1].to(acc), scale)
         out += torch.matmul(p.sum(1).transpose(-1, -2), cross[:, i0:i1].to(acc))
-    return (out / h).to(cross.dtype)
+    return (out / h).to(cross.dtype), lse_out
 
 
 def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
@@ -137,10 +169,10 @@ def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
         delta = (cc.unsqueeze(1) * a).sum(-1) / h                        # (B, H, r)
         dp = torch.matmul(cc, g.transpose(-1, -2)).unsqueeze(1) / h      # (B, 1, r, Nk)
         if lse_given:
-            dz = p * dp
+            dz = p.mul_(dp)
             dlse[:, :, i0:i1] = (-delta).to(dlse.dtype)
         else:
-            dz = p * (dp - delta.unsqueeze(-1))
+            dz = p.mul_(dp - delta.unsqueeze(-1))
         dq[:, :, i0:i1] = (torch.matmul(dz, kf) * scale).to(q.dtype)
         dk += torch.matmul(dz.transpose(-1, -2), qc) * scale
     return dq, dk.to(k.dtype), dcross, dlse
@@ -154,12 +186,9 @@ def cross_attention_fwd(q, k, v, scale):
     probs = torch.empty(q.shape[0], q.shape[2], k.shape[2], dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:3], dtype=acc, device=q.device)
     for i0, i1 in _chunks(q, k.shape[2]):
-        z = torch.matmul(q[:, :, i0:i1].to(acc), kf.transpose(-1, -2)) * scale
-        lse_c = torch.logsumexp(z, dim=-1)
-        p = torch.exp(z - lse_c.unsqueeze(-1))
+        p, lse[:, :, i0:i1] = _softmax_with_lse(q[:, :, i0:i1].to(acc), kf, scale)
         out[:, :, i0:i1] = torch.matmul(p, vf).to(q.dtype)
         probs[:, i0:i1] = p.mean(1).to(q.dtype)
-        lse[:, :, i0:i1] = lse_c
     return out, probs, lse
 
 
@@ -183,7 +212,7 @@ def cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale):
         if dprobs is not None:
             dp = dp + dprobs[:, i0:i1].to(acc).unsqueeze(1) / h
         delta = (p * dp).sum(-1, keepdim=True)
-        dz = p * (dp - delta)
+        dz = p.mul_(dp.sub_(delta))
         dq[:, :, i0:i1] = (torch.matmul(dz, kf) * scale).to(q.dtype)
         dk += torch.matmul(dz.transpose(-1, -2), qc) * scale
     return dq, dk.to(k.dtype), dv.to(v.dtype)

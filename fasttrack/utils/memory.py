@@ -9,6 +9,11 @@ above the size at entry. Large tensors are mmap-ed by glibc and returned to the 
 freed, so the RSS follows live tensor memory closely; allocations that live shorter than the
 sampling interval can be missed, which is why the interval is small (0.5 ms) and why CPU peaks
 are quoted as "peak RSS increase". Where /proc is missing the CPU figure is NaN.
+
+glibc raises its mmap threshold after a large block is freed (up to 32 MiB), after which big
+tensors come from the heap and are reused without touching the RSS: repeated runs would then
+read as 0 MB. `_pin_mmap_threshold` fixes the threshold at 128 KiB (mallopt), which also
+switches that adjustment off, so every large tensor is mapped on allocation and unmapped on free.
 """
 from __future__ import annotations
 
@@ -20,6 +25,23 @@ import time
 import torch
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+_pinned = False
+
+
+def _pin_mmap_threshold() -> None:
+    global _pinned
+    if _pinned:
+        return
+    _pinned = True
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        M_MMAP_THRESHOLD = -3
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):  # not glibc: peaks may read low after frees
+        pass
 
 
 def _rss_bytes() -> int:
@@ -41,6 +63,7 @@ class PeakMemory:
             self._base = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
+        _pin_mmap_threshold()
         try:
             self._base = _rss_bytes()
         except OSError:

@@ -1,0 +1,207 @@
+"""The "cuda" backend: the native forward kernels of fasttrack._C (csrc/, docs/BACKENDS.md).
+
+The extension takes raw device pointers, sizes, strides in elements, a dtype code, the device
+index and the stream handle, so any torch version drives it; outputs are allocated here, by
+torch, on the inputs' device, and the kernels run on torch's current stream of that device.
+Strided (non-contiguous) inputs are read in place.
+
+Backward primitives delegate to the Triton backend (`fasttrack.ops.triton_backend`), imported
+lazily; `reasons` for a `*_bwd` op therefore reports the Triton backend's reasons.
+
+UNVERIFIED: the kernels were compiled but have never run on a GPU (see csrc/*_kernel.cuh).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+
+import torch
+
+from .._ext import CUDA_EXT, CUDA_EXT_ERROR, HAS_CUDA_EXT
+
+NAME = "cuda"
+log = logging.getLogger("fasttrack.dispatch")
+
+# Must match csrc/params.h DType.
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+MAX_HEAD_DIM = 128  # D and Dv: shared-memory tiles are padded to 32 / 64 / 128
+MAX_TOKENS = 256  # T of self_cross: the (keys, T) accumulator lives in registers
+MAX_GRID_YZ = 65535  # B and H index CUDA grid dimensions y / z
+MAX_SEQ_LEN = 1 << 30
+
+_FORWARD_OPS = ("lse", "attention", "self_cross", "cross_attention")
+# Positional tensors the dispatcher passes, by op family (BACKENDS.md argument order).
+_ROLES = {
+    "lse": ("q", "k"),
+    "attention": ("q", "k", "v"),
+    "self_cross": ("q", "k", "cross", "lse"),
+    "cross_attention": ("q", "k", "v"),
+}
+
+
+def _triton():
+    return importlib.import_module("fasttrack.ops.triton_backend")
+
+
+@functools.lru_cache(maxsize=None)
+def cross_attention_max_nk(d: int, dv: int, device: int) -> int:
+    """Largest key count cross_attention_fwd takes for head dims (d, dv) on a device: a score row
+    of every key stays in shared memory (about 1600 keys on H100, 1080 on A100 at D = 128)."""
+    return int(CUDA_EXT.cross_attention_max_nk(d, dv, device))
+
+
+def reasons(op: str, *tensors) -> list[str]:
+    """Why the CUDA kernels cannot run `op` on `tensors` (empty list: they can).
+
+    op: "lse", "attention", "self_cross", "cross_attention" or a primitive name of BACKENDS.md;
+    tensors: the op's tensors in BACKENDS.md order (q, k, then v or cross); None is skipped."""
+    if op.endswith("_bwd"):
+        family = op[: -len("_bwd")]
+        if family not in _FORWARD_OPS:
+            return [f"the CUDA backend has no op {op!r}"]
+        try:
+            tri = _triton()
+        except ImportError as e:
+            return [f"the CUDA backend's backward runs on the Triton backend, which cannot import: {e}"]
+        return [f"backward on the Triton backend: {r}" for r in tri.reasons(op, *tensors)]
+    family = op[: -len("_fwd")] if op.endswith("_fwd") else op
+    if family not in _FORWARD_OPS:
+        return [f"the CUDA backend has no op {op!r} (it has {', '.join(_FORWARD_OPS)})"]
+    if not HAS_CUDA_EXT:
+        return [f"the CUDA extension fasttrack._C is unavailable: {CUDA_EXT_ERROR}"]
+    named = {r: t for r, t in zip(_ROLES[family], tensors) if isinstance(t, torch.Tensor)}
+    if "q" not in named or "k" not in named:
+        return [f"{op} needs tensors q and k"]
+    q, k = named["q"], named["k"]
+    out: list[str] = []
+    devices = {t.device for t in named.values()}
+    if any(d.type != "cuda" for d in devices):
+        out.append(f"tensors on {', '.join(sorted({d.type for d in devices}))}: the CUDA kernels need CUDA tensors")
+    elif len(devices) > 1:
+        out.append(f"tensors on several devices: {sorted(str(d) for d in devices)}")
+    main = [named[r] for r in ("q", "k", "v", "cross") if r in named]
+    bad = sorted({str(t.dtype) for t in main if t.dtype not in _DTYPE_CODES})
+    if bad:
+        out.append(f"dtype {', '.join(bad)} is not supported (float32, float16, bfloat16)")
+    elif len({t.dtype for t in main}) > 1:
+        out.append(f"mixed dtypes {sorted(str(t.dtype) for t in main)}: the kernels take one dtype")
+    if q.dim() != 4 or k.dim() != 4:
+        out.append(f"q and k must be 4-D (B, H, N, D), got {tuple(q.shape)} and {tuple(k.shape)}")
+        return out
+    b, h, nq, d = q.shape
+    nk = k.shape[2]
+    if d > MAX_HEAD_DIM:
+        out.append(f"head dim D={d} > {MAX_HEAD_DIM}")
+    if b > MAX_GRID_YZ or h > MAX_GRID_YZ:
+        out.append(f"B={b} or H={h} > {MAX_GRID_YZ} (CUDA grid limit)")
+    if max(nq, nk) >= MAX_SEQ_LEN:
+        out.append(f"sequence length {max(nq, nk)} >= 2^30")
+    if nk == 0:
+        out.append("no keys (Nk = 0): the softmax is undefined")
+    v = named.get("v")
+    dv = v.shape[-1] if v is not None and v.dim() == 4 else 0
+    if dv > MAX_HEAD_DIM:
+        out.append(f"value head dim Dv={dv} > {MAX_HEAD_DIM}")
+    cross = named.get("cross")
+    if family == "self_cross" and cross is not None and cross.dim() == 3 and cross.shape[-1] > MAX_TOKENS:
+        out.append(f"cross has T={cross.shape[-1]} tokens > {MAX_TOKENS}")
+    if family == "cross_attention" and not out and dv > 0:
+        limit = cross_attention_max_nk(d, dv, q.device.index)
+        if nk > limit:
+            out.append(f"Nk={nk} keys > {limit}, the most the CUDA cross-attention kernel keeps in "
+                       f"shared memory on {torch.cuda.get_device_name(q.device)} at D={d}, Dv={dv}")
+    return out
+
+
+def _require():
+    if not HAS_CUDA_EXT:
+        raise RuntimeError(f"the CUDA extension fasttrack._C is unavailable: {CUDA_EXT_ERROR}")
+    return CUDA_EXT
+
+
+def _launch_args(q: torch.Tensor) -> dict:
+    return {"dtype": _DTYPE_CODES[q.dtype], "device": q.device.index,
+            "stream": torch.cuda.current_stream(q.device).cuda_stream}
+
+
+def _as_float32(lse: torch.Tensor) -> torch.Tensor:
+    return lse if lse.dtype == torch.float32 else lse.float()
+
+
+def lse_fwd(q, k, scale):
+    """lse (B, H, Nq) float32 = log sum_j exp(scale q_i.k_j)."""
+    ext = _require()
+    b, h, nq, d = q.shape
+    lse = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
+    log.debug("cuda: lse_fwd_kernel B=%d H=%d Nq=%d Nk=%d D=%d %s", b, h, nq, k.shape[2], d, q.dtype)
+    ext.lse_fwd(q=q.data_ptr(), k=k.data_ptr(), lse=lse.data_ptr(), B=b, H=h, Nq=nq, Nk=k.shape[2], D=d,
+                q_stride=list(q.stride()), k_stride=list(k.stride()), lse_stride=list(lse.stride()),
+                scale=float(scale), **_launch_args(q))
+    return lse
+
+
+def attention_fwd(q, k, v, scale):
+    """out (B, H, Nq, Dv) in q.dtype and lse (B, H, Nq) float32."""
+    ext = _require()
+    b, h, nq, d = q.shape
+    nk, dv = k.shape[2], v.shape[3]
+    out = torch.empty((b, h, nq, dv), dtype=q.dtype, device=q.device)
+    lse = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
+    log.debug("cuda: attention_fwd_kernel B=%d H=%d Nq=%d Nk=%d D=%d Dv=%d %s", b, h, nq, nk, d, dv, q.dtype)
+    ext.attention_fwd(q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(), lse=lse.data_ptr(),
+                      B=b, H=h, Nq=nq, Nk=nk, D=d, Dv=dv, q_stride=list(q.stride()), k_stride=list(k.stride()),
+                      v_stride=list(v.stride()), out_stride=list(out.stride()), lse_stride=list(lse.stride()),
+                      scale=float(scale), **_launch_args(q))
+    return out, lse
+
+
+def self_cross_fwd(q, k, cross, lse, scale):
+    """(B, Nk, T) in cross.dtype (= q.dtype): (1/H) sum_h P_h^T cross, P_h = exp(scale q k^T - lse_h)."""
+    ext = _require()
+    b, h, nq, d = q.shape
+    nk, t = k.shape[2], cross.shape[2]
+    lse = _as_float32(lse)
+    out = torch.empty((b, nk, t), dtype=q.dtype, device=q.device)
+    log.debug("cuda: self_cross_fwd_kernel B=%d H=%d Nq=%d Nk=%d D=%d T=%d %s", b, h, nq, nk, d, t, q.dtype)
+    ext.self_cross_fwd(q=q.data_ptr(), k=k.data_ptr(), cross=cross.data_ptr(), lse=lse.data_ptr(),
+                       out=out.data_ptr(), B=b, H=h, Nq=nq, Nk=nk, D=d, T=t, q_stride=list(q.stride()),
+                       k_stride=list(k.stride()), cross_stride=list(cross.stride()),
+                       lse_stride=list(lse.stride()), out_stride=list(out.stride()), scale=float(scale),
+                       **_launch_args(q))
+    return out
+
+
+def cross_attention_fwd(q, k, v, scale):
+    """(out (B, H, Nq, Dv), probs (B, Nq, Nk) head mean, both in q.dtype, lse (B, H, Nq) float32)."""
+    ext = _require()
+    b, h, nq, d = q.shape
+    nk, dv = k.shape[2], v.shape[3]
+    out = torch.empty((b, h, nq, dv), dtype=q.dtype, device=q.device)
+    probs = torch.empty((b, nq, nk), dtype=q.dtype, device=q.device)
+    lse = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
+    log.debug("cuda: cross_attention_fwd_kernel B=%d H=%d Nq=%d Nk=%d D=%d Dv=%d %s", b, h, nq, nk, d, dv, q.dtype)
+    ext.cross_attention_fwd(q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(),
+                            probs=probs.data_ptr(), lse=lse.data_ptr(), B=b, H=h, Nq=nq, Nk=nk, D=d, Dv=dv,
+                            q_stride=list(q.stride()), k_stride=list(k.stride()), v_stride=list(v.stride()),
+                            out_stride=list(out.stride()), probs_stride=list(probs.stride()),
+                            lse_stride=list(lse.stride()), scale=float(scale), **_launch_args(q))
+    return out, probs, lse
+
+
+def attention_bwd(q, k, v, out, lse, dout, dlse, scale):
+    """(dq, dk, dv), on the Triton backend."""
+    log.debug("cuda: attention_bwd delegated to the Triton backend")
+    return _triton().attention_bwd(q, k, v, out, lse, dout, dlse, scale)
+
+
+def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
+    """(dq, dk, dcross, dlse or None), on the Triton backend."""
+    log.debug("cuda: self_cross_bwd delegated to the Triton backend")
+    return _triton().self_cross_bwd(q, k, cross, lse, dout, scale, lse_given)
+
+
+def cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale):
+    """(dq, dk, dv), on the Triton backend."""
+    log.debug("cuda: cross_attention_bwd delegated to the Triton backend")
+    return _triton().cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale)
