@@ -29,6 +29,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("H"), py::arg("Nq"), py::arg("Nk"), py::arg("D"), py::arg("Dv"), py::arg("q_stride"),
         py::arg("k_stride"), py::arg("v_stride"), py::arg("out_stride"), py::arg("probs_stride"),
         py::arg("lse_stride"), py::arg("scale"), py::arg("dtype"), py::arg("device"), py::arg("stream"));
+  m.def("box_branch_fwd", &fasttrack::box_branch_fwd, "Fused DeTrack box branch (one block).",
+        py::arg("b"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("work"), py::arg("weights"),
+        py::arg("B"), py::arg("Nq"), py::arg("Ns"), py::arg("C"), py::arg("H"), py::arg("hidden"),
+        py::arg("noise_hidden"), py::arg("b_stride"), py::arg("k_stride"), py::arg("v_stride"),
+        py::arg("out_stride"), py::arg("eps1"), py::arg("eps2"), py::arg("dtype"), py::arg("device"),
+        py::arg("stream"));
+  m.def("box_branch_workspace", &fasttrack::box_branch_workspace_floats,
+        "fp32 workspace floats per target of box_branch_fwd.", py::arg("Nq"), py::arg("C"),
+        py::arg("hidden"), py::arg("noise_hidden"));
   m.def("cross_attention_max_nk", &fasttrack::cross_attention_max_nk,
         "Largest Nk cross_attention_fwd accepts on a device for head dims D, Dv.", py::arg("D"),
         py::arg("Dv"), py::arg("device"));

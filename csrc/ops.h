@@ -40,6 +40,16 @@ void cross_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, u
                          const Strides& probs_stride, const Strides& lse_stride, double scale,
                          int dtype, int device, uintptr_t stream);
 
+// DeTrack's fused box branch of one denoising block, batched over targets (box_branch.cu has
+// the argument layout); work is an fp32 scratch of box_branch_workspace_floats per target.
+void box_branch_fwd(uintptr_t b, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t work,
+                    const std::vector<uintptr_t>& weights, int64_t batch, int64_t nq, int64_t ns,
+                    int64_t dim, int64_t heads, int64_t hidden, int64_t noise_hidden,
+                    const Strides& b_stride, const Strides& k_stride, const Strides& v_stride,
+                    const Strides& out_stride, double eps1, double eps2, int dtype, int device,
+                    uintptr_t stream);
+int64_t box_branch_workspace_floats(int64_t nq, int64_t dim, int64_t hidden, int64_t noise_hidden);
+
 // Largest Nk cross_attention_fwd takes on `device` for these head dims (shared-memory bound).
 int64_t cross_attention_max_nk(int64_t d, int64_t dv, int device);
 
