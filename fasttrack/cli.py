@@ -99,7 +99,13 @@ def cmd_bench(args) -> int:
     result = {"facts": facts, "quick": args.quick, "seconds": time.perf_counter() - t0, "rows": rows}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1, default=str)
-    print(f"\nwrote {args.out} ({len(rows)} rows, {result['seconds']:.0f} s)")
+    from .report import write_report
+    stem = args.out[:-5] if args.out.endswith(".json") else args.out
+    written = write_report(json.loads(json.dumps(result, default=str)), stem)
+    print(f"\nwrote {args.out} ({len(rows)} rows, {result['seconds']:.0f} s) and "
+          + ", ".join(str(p) for p in written))
+    if not any(str(p).endswith(".png") for p in written):
+        print("(no speed chart: matplotlib is not installed; pip install fasttrack[plot])")
     return 0
 
 
