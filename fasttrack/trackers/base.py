@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch

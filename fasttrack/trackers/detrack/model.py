@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .box_branch import BoxBranch
-from .refine import BinMapping, BoxEmbedding, BoxRefiner
+from .refine import BinMapping, BoxEmbedding, BoxRefiner, block_causal_mask, sinusoidal_bins
 
 __all__ = ["DeTrackConfig", "DeTrackNet", "VisualBlock", "DenoisingBlock", "cosine_alphas_cumprod"]
 
@@ -167,22 +167,35 @@ class DeTrackNet(nn.Module):
                              persistent=False)
 
     def reset_parameters(self, seed: int = 0) -> "DeTrackNet":
-        """Random init (ViT style: truncated normal std init_std for linears, position and
-        slot embeddings; LayerNorm 1/0; sinusoidal bin embeddings) from a fixed seed."""
+        """Random init from a fixed seed, ViT style: linear / conv weights, position, slot,
+        coordinate and time embeddings normal(0, init_std) clipped at 2 std, biases 0,
+        LayerNorms 1 / 0; bin embeddings sinusoidal and the mapping scale at its init value;
+        the inference noise sample `box_noise` standard normal; the noise schedule and the
+        refiner mask recomputed. Every tensor of the module is set, so it also initializes a
+        module materialized with `to_empty`."""
         gen = torch.Generator().manual_seed(seed)
         std = self.cfg.init_std
+
+        def normal_(p: torch.Tensor) -> None:
+            p.copy_((torch.randn(p.shape, generator=gen).clamp_(-2, 2) * std).to(p.dtype))
+
         with torch.no_grad():
-            for name, p in self.named_parameters():
-                if name.startswith("box_embed.word"):
-                    continue
-                if p.dim() == 1 and ("norm" in name.rsplit(".", 2)[-2]):
-                    p.fill_(1.0 if name.endswith("weight") else 0.0)
-                elif name.endswith("bias"):
-                    p.zero_()
-                else:
-                    noise = torch.randn(p.shape, generator=gen).clamp_(-2, 2) * std
-                    p.copy_(noise.to(p.dtype))
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Conv2d)):
+                    normal_(m.weight)
+                    m.bias.zero_()
+                elif isinstance(m, nn.LayerNorm):
+                    m.weight.fill_(1.0)
+                    m.bias.zero_()
+            for p in (self.pos_z, self.pos_x, self.slot_embed, self.box_embed.coord,
+                      self.refiner.time):
+                normal_(p)
+            self.box_embed.word.weight.copy_(sinusoidal_bins(self.cfg.n_bins, self.cfg.dim))
+            self.mapping.logit_scale.fill_(BinMapping.INIT_SCALE)
             self.box_noise.copy_(torch.randn(self.box_noise.shape, generator=gen).to(self.box_noise.dtype))
+            # derived buffers (garbage after nn.Module.to_empty)
+            self.alphas_cumprod.copy_(cosine_alphas_cumprod(self.cfg.timesteps))
+            self.refiner.mask.copy_(block_causal_mask(self.cfg.traj_len + 1, 4))
         return self
 
     def embed_template(self, img: torch.Tensor) -> torch.Tensor:

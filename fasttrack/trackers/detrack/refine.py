@@ -12,9 +12,13 @@ embedding per step. Its layers are pre-norm transformer layers with block-causal
 past and the box tokens, last, attend to the whole trajectory (fasttrack's reading of the
 paper's "self-attention and cross-attention" over the memory).
 
-Mapping: logits_k = <LN(r), E_k> / sqrt(C) for each refined token r and bin embedding E_k;
-softmax over bins; the coordinate is the expectation of the bin centres (soft-argmax, which keeps
-the output continuous and differentiable). The softmax score is the mean over the 4 coordinates
+Mapping: logits_k = s <LN(r), E_k> / C for each refined token r and bin embedding E_k, with a
+learned scale s; softmax over bins; the coordinate is the expectation of the bin centres
+(soft-argmax, which keeps the output continuous and differentiable). s starts at 20 sqrt(2):
+for r = E_k with the sinusoidal init, <LN(r), E_k> ~ sqrt(C) sqrt(C / 2), so the peak logit is
+about 20 and the off-peak logits (spread ~ 20 / sqrt(C / 2)) leave a tail mass that does not pull
+the soft-argmax towards the middle of the range; a scale of 1 / sqrt(C) leaves the softmax so
+flat that every coordinate drifts to 0.5. The softmax score is the mean over the 4 coordinates
 of the top probability; a small MLP on the pooled tokens predicts the IoU score.
 """
 from __future__ import annotations
@@ -128,14 +132,17 @@ class BinMapping(nn.Module):
     forward(refined (B, 4, C), word (n_bins, C)) -> dict with logits (B, 4, n_bins), xyxy (B, 4)
     soft-argmax coordinates in [0, 1], softmax_score (B,) and iou_score (B,) in (0, 1)."""
 
+    INIT_SCALE = 20.0 * math.sqrt(2.0)
+
     def __init__(self, dim: int):
         super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor(self.INIT_SCALE))
         self.iou1 = nn.Linear(dim, dim)
         self.iou2 = nn.Linear(dim, 1)
 
     def forward(self, refined: torch.Tensor, word: torch.Tensor) -> dict:
         C = refined.shape[-1]
-        logits = torch.matmul(refined, word.t()) / math.sqrt(C)
+        logits = torch.matmul(refined, word.t()) * (self.logit_scale / C)
         probs = logits.float().softmax(-1)
         centers = torch.linspace(0.0, 1.0, word.shape[0], device=word.device, dtype=torch.float32)
         xyxy = torch.matmul(probs, centers)

@@ -1,0 +1,221 @@
+"""`DeTrack`: the tracker (DESIGN.md 1.4 and 3): state, the per-frame step, checkpoints.
+
+    tracker = DeTrack.tiny(seed=0)              # or DeTrack.detrack256() / detrack384()
+    tracker.init(frame0, [x, y, w, h])
+    box = tracker.update(frame1)                # (4,) float32, confidence in tracker.score
+    tracker.init_batch(frame0, boxes)           # (K, 4): K targets, one forward per frame
+    boxes = tracker.update_batch(frame1)        # (K, 4)
+    fasttrack.patch(tracker)                    # fused box branches, same boxes
+
+One step, for all K targets at once, entirely on the tracker's device: crop the search regions
+(4x the box's sqrt(w h)) out of the frame, embed them, denoise the box tokens through the ViT,
+refine them with the trajectory memory, map them to a box, map that back to the frame and clip
+it, then crop the new template (2x) and let the score gate refresh the visual memory. The step
+reads and writes fixed tensors, so on a GPU it is captured once in a CUDA graph (graph.py); the
+only device-to-host copy per frame is the (K, 6) result row (box, IoU score, softmax score).
+`tracker.score` is the predicted IoU score; `tracker.softmax_scores` holds the other one.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..base import Tracker
+from .crop import clip_boxes, crop_and_resize, crop_to_frame, frame_to_crop, frame_to_tensor
+from .graph import StepGraph
+from .memory import VisualMemory, score_gate
+from .model import DeTrackConfig, DeTrackNet
+
+__all__ = ["DeTrack", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "fasttrack.detrack/1"
+
+_TINY = dict(dim=64, depth=4, heads=4, patch=8, template_size=32, search_size=64, n_bins=128,
+             refine_depth=2, refine_heads=4, infer_t=100)
+
+
+class DeTrack(Tracker, nn.Module):
+    """DeTrack tracker (an nn.Module: `.to(device)`, `.half()`, `fasttrack.patch` apply).
+
+    Args:
+        config: model sizes (DeTrackConfig); default DeTrack256.
+        use_graph: capture the step in a CUDA graph on GPU devices.
+    Attributes: net (DeTrackNet), config, score / scores (IoU scores), softmax_scores.
+    """
+
+    def __init__(self, config: DeTrackConfig | None = None, *, use_graph: bool = True):
+        nn.Module.__init__(self)
+        Tracker.__init__(self)
+        if config is not None and not isinstance(config, DeTrackConfig):
+            raise TypeError(f"config must be a DeTrackConfig, got {type(config).__name__}")
+        self.config = config or DeTrackConfig()
+        self.net = DeTrackNet(self.config)
+        self.use_graph = use_graph
+        self.softmax_scores: np.ndarray | None = None
+        self._st: dict | None = None
+        self._memory: VisualMemory | None = None
+        self._graph: StepGraph | None = None
+
+    # -- constructors -----------------------------------------------------------------------
+    @classmethod
+    def _build(cls, seed, device, dtype, **cfg):
+        # Built on the meta device (no memory, no throw-away default init), then materialized
+        # on `device` and initialized once from the seed.
+        with torch.device("meta"):
+            tracker = cls(DeTrackConfig(**cfg))
+        if torch.device(device).type == "meta":
+            return tracker.to(dtype=dtype)
+        tracker.to_empty(device=device)
+        tracker.net.reset_parameters(seed)
+        return tracker.to(dtype=dtype)
+
+    @classmethod
+    def detrack256(cls, seed: int = 0, device="cpu", dtype=torch.float32, **overrides) -> "DeTrack":
+        """DeTrack256: ViT-B, template 128 px, search 256 px, 800 bins (random weights from
+        `seed`; load trained ones with load_state_dict / from_checkpoint). device="meta" builds
+        it without memory (FLOP counting)."""
+        return cls._build(seed, device, dtype, **overrides)
+
+    @classmethod
+    def detrack384(cls, seed: int = 0, device="cpu", dtype=torch.float32, **overrides) -> "DeTrack":
+        """DeTrack384: ViT-B, template 192 px, search 384 px, 1200 bins."""
+        cfg = dict(template_size=192, search_size=384, n_bins=1200)
+        cfg.update(overrides)
+        return cls._build(seed, device, dtype, **cfg)
+
+    @classmethod
+    def tiny(cls, seed: int = 0, device="cpu", dtype=torch.float32, **overrides) -> "DeTrack":
+        """Small random model for tests and demos: C = 64, 4 heads, 4 blocks, patch 8,
+        template 32 px, search 64 px, 128 bins, 2 refine layers; starts the box tokens close
+        to the previous box (infer_t = 100 of 1000) so random weights give stable boxes."""
+        cfg = dict(_TINY)
+        cfg.update(overrides)
+        return cls._build(seed, device, dtype, **cfg)
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.box_noise.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.net.pos_x.dtype
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor, prior_xyxy: torch.Tensor,
+                traj_xyxy: torch.Tensor) -> dict:
+        """Network forward (see DeTrackNet.predict): z (B, K, Nz, C) template tokens, x (B, Nx, C)
+        search tokens, prior (B, 4) and traj (B, T, 4) crop-normalized xyxy."""
+        return self.net.predict(z, x, prior_xyxy, traj_xyxy)
+
+    # -- tracking ---------------------------------------------------------------------------
+    def _frame_tensor(self, image) -> torch.Tensor:
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(np.ascontiguousarray(image))
+        return image.to(self.device)
+
+    def _start(self, image, boxes: np.ndarray) -> None:
+        cfg = self.config
+        frame_u8 = self._frame_tensor(image).clone()
+        box = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            z, _, _, _ = crop_and_resize(frame_to_tensor(frame_u8), box, cfg.template_factor,
+                                         cfg.template_size, self.dtype)
+            self._memory = VisualMemory(self.net.embed_template(z), cfg.n_templates)
+        K = box.shape[0]
+        self._st = {
+            "frame": frame_u8,
+            "box": box.clone(),
+            "traj": box[:, None].repeat(1, cfg.traj_len, 1).contiguous(),
+            "result": torch.zeros(K, 6, device=self.device),
+        }
+        self._graph = None
+        self.softmax_scores = np.ones(K, dtype=np.float32)
+
+    def _step(self) -> None:
+        """One frame for all targets, reading and writing only the fixed state tensors."""
+        cfg, net, st = self.config, self.net, self._st
+        H, W = st["frame"].shape[:2]
+        frame = frame_to_tensor(st["frame"])
+        x_img, x0, y0, side = crop_and_resize(frame, st["box"], cfg.search_factor, cfg.search_size,
+                                              self.dtype)
+        prior = frame_to_crop(st["box"], x0, y0, side)
+        traj = frame_to_crop(st["traj"], x0, y0, side)
+        out = net.predict(self._memory.tokens, net.embed_search(x_img), prior, traj)
+        box = clip_boxes(crop_to_frame(out["xyxy"], x0, y0, side), H, W, cfg.clip_margin)
+        z_img, _, _, _ = crop_and_resize(frame, box, cfg.template_factor, cfg.template_size,
+                                         self.dtype)
+        gate = score_gate(out["iou_score"], out["softmax_score"], cfg.iou_gate, cfg.softmax_gate)
+        self._memory.update(net.embed_template(z_img), gate)
+        st["traj"].copy_(torch.cat([st["traj"][:, 1:], box[:, None]], 1))
+        st["box"].copy_(box)
+        st["result"].copy_(torch.cat([box, out["iou_score"][:, None], out["softmax_score"][:, None]], 1))
+
+    def _graph_key(self):
+        return (tuple(id(m) for m in self.net.modules()), self.dtype, self.device, self.training,
+                self._st["box"].shape[0])
+
+    def _advance(self, image):
+        st = self._st
+        if st["frame"].device != self.device or self._memory.tokens.dtype != self.dtype:
+            raise ValueError("the tracker moved to another device or dtype after init; call init "
+                             "again")
+        st["frame"].copy_(self._frame_tensor(image))
+        key = self._graph_key()
+        if self._graph is None or self._graph.key != key:
+            state = [st["frame"], st["box"], st["traj"], st["result"], *self._memory.tensors()]
+            self._graph = StepGraph(self._step, state, key, use_graph=self.use_graph)
+        with torch.no_grad():
+            self._graph()
+        # copy=True: on CPU .cpu() would alias the state tensor, which the next step overwrites
+        res = st["result"].to("cpu", copy=True).numpy()
+        self.softmax_scores = res[:, 5].copy()
+        return res[:, :4], res[:, 4]
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write {"format", "config", "state_dict"} (tensors on CPU) to `path`."""
+        sd = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        torch.save({"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "state_dict": sd},
+                   path)
+
+    @classmethod
+    def from_checkpoint(cls, path, map_location="cpu") -> "DeTrack":
+        """Build the tracker a `save` file describes and load its weights."""
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
+            raise ValueError(f"path {path!r} is not a DeTrack checkpoint (no config / state_dict)")
+        tracker = cls(DeTrackConfig(**ckpt["config"]))
+        tracker.load_state_dict(ckpt["state_dict"])
+        return tracker.to(map_location)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """nn.Module.load_state_dict that also takes a checkpoint path or a `save` dict, and
+        whose mismatch error (ValueError naming `state_dict`) lists every missing key,
+        unexpected key and shape mismatch."""
+        if isinstance(state_dict, (str, os.PathLike)):
+            state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict or a checkpoint path, got "
+                            f"{type(state_dict).__name__}")
+        if "state_dict" in state_dict and "config" in state_dict:
+            state_dict = state_dict["state_dict"]
+        own = self.state_dict()
+        problems = []
+        missing = sorted(set(own) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(own))
+        shapes = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+                        for k in set(own) & set(state_dict)
+                        if tuple(getattr(state_dict[k], "shape", ())) != tuple(own[k].shape))
+        if strict and missing:
+            problems.append(f"missing keys {missing}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        if shapes:
+            problems.append(f"shape mismatches {shapes}")
+        if problems:
+            raise ValueError("state_dict does not match this DeTrack: " + "; ".join(problems))
+        result = nn.Module.load_state_dict(self, state_dict, strict=strict, assign=assign)
+        self._graph = None
+        return result
