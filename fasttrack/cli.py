@@ -2,6 +2,13 @@
 
     fasttrack bench [--quick] [--sections ops,recorder,...] [--out FILE]   speed + memory table
     fasttrack info                                                         backends on this machine
+    fasttrack track SOURCE --box x,y,w,h --tracker NAME [--weights PATH]   boxes + annotated video
+    fasttrack eval DATASET --tracker NAME [--workers N | --distributed]    toolkit results, metrics
+    fasttrack demo [--tracker NAME]                                        plain vs fused, agreement
+    fasttrack dataset synth OUT --num N                                    synthetic GOT-10k folder
+
+`bench` and `info` live here; the other subcommands in fasttrack/commands/. User errors of those
+(bad paths, files, options) print one line and exit with status 2.
 """
 from __future__ import annotations
 
@@ -139,12 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
     i = sub.add_parser("info", help="show the build, the device and which backends can run")
     i.set_defaults(func=cmd_info)
+    from .commands import register_all
+    register_all(sub)
     return p
 
 
 def main(argv=None) -> int:
+    from .commands import run_command
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    return run_command(args)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 
 import torch
 import triton
+import triton.language as tl
 
-LOG2E = 1.4426950408889634  # the kernels work in base 2: exp(x) = exp2(x * log2(e))
-LN2 = 0.6931471805599453
+# Globals read inside @triton.jit code must be tl.constexpr (compiled mode rejects plain floats;
+# the interpreter would not notice). The kernels work in base 2: exp(x) = exp2(x * log2(e)).
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 128
@@ -72,9 +75,10 @@ def attention_config(d_pad: int, dv_pad: int, dtype: torch.dtype, backward: bool
 
     GPU: the forward keeps a (128, Dv) accumulator per program and streams 64-key tiles (the
     shape of the Triton tutorial / FA2 forward); at head dim 128, or with 4-byte fp32 tiles,
-    the query tile halves so the Q, K and V tiles with their pipeline copies stay well inside
-    shared memory. The backward holds two accumulators (dk and dv, or dq) plus the recomputed
-    P and dP tiles, so it uses square 64 tiles, 32 at head dim 128 in fp32.
+    the query tile halves. The backward holds two accumulators (dk and dv, or dq) plus the
+    recomputed P and dP tiles, so it uses square 64 tiles, 32 at head dim 128 in fp32.
+    Pipeline depth 3 for narrow heads, 2 for wide heads and fp32, so the streamed tiles and
+    their copies stay under the ~99 KiB of shared memory of consumer GPUs (RTX 3090/4090).
     Interpreter: every program is a Python loop over numpy tiles, so small unequal tiles
     (32 x 16 forward, 16 x 32 backward) keep CPU tests fast and exercise the partial last
     block of both the query and the key loops at small sizes.
@@ -83,11 +87,12 @@ def attention_config(d_pad: int, dv_pad: int, dtype: torch.dtype, backward: bool
         return Config(16, 32, 1, 1) if backward else Config(32, 16, 1, 1)
     wide = max(d_pad, dv_pad) > 64
     fp32 = dtype == torch.float32
+    stages = 2 if (wide or fp32) else 3
     if backward:
         block = 32 if (wide and fp32) else 64
-        return Config(block, block, 8 if wide else 4, 2 if fp32 else 3)
+        return Config(block, block, 8 if wide else 4, stages)
     block_m = 64 if (wide or fp32) else 128
-    return Config(block_m, 64, 8 if wide else 4, 2 if fp32 else 3)
+    return Config(block_m, 64, 8 if wide else 4, stages)
 
 
 def token_block(t_pad: int) -> int:
@@ -124,7 +129,7 @@ def cross_config(n_pad: int, d_pad: int, dv_pad: int, dtype: torch.dtype) -> Con
     return Config(block_m, n_pad, 8 if block_m * n_pad >= 4096 else 4, 1)
 
 
-def probs_config(d_pad: int, dtype: torch.dtype) -> Config:
+def probs_config(d_pad: int) -> Config:
     """Tiles of the head-mean probability kernel (long key rows): one (64, 64) fp32 output tile
     per program, heads looped inside."""
     if interpreting():

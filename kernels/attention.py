@@ -83,10 +83,10 @@ def _attention_bwd_preprocess_kernel(
     delta = tl.zeros([BLOCK_M], tl.float32)
     if HAS_DO:
         offs_dv = tl.arange(0, BLOCK_DV)
-        mask = mask_m[:, None] & (offs_dv < Dv)[None, :]
+        mask_o = mask_m[:, None] & (offs_dv < Dv)[None, :]
         ptrs = bh * Nq * Dv + offs_m[:, None] * Dv + offs_dv[None, :]
-        o = tl.load(O + ptrs, mask=mask, other=0.0).to(tl.float32)
-        do = tl.load(DO + ptrs, mask=mask, other=0.0).to(tl.float32)
+        o = tl.load(O + ptrs, mask=mask_o, other=0.0).to(tl.float32)
+        do = tl.load(DO + ptrs, mask=mask_o, other=0.0).to(tl.float32)
         delta += tl.sum(o * do, 1)
     if HAS_DLSE:
         delta -= tl.load(DLSE + bh * Nq + offs_m, mask=mask_m, other=0.0).to(tl.float32)

@@ -107,7 +107,7 @@ def cross_attention_fwd(q, k, v, scale):
     cfg = cross_config(pad(Nk), pad(D), pad(Dv), q.dtype)
     if cfg is None:
         out, lse = _forward(q, k, v, scale)
-        pcfg = probs_config(pad(D), q.dtype)
+        pcfg = probs_config(pad(D))
         grid = (triton.cdiv(Nq, pcfg.block_m), triton.cdiv(Nk, pcfg.block_n), B)
         launch(_head_mean_probs_kernel)[grid](
             q.contiguous(), k.contiguous(), lse, probs, float(scale), H, Nq, Nk, D,

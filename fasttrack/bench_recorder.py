@@ -1,0 +1,222 @@
+"""The recorder benchmark behind `fasttrack bench` (section "recorder") and
+benchmarks/bench_recorder.py: one UNet step with attention-map recording.
+
+The step: a classifier-free-guidance batch (B = 2, T = 77 tokens) through a diffusers UNet with
+random weights, recording every cross-attention layer and every self-attention layer at the
+top latent resolution, then the harmonized map at that resolution (DESIGN 1.1-1.2). Rows:
+
+  unrecorded  the patched UNet without a recorder: the floor;
+  fasttrack   fasttrack.AttentionRecorder, forward + harmonized();
+  eager       Prompt-to-Prompt style: diffusers' unfused AttnProcessor, every (B*H, N, Nk) map
+              kept, explicit resizing, dense S_bar^T C_bar. On CUDA at 64 x 64 it holds
+              2 x 5 x 4096^2 fp16 per top self layer (335 MB each) and may run out of memory:
+              that is a result (ms = NaN, error column).
+
+Models: CUDA: the SD 2.1 UNet shape (SD21_CONFIG, 865 M parameters, fp16) at 64 x 64 latents.
+CPU: SD 2.1's two top levels (SD21_TOP_CONFIG: 320/640 channels, 5/10 heads of 64, cross dim
+1024, linear projections), float32, at 24 x 24 latents (--quick) or 48 x 48, so that the
+section runs in seconds on a small CPU.
+
+peak_mb: the peak of live tensor memory above the start of the step, from the allocator's own
+records (`allocated_peak_mb`): torch.cuda's peak counter on CUDA; on CPU, where PyTorch keeps no
+allocator statistics, the alloc/free events of torch.profiler(profile_memory=True) summed in time
+order (the RSS is useless here: glibc keeps freed blocks mapped, so every row reads the same).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .recorder import AttentionRecorder
+from .utils import time_fn
+
+SD21_CONFIG = dict(
+    in_channels=4, out_channels=4, layers_per_block=2, sample_size=64,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True,
+)
+SD21_TOP_CONFIG = dict(
+    in_channels=4, out_channels=4, layers_per_block=1, sample_size=32,
+    block_out_channels=(320, 640),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    attention_head_dim=(5, 10), cross_attention_dim=1024, use_linear_projection=True,
+)
+
+
+def allocated_peak_mb(fn, device) -> tuple[object, float]:
+    """(fn(), peak MiB of tensor memory allocated above the start while fn ran)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out, (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:  # frees of tensors made before fn count negative: peak >= 0
+        live += nbytes
+        peak = max(peak, live)
+    return out, peak / 2**20
+
+
+class EagerRecorder:
+    """Prompt-to-Prompt-style baseline: full maps from an unfused processor, dense resizing.
+
+    Records every cross layer and the self layers in `self_names`; harmonized(alpha) -> (B, T, R, R)."""
+
+    def __init__(self, model, self_names, grid):
+        self.model, self.self_names, self.grid = model, set(self_names), grid
+        self.cross_maps, self.self_maps = [], []
+
+    def __enter__(self):
+        from diffusers.models.attention_processor import Attention
+        self.saved = {}
+        for name, mod in self.model.named_modules():
+            if isinstance(mod, Attention):
+                self.saved[name] = mod.processor
+                mod.set_processor(_EagerProcessor(self, name))
+        return self
+
+    def __exit__(self, *exc):
+        for name, mod in self.model.named_modules():
+            if name in self.saved:
+                mod.set_processor(self.saved[name])
+
+    def add(self, name, probs, is_cross):
+        """probs (B, N, Nk): the head-mean map of one layer call, on a square grid."""
+        b, n, nk = probs.shape
+        r = math.isqrt(n)
+        if is_cross:
+            img = probs.transpose(1, 2).reshape(b, nk, r, r).float()
+            self.cross_maps.append(F.interpolate(img, size=self.grid, mode="bilinear", align_corners=False))
+        elif name in self.self_names:
+            m = self.grid[0] * self.grid[1]
+            keys = F.interpolate(probs.reshape(b * n, 1, r, r).float(), size=self.grid, mode="bilinear",
+                                 align_corners=False).reshape(b, r, r, m).permute(0, 3, 1, 2)
+            self.self_maps.append(F.interpolate(keys, size=self.grid, mode="nearest").reshape(b, m, m))
+
+    def harmonized(self, alpha=0.5):
+        c = torch.stack(self.cross_maps).mean(0)
+        b, t = c.shape[:2]
+        s_t = torch.stack(self.self_maps).mean(0)  # (B, keys, queries): already S_bar^T
+        sc = torch.bmm(s_t, c.reshape(b, t, -1).transpose(1, 2)).transpose(1, 2).reshape(c.shape)
+        return alpha * c + (1 - alpha) * sc
+
+
+class _EagerProcessor:
+    def __init__(self, rec, name):
+        self.rec, self.name = rec, name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        b, n, _ = hidden_states.shape
+        ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        h = attn.heads
+        q, k, v = (x.reshape(b, x.shape[1], h, -1).transpose(1, 2)
+                   for x in (attn.to_q(hidden_states), attn.to_k(ctx), attn.to_v(ctx)))
+        probs = torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)  # (B, H, N, Nk)
+        self.rec.add(self.name, probs.mean(1), encoder_hidden_states is not None)
+        out = (probs @ v).transpose(1, 2).reshape(b, n, -1)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def _setup(device, quick):
+    from diffusers import UNet2DConditionModel
+
+    from .patch import patch
+
+    cuda = device.type == "cuda"
+    cfg, latent = (SD21_CONFIG, 64) if cuda else (SD21_TOP_CONFIG, 24 if quick else 48)
+    dtype = torch.float16 if cuda else torch.float32
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**cfg).eval()
+    torch.nn.Module.to(unet, device=device, dtype=dtype)
+    # On CPU "auto" means the torch backend, except under TRITON_INTERPRET=1 (the test and
+    # benchmark suites set it), where it would pick the Triton interpreter: not a speed.
+    patch(unet, backend="auto" if cuda else "torch")
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 4, latent, latent, generator=g).to(device, dtype)
+    ctx = torch.randn(2, 77, cfg["cross_attention_dim"], generator=g).to(device, dtype)
+    t = torch.tensor([500.0, 500.0], device=device, dtype=dtype)
+    return unet, latent, (sample, t, ctx), f"{'SD2.1' if cuda else 'SD2.1-top'} {latent}x{latent}"
+
+
+def _top_self_names(unet, latent):
+    """Self-attention layers at the top latent resolution, by block position in the SD layout."""
+    n_top = len(unet.config.block_out_channels) - 1
+    return [n for n, m in unet.named_modules() if n.endswith(".attn1")
+            and (n.startswith("down_blocks.0.") or n.startswith(f"up_blocks.{n_top}."))]
+
+
+def make_steps(device, quick: bool = True):
+    """(shape label, {impl: step}) for the rows of the module docstring; each step runs one
+    recorded UNet call (no grad) and returns its output or harmonized map."""
+    unet, latent, (sample, t, ctx), shape = _setup(device, quick)
+    grid = (latent, latent)
+    names = _top_self_names(unet, latent)
+
+    @torch.no_grad()
+    def unrecorded():
+        return unet(sample, t, encoder_hidden_states=ctx).sample
+
+    @torch.no_grad()
+    def fasttrack_step():
+        with AttentionRecorder(unet, resolution=grid, self_layers=(latent,)) as rec:
+            unet(sample, t, encoder_hidden_states=ctx)
+        return rec.harmonized()
+
+    @torch.no_grad()
+    def eager_step():
+        with EagerRecorder(unet, names, grid) as rec:
+            unet(sample, t, encoder_hidden_states=ctx)
+        return rec.harmonized()
+
+    return shape, {"unrecorded": unrecorded, "fasttrack": fasttrack_step, "eager": eager_step}
+
+
+def run(device=None, quick: bool = True, repeat: int | None = None) -> list[dict]:
+    """Rows: section, shape, impl (unrecorded / fasttrack / eager), ms, peak_mb, and rel_err of
+    fasttrack's harmonized map against the eager one.
+
+    CUDA: a warm-up run measures peak memory, then `repeat` (5) timed runs. CPU: after one
+    unrecorded warm-up call, each step runs once, both timed and memory-profiled (the
+    profiler's per-op cost is a few ms against seconds of convolutions), unless `repeat` asks
+    for separate timed runs."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    shape, steps = make_steps(device, quick)
+    cuda = device.type == "cuda"
+    repeat = repeat or (5 if cuda else 0)
+    rows, maps = [], {}
+    if not cuda:
+        steps["unrecorded"]()  # first-call costs (oneDNN primitive creation) off the rows
+    for impl, fn in steps.items():
+        row = dict(section="recorder", shape=shape, impl=impl, dtype="float16" if cuda else "float32",
+                   device=str(device))
+        try:
+            t0 = time.perf_counter()
+            maps[impl], peak = allocated_peak_mb(fn, device)
+            ms = (time.perf_counter() - t0) * 1e3
+            if repeat:
+                ms = time_fn(fn, device, warmup=0, repeat=repeat)
+            row.update(ms=ms, peak_mb=peak)
+        except (RuntimeError, MemoryError) as e:  # the eager baseline running out of memory is a result
+            row.update(ms=math.nan, peak_mb=math.nan, error=str(e).splitlines()[0][:200])
+        rows.append(row)
+    if "fasttrack" in maps and "eager" in maps:
+        a, b = maps["fasttrack"].double(), maps["eager"].double()
+        err = float((a - b).norm() / b.norm())
+        for r in rows[1:]:
+            r["rel_err"] = err
+    return rows

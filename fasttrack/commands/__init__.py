@@ -1,0 +1,37 @@
+"""The data and tracking subcommands of the `fasttrack` command line (fasttrack/cli.py holds
+`bench` and `info` and the entry point).
+
+Each module here exposes ``register(subparsers)``, which adds its subcommand with
+``func=run`` and ``catch_user_errors=True``: the entry point turns the errors in
+:data:`USER_ERRORS` (bad paths, bad files, bad options, a missing optional package) into one line
+on stderr and exit status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+__all__ = ["COMMAND_MODULES", "USER_ERRORS", "register_all", "run_command"]
+
+# subcommand modules, in the order `fasttrack --help` lists them
+COMMAND_MODULES = ("track", "evaluate", "demo", "dataset")
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ImportError)
+
+
+def register_all(sub) -> None:
+    """Add every subcommand of :data:`COMMAND_MODULES` to the argparse subparsers `sub`."""
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+
+
+def run_command(args) -> int:
+    """Call ``args.func(args)``; user errors become one stderr line and status 2."""
+    if not getattr(args, "catch_user_errors", False):
+        return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"fasttrack {args.command}: error: {msg}", file=sys.stderr)
+        return 2

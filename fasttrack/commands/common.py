@@ -1,0 +1,124 @@
+"""Pieces the `fasttrack` subcommands share: tracker options, the box argument, the timed
+per-frame loop and the result-file format.
+
+Result files hold one box per frame, ``x,y,w,h`` with 3 decimals (the GOT-10k / OTB toolkit
+format); time files one per-frame time in seconds per line.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["add_tracker_args", "make_tracker", "parse_box", "run_sequence", "write_boxes",
+           "write_times", "default_device"]
+
+
+def add_tracker_args(parser: argparse.ArgumentParser, default: str | None = None,
+                     patch_option: bool = True) -> None:
+    """--tracker (required unless `default`), --weights, --no-patch (when `patch_option`),
+    --device and --seed."""
+    from ..trackers.registry import TRACKERS
+
+    names = ", ".join(f"{k} ({v.description}; --weights: {v.weights})" for k, v in TRACKERS.items())
+    parser.add_argument("--tracker", choices=list(TRACKERS), default=default, required=default is None,
+                        metavar="NAME", help=f"tracker to run: {names}"
+                        + (" (default: %(default)s)" if default else ""))
+    parser.add_argument("--weights", default=None, metavar="PATH",
+                        help="trained weights (see --tracker); default: the random-weight tiny "
+                             "model, for speed checks only (its boxes mean nothing)")
+    if patch_option:
+        parser.add_argument("--no-patch", action="store_true",
+                            help="run the plain PyTorch model instead of fasttrack's fused kernels")
+    parser.add_argument("--device", default=None,
+                        help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model's weights "
+                                                            "(default: %(default)s)")
+
+
+def default_device(device: str | None) -> str:
+    """`device`, or "cuda" when a GPU is present, else "cpu"."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_tracker(args, patched: bool | None = None):
+    """Build the tracker the parsed options ask for (patched unless --no-patch)."""
+    from ..trackers.registry import build_tracker
+
+    if patched is None:
+        patched = not args.no_patch
+    return build_tracker(args.tracker, args.weights, patched=patched, seed=args.seed,
+                         device=default_device(args.device))
+
+
+def parse_box(text: str, arg: str = "--box") -> list[float]:
+    """Parse "x,y,w,h" (commas or spaces) into 4 finite floats with w, h > 0."""
+    parts = [p for p in str(text).replace(",", " ").split() if p]
+    try:
+        box = [float(p) for p in parts]
+    except ValueError:
+        box = []
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
+        raise ValueError(f"{arg} must be 4 numbers x,y,w,h (pixels, 0-based), got {text!r}")
+    if box[2] <= 0 or box[3] <= 0:
+        raise ValueError(f"{arg} must have width and height > 0, got {text!r}")
+    return box
+
+
+def run_sequence(tracker, seq, box, *, on_frame=None, progress: bool = True, desc: str | None = None,
+                 limit: int | None = None):
+    """Track `seq` (indexable frames) from `box` in frame 0.
+
+    Each `init` / `update` call is timed on its own (frame reading and `on_frame` are not).
+    Args:
+        on_frame: optional callable (index, frame, box) called after each frame.
+        progress: show a tqdm bar (on stderr). limit: track only the first `limit` frames.
+    Returns:
+        boxes (N, 4) float32 (row 0 = the init box) and times (N,) float64 seconds per frame.
+    """
+    from tqdm.auto import tqdm
+
+    n = len(seq) if limit is None else min(len(seq), int(limit))
+    if n < 1:
+        raise ValueError(f"sequence {getattr(seq, 'name', '')!r} has no frames")
+    boxes = np.empty((n, 4), np.float32)
+    times = np.empty(n, np.float64)
+    bar = tqdm(range(n), disable=not progress, desc=desc or getattr(seq, "name", None),
+               unit="frame", leave=False)
+    for i in bar:
+        frame = seq[i]
+        t0 = time.perf_counter()
+        if i == 0:
+            tracker.init(frame, box)
+            out = np.asarray(box, np.float32)
+        else:
+            out = tracker.update(frame)
+        times[i] = time.perf_counter() - t0
+        boxes[i] = out
+        if on_frame is not None:
+            on_frame(i, frame, boxes[i])
+    bar.close()
+    return boxes, times
+
+
+def write_boxes(path, boxes) -> Path:
+    """Write (N, 4) boxes as ``x,y,w,h`` lines (3 decimals); creates the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savetxt(path, np.asarray(boxes, np.float64).reshape(-1, 4), fmt="%.3f", delimiter=",")
+    return path
+
+
+def write_times(path, times) -> Path:
+    """Write per-frame times in seconds, one per line (the GOT-10k ``<seq>_time.txt``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savetxt(path, np.asarray(times, np.float64).reshape(-1, 1), fmt="%.8f")
+    return path

@@ -1,0 +1,289 @@
+"""`fasttrack.AttentionRecorder`: attention maps of a diffusers model at fused-attention cost.
+
+    unet = pipe.unet
+    with fasttrack.AttentionRecorder(unet, resolution=64, self_layers=(64,), batch=[1]) as rec:
+        pipe(prompt, num_inference_steps=20)          # every UNet call is recorded
+    cross = rec.cross()                                 # (B, T, 64, 64) mean cross-attention
+    m = rec.harmonized(alpha=0.5)                       # alpha C + (1 - alpha) S^T C
+
+What is kept (DESIGN 1.2), per recorded layer call:
+- cross layers: the head-mean probabilities (B, N, T), restricted to `batch` and `tokens`,
+  bilinearly resized to the output grid and summed into one running (B, T, Rh, Rw) tensor;
+- self layers: (q, k, lse) restricted to `batch`: N (2D + 1) numbers per head (lse is None on the
+  CPU path, see fasttrack.integrations.diffusers_attention). They are kept per call because
+  S^T C needs the mean cross map of the whole recording, known only when results are asked for;
+  averaging over layers and calls is linear, so self_cross() sums one fused product per entry.
+Averages weight every (layer, call) pair equally. Nothing of size N x N is ever allocated.
+
+With grad enabled during the forward, the kept tensors stay in the autograd graph: results are
+differentiable to the UNet inputs and encoder_hidden_states (prompt learning, DESIGN 1.3).
+Recording is skipped during backward (activation checkpointing recomputes forwards there).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .patch import is_patched, patch, unpatch
+from .integrations.diffusers_attention import FasttrackAttnProcessor
+from .recorder_resize import as_grid, resize_cross, self_cross_entry
+from .recorder_select import SpatialTracker, find_layers, format_hw, parse_selector
+
+__all__ = ["AttentionRecorder"]
+
+_ACTIVE_ATTR = "_fasttrack_recorder"
+# -1 outside autograd's backward; inside it (activation checkpointing re-running a forward) the
+# id of the running graph task. Torch builds without it never recompute inside backward here.
+_GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", lambda: -1)
+
+
+def _parse_indices(spec, arg: str):
+    """tokens / batch: None, an int, a slice, or a sequence of non-negative ints."""
+    if spec is None or isinstance(spec, slice):
+        return spec
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = [spec]
+    if isinstance(spec, torch.Tensor):
+        spec = spec.tolist()
+    if not isinstance(spec, (list, tuple)) or not spec:
+        raise TypeError(f"{arg} must be None, an int, a slice or a non-empty list of ints, got {spec!r}")
+    for i in spec:
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise ValueError(f"{arg} entries must be non-negative ints, got {i!r}")
+    return list(spec)
+
+
+def _take(x: torch.Tensor, dim: int, sel, size: int, arg: str, what: str) -> torch.Tensor:
+    """x restricted to the selected indices along `dim`; ValueError when one is >= size."""
+    if sel is None:
+        return x
+    if isinstance(sel, slice):
+        sel = list(range(size)[sel])
+        if not sel:
+            raise ValueError(f"{arg}: the slice selects none of the {size} {what}")
+    bad = [i for i in sel if i >= size]
+    if bad:
+        raise ValueError(f"{arg} {bad} out of range: this call has {size} {what} "
+                         f"(valid indices 0..{size - 1})")
+    return x.index_select(dim, torch.tensor(sel, device=x.device))
+
+
+class _LayerHook:
+    """Set on a FasttrackAttnProcessor while recording: decides, per call, whether its layer
+    records, and hands the processor an object receiving the layer's tensors."""
+
+    __slots__ = ("rec", "layer")
+
+    def __init__(self, rec, layer):
+        self.rec, self.layer = rec, layer
+
+    def plan(self, *, is_self, n_queries, hw, batch_size, masked):
+        return self.rec._plan(self.layer, is_self, n_queries, hw, batch_size, masked)
+
+
+class _Call:
+    __slots__ = ("rec", "layer", "kind", "hw", "batch_size", "store")
+
+    def __init__(self, rec, layer, kind, hw, batch_size, store):
+        self.rec, self.layer, self.kind, self.hw = rec, layer, kind, hw
+        self.batch_size, self.store = batch_size, store
+
+    def add_self(self, q, k, lse, scale, backend):
+        if self.store:
+            self.rec._add_self(self, q, k, lse, scale, backend)
+
+    def add_cross(self, probs):
+        if self.store:
+            self.rec._add_cross(self, probs)
+
+
+class AttentionRecorder:
+    """Records averaged attention maps of a model containing diffusers Attention layers.
+
+    Args:
+        model: a diffusers UNet or any nn.Module containing diffusers Attention modules. It is
+            patched on entry when needed (and unpatched on exit if this recorder patched it).
+        resolution: output grid, int R (R x R) or (Rh, Rw); at least every recorded layer's size.
+        cross_layers, self_layers: which layers to record: "all", None, int resolutions (a layer's
+            longer side), name globs ("up_blocks.3.*"), or a list mixing them.
+        tokens: token indices kept from the cross maps (None: all T).
+        batch: batch entries kept (None: all), e.g. [1] for the conditional half of a CFG batch.
+        renormalize: renormalize every row of each resized self map to sum 1 (DiffSeg).
+    Results: cross(), self_cross(), harmonized(alpha) -> (B', T', Rh, Rw) float32 (float64 for
+    float64 models); num_calls; reset().
+    """
+
+    def __init__(self, model: nn.Module, *, resolution=64, cross_layers="all", self_layers=None,
+                 tokens=None, batch=None, renormalize=False):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.grid = as_grid(resolution)
+        self._layers = find_layers(model)
+        if not self._layers:
+            raise ValueError(f"{type(model).__name__} contains no diffusers Attention module to record")
+        self._sel = {"cross": parse_selector(cross_layers, "cross_layers", self._layers, "cross"),
+                     "self": parse_selector(self_layers, "self_layers", self._layers, "self")}
+        self.tokens = _parse_indices(tokens, "tokens")
+        self.batch = _parse_indices(batch, "batch")
+        self.renormalize = bool(renormalize)
+        self._spatial = SpatialTracker()
+        self._handles = []
+        self._patched_here = False
+        self.reset()
+
+    # ------------------------------------------------------------------ context manager
+    def __enter__(self) -> "AttentionRecorder":
+        if getattr(self.model, _ACTIVE_ATTR, None) is not None:
+            raise ValueError("another AttentionRecorder is already recording this model")
+        self._patched_here = not is_patched(self.model)
+        patch(self.model)
+        try:
+            self._install()
+        except Exception:
+            self._uninstall()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._uninstall()
+
+    def _install(self) -> None:
+        for layer in self._layers:
+            if self._sel[layer.kind].empty:
+                continue
+            proc = getattr(layer.module, "processor", None)
+            if not isinstance(proc, FasttrackAttnProcessor):
+                if self._sel[layer.kind].matches(layer.name, None):
+                    raise ValueError(f"layer {layer.name} uses {type(proc).__name__}, which fasttrack.patch "
+                                     f"does not replace (it would change the model); exclude it")
+                continue
+            proc.hook = _LayerHook(self, layer)
+        self._spatial.install([l for l in self._layers if not self._sel[l.kind].empty])
+        self._handles.append(self.model.register_forward_hook(lambda *a: self._check_resolutions()))
+        object.__setattr__(self.model, _ACTIVE_ATTR, self)
+
+    def _uninstall(self) -> None:
+        for layer in self._layers:
+            proc = getattr(layer.module, "processor", None)
+            if isinstance(proc, FasttrackAttnProcessor) and isinstance(proc.hook, _LayerHook) \
+                    and proc.hook.rec is self:
+                proc.hook = None
+        self._spatial.remove()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if getattr(self.model, _ACTIVE_ATTR, None) is self:
+            object.__delattr__(self.model, _ACTIVE_ATTR)
+        if self._patched_here:
+            unpatch(self.model)
+            self._patched_here = False
+
+    # ------------------------------------------------------------------ recording
+    def reset(self) -> None:
+        """Forget everything recorded so far (selection and settings are kept)."""
+        self._cross_sum = None
+        self._cross_count = 0
+        self._self_entries = []
+        self._calls: dict[str, int] = {}
+        self._seen: dict[str, tuple] = {}  # layer name -> (kind, hw) of layers that ran
+
+    @property
+    def num_calls(self) -> int:
+        """Forward calls recorded: the most calls any recorded layer has seen."""
+        return max(self._calls.values(), default=0)
+
+    def _plan(self, layer, is_self, n, hw_hint, batch_size, masked):
+        kind = "self" if is_self else "cross"
+        sel = self._sel[kind]
+        if kind != layer.kind or not (sel.resolutions or sel.matches(layer.name, None)):
+            return None
+        hw = self._spatial.hw(layer, n, hw_hint)
+        self._seen[layer.name] = (kind, hw)
+        if not sel.matches(layer.name, hw):
+            return None
+        if hw[0] > self.grid[0] or hw[1] > self.grid[1]:
+            raise ValueError(f"resolution {format_hw(self.grid)} is smaller than recorded layer {layer.name} "
+                             f"({format_hw(hw)}); use a resolution of at least {format_hw(hw)} or exclude "
+                             f"that layer")
+        if masked and kind == "self":
+            raise ValueError(f"self-attention layer {layer.name} got an attention mask: recording masked "
+                             f"self-attention is not supported; drop the mask or exclude the layer")
+        # Activation checkpointing re-runs forwards inside backward: same path, nothing stored.
+        store = _GRAPH_TASK_ID() == -1
+        if store:
+            self._calls[layer.name] = self._calls.get(layer.name, 0) + 1
+        return _Call(self, layer, kind, hw, batch_size, store)
+
+    def _add_cross(self, call, probs):
+        # probs (B, N, T) head mean -> (B', T', Rh, Rw), accumulated in float32 (float64 stays).
+        acc = torch.promote_types(probs.dtype, torch.float32)
+        p = _take(probs, 0, self.batch, call.batch_size, "batch", "batch entries")
+        p = _take(p, 2, self.tokens, probs.shape[2], "tokens", "tokens")
+        m = resize_cross(p.to(acc), call.hw, self.grid)
+        if self._cross_sum is not None and self._cross_sum.shape != m.shape:
+            raise ValueError(f"layer {call.layer.name} gives a cross map of shape {tuple(m.shape)} "
+                             f"but earlier ones were {tuple(self._cross_sum.shape)}: batch size or "
+                             f"token count changed during the recording (call reset() between)")
+        self._cross_sum = m if self._cross_sum is None else self._cross_sum + m
+        self._cross_count += 1
+
+    def _add_self(self, call, q, k, lse, scale, backend):
+        q, k = (_take(x, 0, self.batch, call.batch_size, "batch", "batch entries") for x in (q, k))
+        if lse is not None:
+            lse = _take(lse, 0, self.batch, call.batch_size, "batch", "batch entries")
+        self._self_entries.append((q, k, lse, scale, call.hw, backend))
+
+    def _check_resolutions(self) -> None:
+        """ValueError when an int selector names a resolution no layer of its kind ran at."""
+        for kind, sel in self._sel.items():
+            seen = {hw for name, (k, hw) in self._seen.items() if k == kind}
+            if not sel.resolutions or not seen:
+                continue
+            have = {max(hw) for hw in seen}
+            missing = [r for r in sel.resolutions if r not in have]
+            if missing:
+                avail = ", ".join(f"{max(hw)} ({format_hw(hw)})" for hw in sorted(seen, reverse=True))
+                raise ValueError(f"{kind}_layers: the model has no {kind}-attention layer at resolution "
+                                 f"{missing}; available resolutions: {avail}")
+
+    # ------------------------------------------------------------------ results
+    def _cbar(self) -> torch.Tensor:
+        self._check_resolutions()
+        if self._sel["cross"].empty:
+            raise ValueError("no cross-attention layers are recorded (cross_layers=None); choose "
+                             f"'all', resolutions or names from: {self._names('cross')}")
+        if self._cross_count == 0:
+            raise ValueError("nothing recorded yet: run the model inside `with recorder:` first "
+                             f"(recording cross layers: {self._names('cross')})")
+        return self._cross_sum / self._cross_count
+
+    def _names(self, kind: str) -> str:
+        return ", ".join(l.name for l in self._layers if l.kind == kind) or "(none)"
+
+    def cross(self) -> torch.Tensor:
+        """(B', T', Rh, Rw): head-mean cross-attention, resized, averaged over layers and calls."""
+        return self._cbar()
+
+    def self_cross(self) -> torch.Tensor:
+        """(B', T', Rh, Rw): S_bar^T C_bar, the averaged resized self map applied to cross()."""
+        cbar = self._cbar()
+        if self._sel["self"].empty:
+            raise ValueError("no self-attention layers are recorded (self_layers=None); choose "
+                             f"'all', resolutions or names from: {self._names('self')}")
+        if not self._self_entries:
+            raise ValueError("no self-attention layer has been recorded yet; recorded layers run "
+                             "inside `with recorder:`")
+        b, t = cbar.shape[0], cbar.shape[1]
+        flat = cbar.reshape(b, t, -1).transpose(1, 2)  # (B', M, T')
+        total = None
+        for q, k, lse, scale, hw, backend in self._self_entries:
+            y = self_cross_entry(q, k, lse, scale, flat, hw, self.grid, self.renormalize, backend)
+            total = y if total is None else total + y
+        return total / len(self._self_entries)
+
+    def harmonized(self, alpha: float = 0.5) -> torch.Tensor:
+        """(B', T', Rh, Rw): alpha * C_bar + (1 - alpha) * S_bar^T C_bar (Diff-Tracker, DESIGN 1.1)."""
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
+        return alpha * self.cross() + (1.0 - alpha) * self.self_cross()

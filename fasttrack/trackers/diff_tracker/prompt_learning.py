@@ -1,0 +1,84 @@
+"""Learnable prompts: where they sit in the text context, the losses, and the Adam loop.
+
+A prompt is P learnable token embeddings (P = 1 in Diff-Tracker) in the text encoder's *output*
+space, dimension D (1024 for SD 2.1), i.e. exactly what the UNet's cross-attention layers read.
+It is inserted after the start token of the empty prompt's embedding, like a one-word prompt
+"<target>" would be: context = [null[0], p_1 .. p_P, null[1 : L - P]] (the end-of-text token
+and the padding move right), so the start token keeps absorbing most of the attention and the
+prompt tokens' cross maps are the contrast Diff-Tracker learns (with a single free token the
+softmax over tokens would be identically 1).
+
+Many targets are many batch rows: prompts (K, P, D) -> contexts (K, L, D), and the losses come
+out per target (K,). The loop minimizes their *sum*, so each target's gradient is the one its
+own single run would see and, Adam being element-wise, K targets learned together follow K
+single runs.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .boxes import normalize_maps
+
+__all__ = ["insert_prompt", "normalized_mse", "learn_prompt", "initial_prompt"]
+
+
+def insert_prompt(null_context: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """null_context (1, L, D), prompt (K, P, D) -> context (K, L, D) with the prompt tokens at
+    positions 1 .. P."""
+    if prompt.ndim != 3 or prompt.shape[-1] != null_context.shape[-1]:
+        raise ValueError(f"prompt must be (K, P, {null_context.shape[-1]}), got {tuple(prompt.shape)}")
+    K, P, _ = prompt.shape
+    L = null_context.shape[1]
+    if not 1 <= P < L - 1:
+        raise ValueError(f"prompt must have 1 to {L - 2} tokens, got {P}")
+    null = null_context.to(prompt.dtype).expand(K, -1, -1)
+    return torch.cat([null[:, :1], prompt, null[:, 1:L - P]], dim=1)
+
+
+def initial_prompt(null_context: torch.Tensor, num_targets: int, num_tokens: int = 1) -> torch.Tensor:
+    """Starting value of the learnable prompt: the empty prompt's end-of-text embedding (position
+    1 of the null context), a point the UNet has seen, for every token. Returns (K, P, D)."""
+    return null_context[:, 1:2].detach().clone().expand(num_targets, num_tokens, -1).clone()
+
+
+def normalized_mse(maps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Diff-Tracker's attention loss: mean squared error between the min-max normalized map and
+    the ground-truth map (1 inside the box). maps, targets: (K, h, w) -> (K,) float32.
+    Normalizing makes the loss about *where* the token attends, not how much mass it takes from
+    the start token."""
+    diff = normalize_maps(maps.float()) - targets.float()
+    return diff.pow(2).flatten(1).mean(1)
+
+
+def learn_prompt(prompt: torch.Tensor, loss_fn: Callable[[torch.Tensor, int], torch.Tensor], steps: int,
+                 lr: float = 5e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adam on the prompt alone (the diffusion model stays frozen).
+
+    Args:
+        prompt: (K, P, D) starting value (not modified).
+        loss_fn: (prompt (K, P, D) requiring grad, step index) -> per-target losses (K,).
+        steps: number of Adam steps (>= 0).
+        lr: learning rate (5e-3 in the paper).
+    Returns:
+        the learned prompt (K, P, D), detached, and the losses (steps, K) float32, kept on the
+        device (reading them back is the caller's choice: no host synchronization here).
+    """
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    # Adam's moments live in float32 even for half-precision models: the prompt is tiny.
+    p = prompt.detach().float().clone().requires_grad_(True)
+    opt = torch.optim.Adam([p], lr=lr)
+    history = []
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            losses = loss_fn(p.to(prompt.dtype), step)
+            losses.sum().backward()
+        opt.step()
+        history.append(losses.detach().float())
+    hist = torch.stack(history) if history else prompt.new_zeros((0, prompt.shape[0]), dtype=torch.float32)
+    return p.detach().to(prompt.dtype), hist

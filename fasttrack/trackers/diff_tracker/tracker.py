@@ -1,0 +1,305 @@
+"""Diff-Tracker (Zhang et al., ECCV 2024, arXiv 2407.08394; seed 000, DESIGN 1.5) on fasttrack.
+
+Per frame: image -> square S x S input -> VAE latents z -> z_t = sqrt(abar) z + sqrt(1 - abar) eps
+(seeded generator) -> UNet(z_t, t, context with the prompt) with maps recorded -> attention
+harmonization M = alpha C + (1 - alpha) S^T C at R x R (alpha 0.5) from the chosen layers
+(default SLiMe's: cross maps of up_blocks 1-2, self maps of up_blocks 3, i.e. 16/32 and 64 for
+SD 2.1) -> upsample to the image, min-max normalize -> the smallest box around the pixels at or
+above `threshold`. `score` is the share of the map's mass inside the box.
+
+Frame 1: the prompt (P tokens, D = prompt dim) is learned with Adam (lr 5e-3) on
+normalized MSE(M, box mask) + dm_weight * L_DM (the UNet's denoising loss), the UNet frozen.
+From the frame of 0-based index `update_from` (5: the 6th frame) on, the online prompt updater
+(updater.py) moves the prompt with short- and long-term motion; `train_updater` trains it (Adam,
+lr 5e-4). Without saved updater weights the updater starts as the identity (see updater.py).
+
+Many targets run as batch rows of one UNet pass (`init_batch` / `update_batch`), sharing the
+frame's latents and noise, so K targets give the boxes of K single runs.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..base import Tracker
+from .boxes import box_masks, maps_to_boxes, mass_inside, normalize_maps, upsample_maps
+from .maps import MapReader
+from .prompt_learning import initial_prompt, insert_prompt, normalized_mse
+from .prompt_learning import learn_prompt as adam_prompt
+from .sd import SDComponents, add_noise, diffusion_target, preprocess
+from .serialization import SerializationMixin, load_module_state, write_tracker_folder
+from .updater import PromptUpdater, UpdaterConfig, crop_boxes
+
+__all__ = ["DiffTracker"]
+
+SLIME_CROSS = ("up_blocks.1.*", "up_blocks.2.*")
+SLIME_SELF = ("up_blocks.3.*",)
+
+# The `tiny` tracker: updater sized for 128 px frames and prompt dim 32, 3 prompt-learning steps.
+_TINY_UPDATER = dict(prompt_dim=32, num_tokens=1, width=8, dim=32, heads=2, history=5,
+                     frame_size=64, template_size=32, hidden=64)
+_TINY_SETTINGS = dict(prompt_steps=3)
+
+
+class DiffTracker(SerializationMixin, Tracker):
+    """Diff-Tracker. Build with `from_pretrained(sd_folder)` or `tiny(seed)`.
+
+    Args:
+        components: SDComponents (VAE, UNet, empty-prompt context, schedule).
+        updater: PromptUpdater or None (None: a fresh, identity-initialized one is built).
+        patched: fused fasttrack path (True) or unpatched materializing path (False).
+        backend: fasttrack backend of the patched path.
+        resolution: map grid R (default: the latent size, 64 for SD 2.1 at 512 px).
+        cross_layers, self_layers: recorded layers (default SLiMe's choice).
+        alpha: harmonization weight of the cross map (0.5).
+        timestep: noise level t of every forward (100 of 1000 by default: light noise, so the
+            maps follow the image; the paper does not give its value).
+        num_tokens: P, learnable prompt tokens (1).
+        prompt_steps: Adam steps of the first-frame prompt learning; lr: its learning rate.
+        dm_weight: weight of L_DM in the first-frame loss.
+        threshold: activation threshold of the normalized map for the box.
+        use_updater: run the online prompt updater; update_from: 0-based frame index of its
+            first update (5: the 6th frame).
+        seed: seeds the noise generator (same seed, same boxes, patched or not).
+    """
+
+    max_targets = None
+    _config_keys = ("resolution", "cross_layers", "self_layers", "alpha", "timestep", "num_tokens",
+                    "prompt_steps", "lr", "dm_weight", "threshold", "use_updater", "update_from", "seed")
+    _folder = "fasttrack_diff_tracker"
+
+    def __init__(self, components: SDComponents, *, updater: PromptUpdater | None = None,
+                 patched: bool = True, backend: str = "auto", resolution: int | None = None,
+                 cross_layers=SLIME_CROSS, self_layers=SLIME_SELF, alpha: float = 0.5,
+                 timestep: int = 100, num_tokens: int = 1, prompt_steps: int = 50, lr: float = 5e-3,
+                 dm_weight: float = 1.0, threshold: float = 0.5, use_updater: bool = True,
+                 update_from: int = 5, seed: int = 0):
+        super().__init__()
+        if not isinstance(components, SDComponents):
+            raise TypeError(f"components must be SDComponents, got {type(components).__name__}")
+        n_train = components.alphas_cumprod.shape[0]
+        if not isinstance(timestep, int) or not 0 <= timestep < n_train:
+            raise ValueError(f"timestep must be an int in [0, {n_train}), got {timestep!r}")
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        if not 0.0 < float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+        if not isinstance(update_from, int) or update_from < 1:
+            raise ValueError(f"update_from must be an int >= 1, got {update_from!r}")
+        self.sd = components
+        self.device, self.dtype = components.device, components.dtype
+        self.resolution = int(resolution or components.latent_size)
+        self.cross_layers, self.self_layers = cross_layers, self_layers
+        self.alpha, self.timestep, self.num_tokens = float(alpha), timestep, int(num_tokens)
+        self.prompt_steps, self.lr, self.dm_weight = int(prompt_steps), float(lr), float(dm_weight)
+        self.threshold, self.use_updater, self.update_from = float(threshold), bool(use_updater), update_from
+        self.seed = int(seed)
+        self.reader = MapReader(components.unet, resolution=self.resolution, cross_layers=cross_layers,
+                                self_layers=self_layers, tokens=range(1, 1 + self.num_tokens),
+                                patched=patched, backend=backend)
+        D = int(components.unet.config.cross_attention_dim)
+        if updater is None:
+            updater = PromptUpdater(prompt_dim=D, num_tokens=self.num_tokens)
+        if updater.config["prompt_dim"] != D or updater.config["num_tokens"] != self.num_tokens:
+            raise ValueError(f"updater is built for prompts ({updater.config['num_tokens']}, "
+                             f"{updater.config['prompt_dim']}), the model needs ({self.num_tokens}, {D})")
+        self.updater = updater.to(self.device).eval().requires_grad_(False)
+        self._t = torch.tensor(timestep, device=self.device)
+        self.prompt = None
+        self.loss_history = None
+
+    # ------------------------------------------------------------------ serialization hooks
+    def _modules_to_save(self) -> dict:
+        return {"updater": self.updater}
+
+    @classmethod
+    def _build(cls, components, settings, module_configs, sub):
+        updater = None
+        if "updater" in module_configs:
+            updater = PromptUpdater(UpdaterConfig(**module_configs["updater"]))
+            load_module_state(updater, sub, "updater")
+        return cls(components, updater=updater, **settings)
+
+    @classmethod
+    def _tiny_setup(cls, path, seed):
+        torch.manual_seed(seed)
+        updater = PromptUpdater(**_TINY_UPDATER)
+        # Random weights everywhere, the zero-started last layers included, so that the tiny
+        # tracker's updater really moves the prompt (a trained one would).
+        with torch.no_grad():
+            for last in (updater.fusion[-1], updater.blend[-1]):
+                last.weight.normal_(0.0, 0.05)
+        write_tracker_folder(path, cls._folder, _TINY_SETTINGS, {"updater": updater})
+
+    @property
+    def patched(self) -> bool:
+        return self.reader.patched
+
+    def set_patched(self, patched: bool, backend: str | None = None) -> "DiffTracker":
+        """Switch between the fused (True) and the unpatched materializing (False) path."""
+        self.reader.set_patched(patched, backend)
+        return self
+
+    # ------------------------------------------------------------------ one frame
+    def _encode(self, image) -> tuple[torch.Tensor, torch.Tensor]:
+        """image -> model input x (1, 3, S, S) in [-1, 1] and latents z (1, 4, S/8, S/8)."""
+        with torch.no_grad():
+            x = preprocess(image, self.sd.image_size, self.device, self.dtype)
+            return x, self.sd.encode(x)
+
+    def _forward(self, z: torch.Tensor, prompt: torch.Tensor):
+        """Noise z, run the UNet with the prompts (K, P, D), read the harmonized maps.
+        Returns maps (K, R, R) float32, the UNet output (K, 4, h, w) and the noise (1, 4, h, w)."""
+        K = prompt.shape[0]
+        noise = torch.randn(z.shape, generator=self._gen, device=self.device, dtype=self.dtype)
+        zt = add_noise(z, noise, self.timestep, self.sd.alphas_cumprod).expand(K, -1, -1, -1)
+        ctx = insert_prompt(self.sd.null_context, prompt.to(self.dtype))
+        pred = self.reader.run(zt, self._t, ctx)
+        return self.reader.harmonized(self.alpha), pred, noise
+
+    def _image_boxes_to_input(self, boxes: torch.Tensor) -> torch.Tensor:
+        H, W = self._image_size
+        s = self.sd.image_size
+        return boxes * boxes.new_tensor([s / W, s / H, s / W, s / H])
+
+    # ------------------------------------------------------------------ tracker hooks
+    def _start(self, image, boxes) -> None:
+        H, W = int(image.shape[0]), int(image.shape[1])
+        self._image_size = (H, W)
+        self._gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        K = boxes.shape[0]
+        b = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
+        x, z = self._encode(image)
+        gt = box_masks(b, (H, W), (self.resolution, self.resolution))
+        self.prompt, self.loss_history = self.learn_prompt(z, gt, self.prompt_steps)
+        self._boxes = b
+        self._frame = 0
+        self._short, self._long = [], []
+        if self.use_updater:
+            with torch.no_grad():
+                crops = crop_boxes(x, self._image_boxes_to_input(b), self.updater.config["template_size"])
+                self._template = self.updater.template_tokens(self.updater.prepare(crops, crops.shape[-1]))
+                self._push_features(x)
+
+    def learn_prompt(self, z: torch.Tensor, gt: torch.Tensor, steps: int):
+        """First-frame prompt learning on latents z (1, 4, h, w) towards ground-truth maps
+        gt (K, R, R). Returns the prompts (K, P, D) and the per-step losses (steps, K)."""
+        t = self.timestep
+
+        def loss_fn(p, step):
+            maps, pred, noise = self._forward(z, p)
+            target = diffusion_target(z, noise, t, self.sd.alphas_cumprod, self.sd.prediction_type)
+            l_dm = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+            return normalized_mse(maps, gt) + self.dm_weight * l_dm
+
+        p0 = initial_prompt(self.sd.null_context, gt.shape[0], self.num_tokens)
+        return adam_prompt(p0, loss_fn, steps, self.lr)
+
+    def _push_features(self, x: torch.Tensor) -> None:
+        """Backbone features of this frame for both motion encoders (kept for later frames)."""
+        cfg = self.updater.config
+        frame = self.updater.prepare(x, cfg["frame_size"])
+        self._short = (self._short + [self.updater.short.features(frame)])[-2:]
+        self._long = (self._long + [self.updater.long.features(frame)])[-(cfg["history"] + 1):]
+
+    def _motion_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked features (1, 2, C, h, w) and (1, T + 1, C, h, w), oldest first; missing early
+        frames repeat the oldest one."""
+        n_long = self.updater.config["history"] + 1
+        short = [self._short[0]] * (2 - len(self._short)) + self._short
+        long = [self._long[0]] * (n_long - len(self._long)) + self._long
+        return torch.stack(short, 1), torch.stack(long, 1)
+
+    def _step(self, image) -> tuple[torch.Tensor, torch.Tensor]:
+        """One frame, all on the device: boxes (K, 4) and scores (K,) as device tensors."""
+        x, z = self._encode(image)
+        self._frame += 1
+        with torch.no_grad():
+            if self.use_updater:
+                self._push_features(x)
+                if self._frame >= self.update_from:
+                    short, long = self._motion_inputs()
+                    self.prompt = self.updater(self.prompt, self._template, short, long)
+            maps, _, _ = self._forward(z, self.prompt)
+            boxes, scores = self._boxes_from_maps(maps)
+        self._boxes = boxes
+        return boxes, scores
+
+    def _advance(self, image):
+        boxes, scores = self._step(image)
+        out = torch.cat([boxes, scores[:, None]], 1).cpu()   # the frame's only host sync
+        return out[:, :4].numpy(), out[:, 4].numpy()
+
+    def _boxes_from_maps(self, maps: torch.Tensor):
+        up = upsample_maps(maps, self._image_size)
+        boxes, _ = maps_to_boxes(normalize_maps(up), self.threshold, self._boxes)
+        return boxes, mass_inside(up, boxes)
+
+    # ------------------------------------------------------------------ updater training
+    def train_updater(self, sequences, *, epochs: int = 1, lr: float = 5e-4, prompt_steps: int | None = None,
+                      max_frames: int | None = None, progress: bool = True) -> list[float]:
+        """Train the online prompt updater (Adam, lr 5e-4) on sequences with boxes.
+
+        For each sequence: learn the first-frame prompt, then from frame `update_from` on update
+        the prompt with the updater and minimize normalized MSE(harmonized map, box mask of the
+        frame's ground truth); the prompt carried to the next frame is detached (truncated
+        backpropagation through time, one frame long).
+
+        Args:
+            sequences: iterable of fasttrack Sequence objects or (frames, boxes (N, 4)) pairs.
+            epochs: passes over the sequences; prompt_steps: first-frame steps (default: the
+            tracker's); max_frames: frames used per sequence (None: all).
+        Returns:
+            the mean loss of every trained frame, in order.
+        """
+        from tqdm.auto import tqdm
+
+        from ..base import check_boxes, check_image
+
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        seqs = [(s.frames if hasattr(s, "gt") else s[0], s.gt if hasattr(s, "gt") else s[1]) for s in sequences]
+        if not seqs:
+            raise ValueError("sequences must hold at least one sequence")
+        was = self.use_updater
+        self.use_updater = True
+        self.updater.requires_grad_(True).train()
+        opt = torch.optim.Adam(self.updater.parameters(), lr=lr)
+        steps = self.prompt_steps if prompt_steps is None else int(prompt_steps)
+        losses = []
+        try:
+            for _ in range(epochs):
+                for frames, gts in tqdm(seqs, disable=not progress, desc="train_updater"):
+                    n = len(frames) if max_frames is None else min(len(frames), max_frames)
+                    size = check_image(frames[0], "frames[0]")
+                    b0 = check_boxes(gts[0], size, "boxes[0]")
+                    saved, self.prompt_steps = self.prompt_steps, steps
+                    try:
+                        self._start(frames[0], b0[None])
+                    finally:
+                        self.prompt_steps = saved
+                    for k in range(1, n):
+                        losses += self._train_frame(opt, frames[k], gts[k])
+        finally:
+            self.updater.requires_grad_(False).eval()
+            self.use_updater = was
+        return losses
+
+    def _train_frame(self, opt, image, box) -> list[float]:
+        x, z = self._encode(image)
+        self._frame += 1
+        with torch.no_grad():
+            self._push_features(x)
+        if self._frame < self.update_from:
+            return []
+        short, long = self._motion_inputs()
+        opt.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            prompt = self.updater(self.prompt, self._template, short, long)
+            maps, _, _ = self._forward(z, prompt)
+            b = torch.as_tensor(box, dtype=torch.float32, device=self.device)[None]
+            gt = box_masks(b, self._image_size, (self.resolution, self.resolution))
+            loss = normalized_mse(maps, gt).sum()
+            loss.backward()
+        opt.step()
+        self.prompt = prompt.detach()
+        return [float(loss.detach())]

@@ -1,0 +1,128 @@
+"""Trackers by name, for the command line and scripts.
+
+    from fasttrack.trackers.registry import build_tracker, tracker_names
+    tracker = build_tracker("detrack")                           # DeTrack.tiny(), patched
+    tracker = build_tracker("detrack", weights="detrack.pt")     # a DeTrack.save() checkpoint
+    tracker = build_tracker("dintr", weights="sd-2-1/", patched=False)
+
+Names: "detrack", "diff-tracker", "dintr". Without `weights` each builds its random-weight
+`tiny(seed)` model (for speed and equivalence checks: its boxes mean nothing). With `weights`:
+DeTrack loads a checkpoint file written by `DeTrack.save` (`DeTrack.from_checkpoint`);
+Diff-Tracker and DINTR load a local Stable Diffusion folder in the diffusers layout
+(`from_pretrained`; the tracker's own learned parts are read from its subfolder when present).
+
+`patched=True` swaps in fasttrack's fused kernels (`fasttrack.patch` for DeTrack, the fused map
+path for the diffusion trackers); `patched=False` gives the plain PyTorch model. Tracker modules
+are imported only when built, so listing names stays cheap. Errors are ValueErrors naming the
+argument (an unknown name lists the choices; a missing or unreadable weights path names it).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Callable
+
+__all__ = ["TRACKERS", "TrackerEntry", "build_tracker", "tracker_names"]
+
+
+@dataclass(frozen=True)
+class TrackerEntry:
+    """One registered tracker: a one-line description, what --weights means for it, and the
+    builder (weights or None, patched, seed, device) -> Tracker."""
+
+    description: str
+    weights: str
+    build: Callable
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """The first line / sentence of an exception's message (library errors can be long)."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    return text.splitlines()[0].split(". ")[0].rstrip(".")
+
+
+def _detrack(weights, patched: bool, seed: int, device: str):
+    from .detrack import DeTrack
+
+    if weights is None:
+        tracker = DeTrack.tiny(seed=seed, device=device)
+    else:
+        if not os.path.isfile(weights):
+            raise ValueError(f"weights {weights!r}: no such file (DeTrack expects a checkpoint "
+                             "written by DeTrack.save)")
+        try:
+            tracker = DeTrack.from_checkpoint(weights, map_location=device)
+        except (RuntimeError, OSError, EOFError, KeyError, pickle.UnpicklingError) as exc:
+            # what torch.load raises for files that are not torch checkpoints
+            raise ValueError(f"weights {weights!r} is not a readable DeTrack checkpoint "
+                             f"(torch.load: {_first_sentence(exc)})") from None
+    tracker.eval()
+    if patched:
+        import fasttrack
+
+        fasttrack.patch(tracker)
+    return tracker
+
+
+def _diffusion(module: str, cls_name: str):
+    def build(weights, patched: bool, seed: int, device: str):
+        import importlib
+
+        cls = getattr(importlib.import_module(module), cls_name)
+        if weights is None:
+            tracker = cls.tiny(seed=seed, device=device)
+        else:
+            if not os.path.isdir(weights):
+                raise ValueError(f"weights {weights!r}: no such folder ({cls_name} expects a local "
+                                 "Stable Diffusion folder in the diffusers layout)")
+            try:
+                tracker = cls.from_pretrained(weights, device=device)
+            except OSError as exc:  # diffusers: missing or broken config / weight files
+                raise ValueError(f"weights {weights!r}: cannot load a Stable Diffusion folder "
+                                 f"({_first_sentence(exc)})") from None
+        return tracker.set_patched(bool(patched))
+    return build
+
+
+TRACKERS: dict[str, TrackerEntry] = {
+    "detrack": TrackerEntry("DeTrack (NeurIPS 2024), in-model latent denoising",
+                            "a checkpoint file written by DeTrack.save", _detrack),
+    "diff-tracker": TrackerEntry("Diff-Tracker (ECCV 2024), prompt learning on Stable Diffusion",
+                                 "a local Stable Diffusion folder (diffusers layout)",
+                                 _diffusion("fasttrack.trackers.diff_tracker", "DiffTracker")),
+    "dintr": TrackerEntry("DINTR, diffusion-based interpolation tracker",
+                          "a local Stable Diffusion folder (diffusers layout)",
+                          _diffusion("fasttrack.trackers.dintr", "DINTR")),
+}
+
+
+def tracker_names() -> list[str]:
+    """The registered tracker names, in registration order."""
+    return list(TRACKERS)
+
+
+def build_tracker(name: str, weights=None, *, patched: bool = True, seed: int = 0,
+                  device: str = "cpu"):
+    """Build a tracker by name.
+
+    Args:
+        name: one of :func:`tracker_names`.
+        weights: None for the random-weight tiny model, else a path (see the module docstring).
+        patched: fasttrack's fused kernels (True) or plain PyTorch (False).
+        seed: seed of the tiny model's weights (ignored with `weights`).
+        device: torch device string.
+    Returns:
+        a :class:`fasttrack.trackers.Tracker`.
+    """
+    if name not in TRACKERS:
+        raise ValueError(f"unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
+    if weights is not None:
+        if not isinstance(weights, (str, os.PathLike)):
+            raise TypeError(f"weights must be a path, got {type(weights).__name__}")
+        weights = os.fspath(weights)
+        if not os.path.exists(weights):
+            raise ValueError(f"weights {weights!r}: no such file or folder")
+    return TRACKERS[name].build(weights, patched, int(seed), str(device))

@@ -1,0 +1,206 @@
+"""DINTR: the interpolation process (offset operator), the indications, and the tracker end to
+end (patched == unpatched, batch == singles, point / box / mask outputs, save / load, bad input).
+CPU, the `tiny` model, fasttrack's "torch" backend for the patched path."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fasttrack.data.synthetic import synthetic_sequence
+from fasttrack.eval.metrics import iou
+from fasttrack.trackers import DINTR, NotInitializedError
+from fasttrack.trackers.diff_tracker import sd
+from fasttrack.trackers.diff_tracker.prompt_learning import initial_prompt
+from fasttrack.trackers.dintr.indication import check_masks, extract, indicator_maps
+from fasttrack.trackers.dintr.interpolation import (blend, interpolate, interpolation_timesteps, offset,
+                                                    offset_loss)
+
+
+# ---------------------------------------------------------------- interpolation
+def test_timesteps_and_blend(rng):
+    assert interpolation_timesteps(4, 200) == [200, 150, 100, 50]
+    assert interpolation_timesteps(1, 250) == [250]
+    a, b = torch.randn(2, 4, 3, 3, generator=rng), torch.randn(2, 4, 3, 3, generator=rng)
+    assert torch.equal(blend(a, b, 4, 4), a) and torch.equal(blend(b, b, 2, 4), b)
+    assert torch.allclose(blend(a, b, 1, 4), 0.75 * b + 0.25 * a, atol=1e-6)
+    with pytest.raises(ValueError, match="num_steps"):
+        interpolation_timesteps(0)
+
+
+def test_anchor_process_visits_the_blends_and_lands_on_the_next_frame(rng):
+    z0, z1 = torch.randn(1, 4, 5, 5, generator=rng), torch.randn(1, 4, 5, 5, generator=rng)
+    seen = []
+
+    def step(x, s, ts):
+        seen.append((x.clone(), s, ts))
+        return torch.zeros_like(x)
+
+    out = list(interpolate(z0, z1, 5, step, mode="anchor", max_timestep=100))
+    assert len(out) == 5 and torch.equal(out[-1], z1)
+    assert [s for _, s, _ in seen] == [0, 1, 2, 3, 4] and [t for *_, t in seen] == [100, 80, 60, 40, 20]
+    for (x, s, _), t in zip(seen, range(5, 0, -1)):
+        # x_t = z1 + (t / S) (z0 - z1): the start is the current frame
+        assert torch.allclose(x, z1 + t / 5 * (z0 - z1), atol=1e-6)
+
+
+def test_predicted_offsets_follow_the_learned_step(rng):
+    z0, z1 = torch.randn(2, 4, 3, 3, generator=rng), torch.randn(2, 4, 3, 3, generator=rng)
+    # psi = the true offset: the learned process reproduces the anchor path (C.27)
+    exact = list(interpolate(z0, z1, 4, lambda x, s, t: offset(z0, z1), mode="predicted"))
+    assert torch.allclose(exact[-1], z1, atol=1e-5)
+    # psi = 0: the state never leaves the current frame; psi = 2 o: it overshoots to 2 z1 - z0
+    assert torch.equal(list(interpolate(z0, z1, 3, lambda x, s, t: torch.zeros_like(x), mode="predicted"))[-1], z0)
+    over = list(interpolate(z0, z1, 3, lambda x, s, t: 2 * offset(z0, z1), mode="predicted"))[-1]
+    assert torch.allclose(over, 2 * z1 - z0, atol=1e-5)
+    assert torch.allclose(offset_loss(offset(z0, z1), z0, z1), torch.zeros(2))
+    assert torch.allclose(offset_loss(torch.zeros_like(z0), z0, z1), (z0 - z1).pow(2).mean((1, 2, 3)))
+    with pytest.raises(ValueError, match="offset"):
+        next(interpolate(z0, z1, 2, lambda x, s, t: x, mode="noise"))
+
+
+# ---------------------------------------------------------------- indications
+def test_indicator_maps():
+    boxes = torch.tensor([[8.0, 4.0, 16.0, 8.0]])
+    pt = indicator_maps("point", boxes, (32, 32), (8, 8))
+    assert pt.shape == (1, 8, 8)
+    assert divmod(int(pt[0].argmax()), 8) in {(1, 3), (1, 4), (2, 3), (2, 4)}   # centre (16, 8)
+    box = indicator_maps("box", boxes, (32, 32), (8, 8))
+    assert box[0, 1:3, 2:6].eq(1).all() and box.sum() == 8
+    mask = torch.zeros(1, 32, 32)
+    mask[0, 0:6, 0:4] = 1
+    m = indicator_maps("mask", boxes, (32, 32), (8, 8), mask)
+    assert m[0, 0, 0] == 1 and m[0, 1, 0] == 0.5 and m.sum() == 1.5
+
+
+def test_extract_each_indication():
+    maps = torch.zeros(1, 8, 8)
+    maps[0, 2:4, 5:7] = 1.0
+    maps[0, 3, 6] = 2.0
+    prev = torch.tensor([[0.0, 0.0, 10.0, 6.0]])
+    box = extract("box", maps, (16, 16), prev, threshold=0.4)
+    mask = extract("mask", maps, (16, 16), prev, threshold=0.4)
+    point = extract("point", maps, (16, 16), prev)
+    assert torch.equal(box["boxes"], mask["boxes"])
+    up_mask = mask["masks"][0]
+    ys, xs = np.nonzero(up_mask.numpy())
+    assert box["boxes"][0].tolist() == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+    px, py = point["points"][0].tolist()
+    assert 12 <= px <= 14 and 6 <= py <= 8                      # the peak cell (3, 6) covers x 12-14
+    assert point["boxes"][0, 2:].tolist() == [10.0, 6.0]          # size kept, centred on the point
+    assert torch.allclose(point["boxes"][0, :2] + point["boxes"][0, 2:] / 2, point["points"][0])
+    assert 0.0 < float(box["scores"][0]) <= 1.0
+
+
+def test_check_masks():
+    with pytest.raises(ValueError, match="masks"):
+        check_masks(np.zeros((1, 8, 8)), (8, 8))                      # empty mask
+    with pytest.raises(ValueError, match="masks"):
+        check_masks(np.ones((1, 8, 9)), (8, 8))                       # wrong size
+    with pytest.raises(TypeError, match="masks"):
+        check_masks([[1]], (1, 1))
+    assert check_masks(np.ones((8, 8), bool), (8, 8)).shape == (1, 8, 8)
+
+
+# ---------------------------------------------------------------- the tracker
+@pytest.fixture(scope="module")
+def tracker():
+    return DINTR.tiny(0, backend="torch", threshold=0.8, num_steps=2)
+
+
+@pytest.fixture(scope="module")
+def seq():
+    return synthetic_sequence(4, size=(96, 112), sprite_size=(24, 28), seed=2)
+
+
+def test_patched_and_unpatched_give_the_same_boxes(tracker, seq):
+    runs = {}
+    for patched in (True, False):
+        tracker.set_patched(patched)
+        boxes, spf = tracker.track(seq.frames, seq.gt[0], progress=False)
+        runs[patched] = (boxes, tracker.loss_history.clone(), tracker.tokens.clone())
+        assert boxes.shape == (4, 4) and boxes.dtype == np.float32 and spf > 0
+    tracker.set_patched(True)
+    assert np.all(iou(runs[True][0], runs[False][0]) >= 0.99)
+    assert len({tuple(b) for b in runs[True][0][1:].tolist()}) > 1
+    assert torch.allclose(runs[True][1], runs[False][1], rtol=1e-5)
+    assert torch.allclose(runs[True][2], runs[False][2], atol=1e-5)
+    start = initial_prompt(tracker.sd.null_context, 1)
+    assert (runs[True][2] - start).abs().max() > 1e-3                # the tokens were learned
+
+
+def test_batch_equals_single_runs(tracker, seq):
+    boxes = np.stack([seq.gt[0], [70.0, 8.0, 30.0, 24.0]]).astype(np.float64)
+    tracker.init_batch(seq[0], boxes)
+    batch = np.stack([tracker.update_batch(seq[i]) for i in (1, 2)])
+    for k in range(2):
+        tracker.init(seq[0], boxes[k])
+        single = np.stack([tracker.update(seq[i]) for i in (1, 2)])
+        assert np.all(iou(batch[:, k], single) >= 0.99)
+
+
+def test_point_and_mask_indications(seq):
+    point = DINTR.tiny(0, backend="torch", indication="point", num_steps=2)
+    point.init(seq[0], seq.gt[0])
+    b = point.update(seq[1])
+    assert np.allclose(b[2:], seq.gt[0][2:])                       # point tracking keeps the size
+    assert np.allclose(b[:2] + b[2:] / 2, point.points[0].numpy())
+    masker = DINTR.tiny(0, backend="torch", indication="mask", num_steps=2, threshold=0.8)
+    m0 = np.zeros(seq[0].shape[:2], bool)
+    x, y, w, h = seq.gt[0].astype(int)
+    m0[y:y + h, x:x + w // 2] = True
+    masker.init_masks(seq[0], m0)
+    b = masker.update(seq[1])
+    mk = masker.masks[0].numpy()
+    ys, xs = np.nonzero(mk)
+    assert mk.shape == m0.shape and b.tolist() == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+
+
+def test_save_and_load(tracker, tmp_path):
+    sd.tiny_folder(tmp_path, seed=0)
+    tracker.save_pretrained(tmp_path)
+    loaded = DINTR.from_pretrained(tmp_path, backend="torch", indication="point")
+    assert loaded.threshold == 0.8 and loaded.num_steps == 2 and loaded.indication == "point"
+    assert loaded.init_steps == tracker.init_steps
+
+
+def test_bad_input(tracker, seq):
+    fresh = DINTR.tiny(1, backend="torch", init_steps=0, num_steps=1)
+    with pytest.raises(NotInitializedError, match="init"):
+        fresh.update(seq[0])
+    with pytest.raises(ValueError, match="boxes"):
+        fresh.init_batch(seq[0], [[10.0, 10.0, 5.0, 5.0], [-50.0, 10.0, 5.0, 5.0]])  # outside
+    with pytest.raises(ValueError, match="box"):
+        fresh.init(seq[0], [10.0, 10.0, 5.0, -1.0])
+    with pytest.raises(TypeError, match="image"):
+        fresh.init(seq[0].astype(np.int64), [10.0, 10.0, 5.0, 5.0])
+    with pytest.raises(ValueError, match="image"):
+        fresh.init(seq[0][None], [10.0, 10.0, 5.0, 5.0])
+    fresh.init(seq[0], [10.0, 10.0, 5.0, 5.0])
+    with pytest.raises(ValueError, match="image"):
+        fresh.update(seq[0][:, :100])
+    with pytest.raises(ValueError, match="indication"):
+        DINTR(fresh.sd, indication="pose")
+    with pytest.raises(ValueError, match="offset"):
+        DINTR(fresh.sd, offset="gaussian")
+
+
+# ---------------------------------------------------------------- GPU (skipped without CUDA)
+@pytest.mark.gpu
+def test_cuda_patched_equals_unpatched_and_no_sync_inside_a_frame(seq):
+    tr = DINTR.tiny(0, device="cuda", threshold=0.8, num_steps=2)
+    runs = {}
+    for patched in (True, False):
+        tr.set_patched(patched)
+        runs[patched], _ = tr.track(seq.frames, seq.gt[0], progress=False)
+    assert np.all(iou(runs[True], runs[False]) >= 0.99)
+    tr.set_patched(True)
+    tr.init_batch(seq[0], np.stack([seq.gt[0], [70.0, 8.0, 30.0, 24.0]]))
+    frame = torch.from_numpy(seq[1]).cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")        # any host-device synchronization raises
+    try:
+        boxes, scores = tr._step(frame)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert boxes.is_cuda and boxes.shape == (2, 4) and scores.shape == (2,)
