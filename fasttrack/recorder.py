@@ -158,6 +158,9 @@ class AttentionRecorder:
                     raise ValueError(f"layer {layer.name} uses {type(proc).__name__}, which fasttrack.patch "
                                      f"does not replace (it would change the model); exclude it")
                 continue
+            if proc.hook is not None:
+                raise ValueError(f"layer {layer.name} is already being recorded by another "
+                                 f"AttentionRecorder (one recorder per layer at a time)")
             proc.hook = _LayerHook(self, layer)
         self._spatial.install([l for l in self._layers if not self._sel[l.kind].empty])
         self._handles.append(self.model.register_forward_hook(lambda *a: self._check_resolutions()))

@@ -95,3 +95,11 @@ def test_available_reports_every_backend():
     q, k, v, _ = _good()
     av = ops.available("attention", q, k, v)
     assert set(av) == {"cuda", "triton", "torch"} and av["torch"] == []
+
+
+def test_auto_never_picks_the_interpreter(monkeypatch):
+    """Even with TRITON_INTERPRET=1, auto sends CPU tensors to the torch backend."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    q, k, v, _ = _good()
+    assert dispatch.select("attention", "auto", q, k, v) == "torch"
+    assert any("interpreter is for testing" in r for r in dispatch.reasons("triton", "attention", q, k, v, auto=True))

@@ -263,6 +263,9 @@ def test_errors_list_the_choices(rng):
     with pytest.raises(ValueError, match="another AttentionRecorder"):
         with rec, fasttrack.AttentionRecorder(unet):
             pass
+    with pytest.raises(ValueError, match="already being recorded by another AttentionRecorder"):
+        with rec, fasttrack.AttentionRecorder(torch.nn.Sequential(unet)):
+            pass
     with pytest.raises(ValueError, match="contains no diffusers Attention"):
         fasttrack.AttentionRecorder(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="resolution"):

@@ -52,6 +52,11 @@ def reasons(name: str, op: str, *tensors, auto: bool = False) -> list[str]:
     out = _module_reasons(name, op, tensors)
     if auto and name == "cuda" and op not in VERIFIED_CUDA_OPS:
         out.append(f"the CUDA {op} kernel has not passed the GPU tests yet (ask for backend='cuda')")
+    if auto and name == "triton" and any(getattr(t, "device", None) is not None and t.device.type == "cpu"
+                                         for t in tensors):
+        # Under TRITON_INTERPRET=1 Triton can run CPU tensors, but the interpreter is a
+        # correctness tool, orders of magnitude slower than the torch backend.
+        out.append("CPU tensors: the Triton interpreter is for testing (ask for backend='triton')")
     return out
 
 
