@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["SDComponents", "load_components", "tiny_folder", "random_components", "preprocess",
-           "add_noise", "NULL_CONTEXT_FILE"]
+           "add_noise", "diffusion_target", "save_null_context", "NULL_CONTEXT_FILE"]
 
 NULL_CONTEXT_FILE = "null_context.safetensors"
 
@@ -95,7 +95,8 @@ class SDComponents:
         return latents * self.vae.config.scaling_factor
 
 
-def _alphas_cumprod(cfg: dict) -> torch.Tensor:
+def _alphas_cumprod(cfg: dict) -> tuple[torch.Tensor, str]:
+    """(num_train_timesteps,) float32 cumulative alphas and the prediction type of a schedule."""
     from diffusers import DDPMScheduler
 
     sched = DDPMScheduler(**{k: v for k, v in cfg.items() if not k.startswith("_")})
