@@ -61,11 +61,23 @@ def _take(x: torch.Tensor, dim: int, sel, size: int, arg: str, what: str) -> tor
         sel = list(range(size)[sel])
         if not sel:
             raise ValueError(f"{arg}: the slice selects none of the {size} {what}")
-    bad = [i for i in sel if i >= size]
+    sel = [int(i) for i in sel]
+    bad = [i for i in sel if i >= size or i < 0]
     if bad:
         raise ValueError(f"{arg} {bad} out of range: this call has {size} {what} "
                          f"(valid indices 0..{size - 1})")
-    return x.index_select(dim, torch.tensor(sel, device=x.device))
+    if sel == list(range(sel[0], sel[0] + len(sel))):
+        return x.narrow(dim, sel[0], len(sel))  # a view: no index tensor, no host-device copy
+    key = (tuple(sel), x.device)
+    idx = _INDEX_CACHE.get(key)
+    if idx is None:
+        # Built once per (selection, device): a fresh torch.tensor(list, device=cuda) on every
+        # layer call would be a host-to-device copy inside the frame.
+        idx = _INDEX_CACHE[key] = torch.tensor(sel, device=x.device)
+    return x.index_select(dim, idx)
+
+
+_INDEX_CACHE: dict = {}
 
 
 class _LayerHook:
