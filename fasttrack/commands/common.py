@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["add_tracker_args", "make_tracker", "parse_box", "run_sequence", "write_boxes",
-           "write_times", "default_device"]
+           "write_times", "default_device", "set_threads"]
 
 
 def add_tracker_args(parser: argparse.ArgumentParser, default: str | None = None,
                      patch_option: bool = True) -> None:
     """--tracker (required unless `default`), --weights, --no-patch (when `patch_option`),
-    --device and --seed."""
+    --device, --seed and --threads."""
     from ..trackers.registry import TRACKERS
 
     names = ", ".join(f"{k} ({v.description}; --weights: {v.weights})" for k, v in TRACKERS.items())
@@ -37,6 +37,9 @@ def add_tracker_args(parser: argparse.ArgumentParser, default: str | None = None
                         help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model's weights "
                                                             "(default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads per process (default: torch's choice; 1 is "
+                             "often fastest for the tiny models or on a busy machine)")
 
 
 def default_device(device: str | None) -> str:
@@ -48,10 +51,23 @@ def default_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def set_threads(threads: int | None) -> None:
+    """torch.set_num_threads(threads) when given (ValueError below 1)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(int(threads))
+
+
 def make_tracker(args, patched: bool | None = None):
-    """Build the tracker the parsed options ask for (patched unless --no-patch)."""
+    """Build the tracker the parsed options ask for (patched unless --no-patch), after
+    applying --threads."""
     from ..trackers.registry import build_tracker
 
+    set_threads(args.threads)
     if patched is None:
         patched = not args.no_patch
     return build_tracker(args.tracker, args.weights, patched=patched, seed=args.seed,
@@ -79,7 +95,7 @@ def run_sequence(tracker, seq, box, *, on_frame=None, progress: bool = True, des
     Each `init` / `update` call is timed on its own (frame reading and `on_frame` are not).
     Args:
         on_frame: optional callable (index, frame, box) called after each frame.
-        progress: show a tqdm bar (on stderr). limit: track only the first `limit` frames.
+        progress: show a tqdm bar (on stderr, when it is a terminal). limit: track only the first `limit` frames.
     Returns:
         boxes (N, 4) float32 (row 0 = the init box) and times (N,) float64 seconds per frame.
     """
@@ -90,21 +106,21 @@ def run_sequence(tracker, seq, box, *, on_frame=None, progress: bool = True, des
         raise ValueError(f"sequence {getattr(seq, 'name', '')!r} has no frames")
     boxes = np.empty((n, 4), np.float32)
     times = np.empty(n, np.float64)
-    bar = tqdm(range(n), disable=not progress, desc=desc or getattr(seq, "name", None),
-               unit="frame", leave=False)
-    for i in bar:
-        frame = seq[i]
-        t0 = time.perf_counter()
-        if i == 0:
-            tracker.init(frame, box)
-            out = np.asarray(box, np.float32)
-        else:
-            out = tracker.update(frame)
-        times[i] = time.perf_counter() - t0
-        boxes[i] = out
-        if on_frame is not None:
-            on_frame(i, frame, boxes[i])
-    bar.close()
+    # disable=None: no bar when stderr is not a terminal (logs, pipes)
+    with tqdm(range(n), disable=None if progress else True, unit="frame", leave=False,
+              desc=desc or getattr(seq, "name", None)) as bar:
+        for i in bar:
+            frame = seq[i]
+            t0 = time.perf_counter()
+            if i == 0:
+                tracker.init(frame, box)
+                out = np.asarray(box, np.float32)
+            else:
+                out = tracker.update(frame)
+            times[i] = time.perf_counter() - t0
+            boxes[i] = out
+            if on_frame is not None:
+                on_frame(i, frame, boxes[i])
     return boxes, times
 
 

@@ -5,6 +5,7 @@ a textured sprite on a smooth background, exact ground truth) in the GOT-10k lay
     OUT/list.txt                       sequence names, one a line
     OUT/<seq>/00000001.png ...         frames (PNG: lossless, so the boxes stay exact)
     OUT/<seq>/groundtruth.txt          one x,y,w,h line per frame
+    OUT/<seq>.mp4                      with --video: the frames as a video too (PyAV, lossy)
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def register(sub) -> argparse.ArgumentParser:
                    help="seed of the first sequence; sequence i uses seed + i (default: 0)")
     s.add_argument("--occlusion", action="store_true", help="a dark bar sweeps over the target")
     s.add_argument("--scale-change", action="store_true", help="the target grows and shrinks")
+    s.add_argument("--video", action="store_true",
+                   help="also write each sequence as OUT/<seq>.mp4 (25 fps), to try "
+                        "`fasttrack track` on a video")
     s.set_defaults(func=run, catch_user_errors=True)
     return p
 
@@ -52,8 +56,10 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def write_synthetic(out, num: int, frames: int, size=(128, 160), seed: int = 0,
-                    occlusion: bool = False, scale_change: bool = False) -> list[str]:
-    """Write `num` synthetic sequences into `out` (GOT-10k layout); returns their names.
+                    occlusion: bool = False, scale_change: bool = False,
+                    video: bool = False) -> list[str]:
+    """Write `num` synthetic sequences into `out` (GOT-10k layout, plus <seq>.mp4 files when
+    `video`); returns their names.
 
     The sprite is a quarter of the frame's height and a fifth of its width (at least 4 px).
     """
@@ -78,6 +84,13 @@ def write_synthetic(out, num: int, frames: int, size=(128, 160), seed: int = 0,
         for k in range(len(seq)):
             Image.fromarray(seq[k]).save(d / f"{k + 1:08d}.png")
         np.savetxt(d / "groundtruth.txt", seq.gt, fmt="%.4f", delimiter=",")
+        if video:
+            from .annotate import Mp4Writer
+
+            writer = Mp4Writer(out / f"{seq.name}.mp4", rate=25)
+            for k in range(len(seq)):
+                writer.write(seq[k])
+            writer.close()
         names.append(seq.name)
     (out / "list.txt").write_text("".join(f"{n}\n" for n in names))
     return names
@@ -86,7 +99,7 @@ def write_synthetic(out, num: int, frames: int, size=(128, 160), seed: int = 0,
 def run(args) -> int:
     """Run `fasttrack dataset synth`; returns the exit status."""
     names = write_synthetic(args.out, args.num, args.frames, _size(args.size), args.seed,
-                            args.occlusion, args.scale_change)
+                            args.occlusion, args.scale_change, args.video)
     print(f"wrote {len(names)} sequences x {args.frames} frames ({args.size}) in GOT-10k layout "
-          f"to {args.out}: {', '.join(names)}")
+          f"to {args.out}: {', '.join(names)}" + (" (and an mp4 of each)" if args.video else ""))
     return 0

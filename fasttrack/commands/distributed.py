@@ -71,10 +71,12 @@ class DistributedContext:
                                 world_size=self.world_size, timeout=self.timeout)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if exc_type is None:
+                dist.barrier()  # leave together: no rank tears down while a peer still talks
             dist.destroy_process_group()
 
 

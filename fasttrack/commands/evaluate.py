@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,8 @@ def register(sub) -> argparse.ArgumentParser:
 
 def _options(args, device=None) -> dict:
     return {"tracker": args.tracker, "weights": args.weights, "patched": not args.no_patch,
-            "seed": args.seed, "device": device or args.device, "frames": args.frames}
+            "seed": args.seed, "device": device or args.device, "frames": args.frames,
+            "threads": args.threads}
 
 
 def _load(dataset: str):
@@ -84,8 +86,9 @@ def _load(dataset: str):
 
 def _build(opts: dict):
     from ..trackers.registry import build_tracker
-    from .common import default_device
+    from .common import default_device, set_threads
 
+    set_threads(opts["threads"])
     return build_tracker(opts["tracker"], opts["weights"], patched=opts["patched"],
                          seed=opts["seed"], device=default_device(opts["device"]))
 
@@ -110,33 +113,45 @@ def track_items(items, opts: dict, log=print, progress: bool = True) -> list[dic
 _WORKER: dict = {}
 
 
-def _worker_init(opts: dict, threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    _WORKER["opts"], _WORKER["tracker"] = opts, _build(opts)
+def _worker_init(opts: dict) -> None:
+    # A failing initializer would only show as BrokenProcessPool: keep the error and raise it
+    # from the first task, so that the parent gets the real exception (and its message).
+    _WORKER["opts"] = opts
+    try:
+        _WORKER["tracker"] = _build(opts)
+    except Exception as exc:
+        _WORKER["error"] = exc
 
 
 def _worker_track(index: int, seq) -> dict:
+    if "error" in _WORKER:
+        raise _WORKER["error"]
     return _track_one(_WORKER["tracker"], index, seq, _WORKER["opts"], progress=False)
 
 
 def _track_pool(seqs, opts: dict, workers: int) -> list[dict]:
-    """Spread the sequences over `workers` spawned processes, one tracker each."""
+    """Spread the sequences over `workers` spawned processes, one tracker each (with
+    cpu_count // workers torch threads unless --threads says otherwise)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    if opts["threads"] is None:
+        opts = {**opts, "threads": max(1, (os.cpu_count() or 1) // workers)}
     ctx = multiprocessing.get_context("spawn")
     results = []
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(opts, threads)) as pool:
-        futures = {pool.submit(_worker_track, i, s): s for i, s in enumerate(seqs)}
-        for k, fut in enumerate(as_completed(futures)):
-            r = fut.result()
-            results.append(r)
-            print(f"[{k + 1}/{len(seqs)}] {r['name']}: {len(r['boxes'])} frames, "
-                  f"{len(r['boxes']) / r['times'].sum():.1f} FPS", flush=True)
+                             initargs=(opts,)) as pool:
+        futures = [pool.submit(_worker_track, i, s) for i, s in enumerate(seqs)]
+        try:
+            for k, fut in enumerate(as_completed(futures)):
+                r = fut.result()
+                results.append(r)
+                print(f"[{k + 1}/{len(seqs)}] {r['name']}: {len(r['boxes'])} frames, "
+                      f"{len(r['boxes']) / r['times'].sum():.1f} FPS", flush=True)
+        except BaseException:
+            for fut in futures:  # stop at the first failure: skip the sequences not started
+                fut.cancel()
+            raise
     return sorted(results, key=lambda r: r["index"])
 
 
@@ -146,6 +161,7 @@ def _track_distributed(seqs, args):
     errors)."""
     import traceback
 
+    from . import USER_ERRORS
     from .distributed import DistributedContext, gather, local_device, shard
 
     with DistributedContext(args.timeout_min) as ctx:
@@ -155,7 +171,8 @@ def _track_distributed(seqs, args):
         try:
             local = {"results": track_items(mine, opts, log=log, progress=False)}
         except Exception as exc:  # every rank must reach the gather, or the others wait
-            traceback.print_exc()
+            if not isinstance(exc, USER_ERRORS):
+                traceback.print_exc()
             local = {"error": f"rank {ctx.rank}: {type(exc).__name__}: {exc}"}
         everything = gather(local, ctx.world_size)
         if ctx.rank != 0:
@@ -186,11 +203,14 @@ def run(args) -> int:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.frames is not None and args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.distributed and args.workers > 1:
         raise ValueError("--distributed runs one process per rank: drop --workers (use "
                          "torchrun --nproc-per-node N instead)")
     seqs = _load(args.dataset)
     name = args.name or args.tracker
+    start = time.perf_counter()
     if args.distributed:
         results, errors = _track_distributed(seqs, args)
         if errors:
@@ -203,11 +223,15 @@ def run(args) -> int:
         results = _track_pool(seqs, _options(args), min(args.workers, len(seqs)))
     else:
         results = track_items(list(enumerate(seqs)), _options(args))
+    wall = time.perf_counter() - start
     root = write_results(results, seqs, Path(args.out), name)
     got10k = seqs[0].meta.get("layout") == "got10k"
     report = sequence_metrics(results, seqs, skip_first=got10k)
     print(f"\nresults of {name} on {len(seqs)} sequences: {root}")
     print_report(report, got10k)
+    frames = sum(len(r["boxes"]) for r in results)
+    print(f"wall clock: {frames} frames in {wall:.1f} s ({frames / wall:.1f} frames/s, tracker "
+          "builds included); FPS columns: frames / tracker time of the process that ran them")
     out = Path(args.out)
     (out / f"{name}_metrics.json").write_text(json.dumps(report["json"], indent=1))
     print(f"metrics: {out / f'{name}_metrics.json'}")

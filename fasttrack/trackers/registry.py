@@ -58,7 +58,7 @@ def _detrack(weights, patched: bool, seed: int, device: str):
         except (RuntimeError, OSError, EOFError, KeyError, pickle.UnpicklingError) as exc:
             # what torch.load raises for files that are not torch checkpoints
             raise ValueError(f"weights {weights!r} is not a readable DeTrack checkpoint "
-                             f"(torch.load: {_first_sentence(exc)})") from None
+                             f"(torch.load: {type(exc).__name__}: {_first_sentence(exc)})") from None
     tracker.eval()
     if patched:
         import fasttrack
