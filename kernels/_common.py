@@ -70,29 +70,38 @@ class Config:
     num_stages: int
 
 
-def attention_config(d_pad: int, dv_pad: int, dtype: torch.dtype, backward: bool) -> Config:
-    """Tile sizes for the flash forward and backward kernels.
+# GPU tile choices below come from compiling every kernel ahead of time with Triton 3.9 for
+# sm_90 (and checking sm_80 / sm_86) and reading the register and stack use of the cubins:
+# among the tiles tried, the largest that keep the tiles in registers (at most ~100 bytes of
+# local-memory spill per thread; fp32 dK/dV at head dim 128 spills more) and stay under the
+# ~99 KiB of shared memory of RTX 3090/4090. float32 inputs use exact IEEE dot products, which
+# run on FMA units and need far more registers per tile, hence their smaller tiles. These are
+# static heuristics, not timed: measurements on a GPU may move them.
+# Interpreter (TRITON_INTERPRET=1): each program is a Python loop over numpy tiles; small tiles
+# of unequal sizes keep CPU tests fast and make the odd test sizes end every query and key loop
+# on a partial tile.
 
-    GPU: the forward keeps a (128, Dv) accumulator per program and streams 64-key tiles (the
-    shape of the Triton tutorial / FA2 forward); at head dim 128, or with 4-byte fp32 tiles,
-    the query tile halves. The backward holds two accumulators (dk and dv, or dq) plus the
-    recomputed P and dP tiles, so it uses square 64 tiles, 32 at head dim 128 in fp32.
-    Pipeline depth 3 for narrow heads, 2 for wide heads and fp32, so the streamed tiles and
-    their copies stay under the ~99 KiB of shared memory of consumer GPUs (RTX 3090/4090).
-    Interpreter: every program is a Python loop over numpy tiles, so small unequal tiles
-    (32 x 16 forward, 16 x 32 backward) keep CPU tests fast and exercise the partial last
-    block of both the query and the key loops at small sizes.
-    """
+def attention_config(d_pad: int, dv_pad: int, dtype: torch.dtype, kind: str) -> Config:
+    """Tiles of the flash kernels; kind is "fwd", "dkdv" (block_n keys per program, block_m
+    queries per step) or "dq" (also used by the delta preprocess).
+
+    fp16/bf16: the forward streams 64-key tiles past a 128-query accumulator (as the Triton
+    tutorial and FA2). The dK/dV pass keeps 128 keys and steps 32 queries, the dQ pass keeps
+    128 queries and steps 32 keys: each program owns a long accumulator and streams short
+    tiles. At head dim 128 the dK/dV pass holds two (block_n, 128) accumulators, so it drops to
+    32 x 32 and the dQ pass to 64 x 64."""
     if interpreting():
-        return Config(16, 32, 1, 1) if backward else Config(32, 16, 1, 1)
+        return Config(32, 16, 1, 1) if kind == "fwd" else Config(16, 32, 1, 1)
     wide = max(d_pad, dv_pad) > 64
-    fp32 = dtype == torch.float32
-    stages = 2 if (wide or fp32) else 3
-    if backward:
-        block = 32 if (wide and fp32) else 64
-        return Config(block, block, 8 if wide else 4, stages)
-    block_m = 64 if (wide or fp32) else 128
-    return Config(block_m, 64, 8 if wide else 4, stages)
+    if dtype == torch.float32:
+        if kind == "fwd":
+            return Config(32, 32, 8, 2) if wide else Config(64, 32, 8, 2)
+        return Config(16, 32, 4, 2) if wide else Config(32, 32, 8, 2)
+    if kind == "fwd":
+        return Config(128, 64, 8, 2 if wide else 3)
+    if kind == "dkdv":
+        return Config(32, 32, 4, 2) if wide else Config(32, 128, 8, 2)
+    return Config(64, 64, 8, 2) if wide else Config(128, 32, 8, 2)
 
 
 def token_block(t_pad: int) -> int:
@@ -103,35 +112,36 @@ def token_block(t_pad: int) -> int:
 
 
 def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype) -> Config:
-    """Tiles of the self x cross kernels. Their programs hold a (block, T) fp32 tile (the output,
-    or A = P G and the cross rows) next to the (block, D) operands, so the block shrinks from 64
-    to 32 when T or D is wide; that keeps the register tile near 64 x 128 fp32 per program."""
+    """Tiles of the three self x cross kernels. Their programs hold (block, T) tiles (the output,
+    or A = P G and the cross rows) next to the (block, D) operands, so the block halves when the
+    backward's whole token row is 256 wide."""
     if interpreting():
         return Config(16, 32, 1, 1)
-    wide = t_pad > 128 or d_pad > 64 or dtype == torch.float32
-    block = 32 if wide else 64
-    return Config(block, block, 8 if (t_pad > 64 or d_pad > 64) else 4, 2)
+    if dtype == torch.float32:
+        return Config(32, 32, 8, 2) if t_pad <= 128 else Config(16, 16, 4, 2)
+    return Config(64, 64, 8, 2) if t_pad <= 128 else Config(32, 32, 8, 2)
 
 
 def cross_config(n_pad: int, d_pad: int, dv_pad: int, dtype: torch.dtype) -> Config | None:
-    """Tiles of the fused cross-attention forward, which keeps the whole key row of a head in one
-    tile: K (n_pad, D) and V (n_pad, Dv) in shared memory, scores and the head-mean
-    probabilities (block_m, n_pad) in fp32 registers. None when K and V would take more than
-    64 KiB (the fused kernel would run out of shared memory); the launcher then uses the flash
-    forward plus a separate head-mean kernel.
-    block_m keeps block_m * n_pad <= 8192 so the two fp32 row tiles stay in registers."""
-    esize = torch.finfo(dtype).bits // 8
-    if n_pad > MAX_TOKENS or n_pad * (d_pad + dv_pad) * esize > 64 * 1024:
-        return None
+    """Tiles of the fused cross-attention forward, which keeps a whole key row of one head in a
+    tile (K, V (n_pad, D) and the (block_m, n_pad) score, probability and head-mean tiles); None
+    routes the call to the flash forward plus the head-mean kernel instead.
+
+    On the GPU the fused kernel is taken only for rows up to 32 keys at head dim <= 64 in
+    16-bit dtypes: with its head loop, wider rows (the 77 text tokens pad to 128) or wider heads
+    spill registers in every tile shape tried, while the two-kernel path does not; it pays one
+    more Q K^T product and a second read of q, k and lse. The interpreter takes the fused
+    kernel up to 256 keys so that the CPU tests exercise it."""
     if interpreting():
-        return Config(16, n_pad, 1, 1)
-    block_m = max(16, min(64, 8192 // n_pad))
-    return Config(block_m, n_pad, 8 if block_m * n_pad >= 4096 else 4, 1)
+        return Config(16, n_pad, 1, 1) if n_pad <= MAX_TOKENS else None
+    if n_pad > 32 or max(d_pad, dv_pad) > 64 or dtype == torch.float32:
+        return None
+    return Config(64, n_pad, 8, 1)
 
 
-def probs_config(d_pad: int) -> Config:
-    """Tiles of the head-mean probability kernel (long key rows): one (64, 64) fp32 output tile
-    per program, heads looped inside."""
+def probs_config(d_pad: int, dtype: torch.dtype) -> Config:
+    """Tiles of the head-mean probability kernel: one (block_m, block_n) fp32 output tile per
+    program, heads looped inside."""
     if interpreting():
         return Config(16, 32, 1, 1)
-    return Config(64, 64, 8 if d_pad > 64 else 4, 2)
+    return Config(32, 32, 8, 2) if dtype == torch.float32 else Config(64, 64, 8, 2)

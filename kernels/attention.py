@@ -215,8 +215,10 @@ def _attention_bwd_dq_kernel(
 def _check_qk(q, k):
     check_tensor("q", q, 4)
     check_tensor("k", k, 4)
-    if k.dtype != q.dtype or k.device != q.device:
-        raise TypeError(f"k must match q in dtype and device, got {k.dtype} on {k.device}")
+    if k.dtype != q.dtype:
+        raise TypeError(f"k must have the dtype of q ({q.dtype}), got {k.dtype}")
+    if k.device != q.device:
+        raise ValueError(f"k must be on the device of q ({q.device}), got {k.device}")
     B, H, _, D = q.shape
     if k.shape[0] != B or k.shape[1] != H or k.shape[3] != D or k.shape[2] < 1:
         raise ValueError(f"k must have shape (B, H, Nk>=1, D) = ({B}, {H}, Nk, {D}), "
@@ -226,8 +228,10 @@ def _check_qk(q, k):
 
 def _check_v(q, k, v):
     check_tensor("v", v, 4)
-    if v.dtype != q.dtype or v.device != q.device:
-        raise TypeError(f"v must match q in dtype and device, got {v.dtype} on {v.device}")
+    if v.dtype != q.dtype:
+        raise TypeError(f"v must have the dtype of q ({q.dtype}), got {v.dtype}")
+    if v.device != q.device:
+        raise ValueError(f"v must be on the device of q ({q.device}), got {v.device}")
     if tuple(v.shape[:3]) != tuple(k.shape[:3]):
         raise ValueError(f"v must have shape (B, H, Nk, Dv) with (B, H, Nk) = "
                          f"{tuple(k.shape[:3])}, got {tuple(v.shape)}")
@@ -244,7 +248,7 @@ def _forward(q, k, v, scale):
     if v is not None:
         v = v.contiguous()
         out = torch.empty((B, H, Nq, Dv), device=q.device, dtype=q.dtype)
-    cfg = attention_config(pad(D), pad(Dv), q.dtype, backward=False)
+    cfg = attention_config(pad(D), pad(Dv), q.dtype, "fwd")
     grid = (triton.cdiv(Nq, cfg.block_m), B * H)
     launch(_attention_fwd_kernel)[grid](
         q, k, v if v is not None else q, out if out is not None else q, lse,
@@ -307,21 +311,24 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None):
     flags = dict(HAS_DO=dout is not None, HAS_EXTRA=dp_extra is not None,
                  PREC=dot_precision(q.dtype))
     sizes = (float(scale), H, Nq, Nk, D, Dv)
-    blocks = dict(BLOCK_D=pad(D), BLOCK_DV=pad(Dv))
-    cfg = attention_config(pad(D), pad(Dv), q.dtype, backward=True)
-    tiles = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-                 num_stages=cfg.num_stages, **blocks)
+
+    def tiles(kind):
+        cfg = attention_config(pad(D), pad(Dv), q.dtype, kind)
+        return cfg, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D),
+                         BLOCK_DV=pad(Dv), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
     do = dout if dout is not None else dummy
     extra = dp_extra if dp_extra is not None else dummy
-
     delta = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    cfg, kw = tiles("dq")
     launch(_attention_bwd_preprocess_kernel)[(triton.cdiv(Nq, cfg.block_m), B * H)](
         q, k, out if out is not None else dummy, do, lse,
         dlse if dlse is not None else dummy, extra, delta, *sizes,
-        HAS_DLSE=dlse is not None, **flags, **tiles)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    launch(_attention_bwd_dkdv_kernel)[(triton.cdiv(Nk, cfg.block_n), B * H)](
-        q, k, v, do, lse, delta, extra, dk, dv, *sizes, **flags, **tiles)
+        HAS_DLSE=dlse is not None, **flags, **kw)
     launch(_attention_bwd_dq_kernel)[(triton.cdiv(Nq, cfg.block_m), B * H)](
-        q, k, v, do, lse, delta, extra, dq, *sizes, **flags, **tiles)
+        q, k, v, do, lse, delta, extra, dq, *sizes, **flags, **kw)
+    cfg, kw = tiles("dkdv")
+    launch(_attention_bwd_dkdv_kernel)[(triton.cdiv(Nk, cfg.block_n), B * H)](
+        q, k, v, do, lse, delta, extra, dk, dv, *sizes, **flags, **kw)
     return dq, dk, dv

@@ -22,8 +22,8 @@ def _cross_attention_fwd_kernel(
 ):
     """Per head h: P_h = softmax(s Q_h K_h^T), O_h = P_h V_h, L_h = log rowsum exp(s Q K^T);
     probs = (1/H) sum_h P_h accumulated in registers (the epilogue of DESIGN.md 1.2). The
-    whole key row fits one tile (BLOCK_N >= Nk, e.g. the 77 text tokens), so the softmax is
-    exact in one pass; one (query block, batch) per program, heads looped inside."""
+    whole key row fits one tile (BLOCK_N >= Nk), so the softmax is exact in one pass; one
+    (query block, batch) per program, heads looped inside."""
     pid_m = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -68,8 +68,8 @@ def _head_mean_probs_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
 ):
     """probs[i, j] = (1/H) sum_h exp(s q_i.k_j - L_h[i]) from the lse of a flash forward, for
-    key rows too long for one tile. One (query block, key block, batch) per program, heads
-    looped inside."""
+    the shapes the fused kernel does not take (_common.cross_config). One (query block, key
+    block, batch) per program, heads looped inside."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -96,8 +96,10 @@ def _head_mean_probs_kernel(
 
 def cross_attention_fwd(q, k, v, scale):
     """(out (B, H, Nq, Dv), probs (B, Nq, Nk), lse (B, H, Nq) float32); out and probs in
-    q.dtype. Key rows up to 256 (and K, V tiles within 64 KiB) run fused in one kernel;
-    longer ones run the flash forward and then the head-mean kernel (one more Q K^T pass)."""
+    q.dtype. Short key rows run fused in one kernel (heads looped per query block, probs
+    accumulated in registers); other shapes (see _common.cross_config) run the flash forward
+    and then the head-mean kernel (one more Q K^T pass). Neither forms (B, H, Nq, Nk).
+    """
     _check_qk(q, k)
     _check_v(q, k, v)
     B, H, Nq, D = q.shape
@@ -107,7 +109,7 @@ def cross_attention_fwd(q, k, v, scale):
     cfg = cross_config(pad(Nk), pad(D), pad(Dv), q.dtype)
     if cfg is None:
         out, lse = _forward(q, k, v, scale)
-        pcfg = probs_config(pad(D))
+        pcfg = probs_config(pad(D), q.dtype)
         grid = (triton.cdiv(Nq, pcfg.block_m), triton.cdiv(Nk, pcfg.block_n), B)
         launch(_head_mean_probs_kernel)[grid](
             q.contiguous(), k.contiguous(), lse, probs, float(scale), H, Nq, Nk, D,

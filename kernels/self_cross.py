@@ -174,7 +174,7 @@ def _check_inputs(q, k, cross, lse):
         raise ValueError(f"cross must have shape (B, Nq, T) = ({B}, {Nq}, T) with "
                          f"1 <= T <= {MAX_TOKENS}, got {tuple(cross.shape)}")
     if cross.device != q.device:
-        raise TypeError(f"cross must be on {q.device}, got {cross.device}")
+        raise ValueError(f"cross must be on the device of q ({q.device}), got {cross.device}")
     if not isinstance(lse, torch.Tensor) or lse.shape != (B, H, Nq):
         raise ValueError(f"lse must be a tensor of shape {(B, H, Nq)}")
 
@@ -203,10 +203,9 @@ def self_cross_fwd(q, k, cross, lse, scale):
 def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
     """(dq, dk, dcross, dlse) of self_cross_fwd given dout (B, Nk, T) or None (zero).
 
-    dq (B, H, Nq, D), dk (B, H, Nk, D), dcross (B, Nq, T) in the input dtypes (dout is
-    read in cross.dtype, the dtype of the forward output); dlse
-    (B, H, Nq) float32 when lse_given (lse is then an input of the product, not a function of
-    q and k), else None."""
+    dq (B, H, Nq, D), dk (B, H, Nk, D), dcross (B, Nq, T) in the input dtypes (dout is read
+    in cross.dtype, the dtype of the forward output); dlse (B, H, Nq) float32 when lse_given
+    (lse is then an input of the product, not a function of q and k), else None."""
     _check_inputs(q, k, cross, lse)
     B, H, Nq, D = q.shape
     Nk, T = k.shape[2], cross.shape[2]

@@ -171,7 +171,8 @@ def test_self_cross_bwd_without_dout_is_zero():
 # ------------------------------------------------------------------------- cross attention
 @pytest.mark.parametrize("B,H,Nq,Nk,D,Dv", [
     (1, 1, 1, 1, 16, 16),
-    (2, 3, 37, 77, 40, 24),   # fused kernel: the 77 tokens padded to one 128-wide tile
+    (2, 3, 37, 20, 40, 24),   # fused kernel on GPU and interpreter: one 32-wide key tile
+    (2, 3, 37, 77, 40, 24),   # fused in the interpreter (one 128-wide tile); two kernels on GPU
     (1, 2, 37, 300, 16, 16),  # key row longer than 256: flash forward + head-mean kernel
 ])
 def test_cross_attention_fwd(B, H, Nq, Nk, D, Dv):
@@ -297,7 +298,8 @@ def test_launchers_reject_bad_shapes():
     with pytest.raises(TypeError, match="q must"):
         K.lse_fwd(q.double(), k.double(), 0.25)
     with pytest.raises(ValueError, match="D must"):
-        K.lse_fwd(make((1, 1, 3, 160), torch.float32, 65), make((1, 1, 3, 160), torch.float32, 66), 1.0)
+        wide = make((1, 1, 3, 160), torch.float32, 65)
+        K.lse_fwd(wide, wide, 1.0)
 
 
 def test_launches_go_through_wrap_triton(monkeypatch):
@@ -316,7 +318,7 @@ def test_launches_go_through_wrap_triton(monkeypatch):
     K.attention_bwd(q, q, q, out, lse, out, None, 0.25)
     assert seen == [K.attention._attention_fwd_kernel,
                     K.attention._attention_bwd_preprocess_kernel,
-                    K.attention._attention_bwd_dkdv_kernel, K.attention._attention_bwd_dq_kernel]
+                    K.attention._attention_bwd_dq_kernel, K.attention._attention_bwd_dkdv_kernel]
 
 
 def test_backend_primitives_and_reasons(monkeypatch):
@@ -341,11 +343,13 @@ def test_backend_primitives_and_reasons(monkeypatch):
     assert any("T=300" in r for r in tb.reasons("self_cross", q, k, long))
     assert any("unknown op" in r for r in tb.reasons("conv", q, k))
     if INTERPRET:
-        assert any("bfloat16" in r for r in tb.reasons("attention", *(t.bfloat16() for t in (q, k, v))))
+        half = [t.bfloat16() for t in (q, k, v)]
+        assert any("bfloat16" in r for r in tb.reasons("attention", *half))
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         assert any("CPU" in r for r in tb.reasons("attention", q, k, v))
     monkeypatch.setattr(tb, "_triton_import_error", lambda: "ModuleNotFoundError: triton")
-    assert tb.reasons("attention", q, k, v) == ["triton is not importable (ModuleNotFoundError: triton)"]
+    assert tb.reasons("attention", q, k, v) == [
+        "triton is not importable (ModuleNotFoundError: triton)"]
 
 
 def test_backend_imports_without_triton():
