@@ -31,6 +31,30 @@ def _shapes(backend):
     return SHAPES + (SHAPES_TORCH_ONLY if backend == "torch" else [])
 
 
+def _grad_ok(got, want64, yard32, floor=3e-5) -> bool:
+    """A gradient within 2x the error of the same gradient taken by PyTorch autograd in float32
+    on the materializing reference, plus a relative floor and an absolute one (DESIGN 3).
+
+    The absolute term covers one honest difference: the flash backward forms dP - delta with
+    delta = rowsum(dO * O) from the stored output, so when the two cancel (a single key: the
+    softmax is constant and dq = s * dlse * k can be arbitrarily small) the result carries
+    ~1e-7 * |dP| of absolute roundoff that PyTorch's materialized backward does not have. With
+    O(1) inputs that is ~1e-6 per element at most; wrong kernels miss by far more."""
+    err = float((got.detach().double() - want64.detach().double()).norm())
+    scale = float(want64.detach().double().norm())
+    yard = float((yard32.detach().double() - want64.detach().double()).norm())
+    atol = 2e-6 * got.numel() ** 0.5
+    return bool(torch.isfinite(got).all()) and err <= 2 * yard + floor * scale + atol
+
+
+def _yard(fn, tensors, cots, **kw):
+    """Gradients of the float32 reference: the PyTorch yardstick."""
+    leaves = [t.detach().float().requires_grad_(True) for t in tensors]
+    outs = fn(*leaves, **kw)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    return torch.autograd.grad(outs, leaves, [c.float() for c in cots], allow_unused=True)
+
+
 def _cot(t, gen):
     return torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)
 
@@ -48,8 +72,9 @@ def test_attention(backend, rng):
         do, dl = _cot(out, rng), _cot(lse, rng)
         got = torch.autograd.grad((out, lse), (q, k, v), (do, dl))
         want = torch.autograd.grad((ro, rl), leaves, (do.double(), dl.double()))
-        for name, g, w in zip("qkv", got, want):
-            assert close(g, w, 1e-5), (shape, "d" + name)
+        yard = _yard(R.attention, (q, k, v), (do, dl))
+        for name, g, w, y in zip("qkv", got, want, yard):
+            assert _grad_ok(g, w, y), (shape, "d" + name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -71,8 +96,9 @@ def test_self_cross(backend, with_lse, rng):
         g = _cot(out, rng)
         got = torch.autograd.grad(out, args, g)
         want = torch.autograd.grad(ro, leaves, g.double())
-        for name, a, b in zip(["q", "k", "cross", "lse"], got, want):
-            assert close(a, b, 1e-5), (shape, "d" + name)
+        yard = _yard(fn, args, (g,))
+        for name, a, b, y in zip(["q", "k", "cross", "lse"], got, want, yard):
+            assert _grad_ok(a, b, y), (shape, "d" + name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -107,8 +133,9 @@ def test_cross_attention(backend, rng):
         do, dp = _cot(out, rng), _cot(probs, rng)
         got = torch.autograd.grad((out, probs), (q, k, v), (do, dp))
         want = torch.autograd.grad((ro, rp), leaves, (do.double(), dp.double()))
-        for name, a, b in zip("qkv", got, want):
-            assert close(a, b, 1e-5), "d" + name
+        yard = _yard(R.cross_attention, (q, k, v), (do, dp))
+        for name, a, b, y in zip("qkv", got, want, yard):
+            assert _grad_ok(a, b, y), "d" + name
 
 
 def test_cross_attention_long_text(rng):
