@@ -85,10 +85,12 @@ def attention_fwd(q, k, v, scale):
     return out, lse
 
 
-def attention_bwd(q, k, v, out, lse, dout, dlse, scale):
+def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None):
     """FlashAttention-2 backward, chunked over queries: (dq, dk, dv) in the input dtypes.
 
-    dZ = P * (dP - delta + dlse) with dP = dO V^T and delta = rowsum(dO * O)."""
+    dZ = P * (dP - delta + dlse) with dP = dO V^T (+ dp_extra, shared by all heads) and
+    delta = rowsum(dO * O) (+ rowsum(P * dp_extra)). dp_extra (B, Nq, Nk) carries the
+    gradient of a head-mean map (cross_attention's probs)."""
     acc = _acc(q)
     kf, vf = k.to(acc), v.to(acc)
     dq = torch.empty_like(q)
@@ -98,15 +100,18 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale):
         qc = q[:, :, i0:i1].to(acc)
         p = _probs(qc, kf, lse[:, :, i0:i1].to(acc), scale)
         corr = torch.zeros(p.shape[:3], dtype=acc, device=q.device)
+        dp = torch.zeros_like(p)
         if dout is not None:
             doc = dout[:, :, i0:i1].to(acc)
-            dp = torch.matmul(doc, vf.transpose(-1, -2))
-            corr = (doc * out[:, :, i0:i1].to(acc)).sum(-1)
+            dp += torch.matmul(doc, vf.transpose(-1, -2))
+            corr += (doc * out[:, :, i0:i1].to(acc)).sum(-1)
             dv += torch.matmul(p.transpose(-1, -2), doc)
-        else:
-            dp = torch.zeros_like(p)
+        if dp_extra is not None:
+            extra = dp_extra[:, i0:i1].to(acc).unsqueeze(1)
+            dp += extra
+            corr += (p * extra).sum(-1)
         if dlse is not None:
-            corr = corr - dlse[:, :, i0:i1].to(acc)
+            corr -= dlse[:, :, i0:i1].to(acc)
         # dv has consumed p above, so the slab can be overwritten by dZ in place.
         dz = p.mul_(dp.sub_(corr.unsqueeze(-1)))
         dq[:, :, i0:i1] = (torch.matmul(dz, kf) * scale).to(q.dtype)
@@ -194,25 +199,6 @@ def cross_attention_fwd(q, k, v, scale):
 
 def cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale):
     """Attention backward with the head-mean probs' gradient added to every head's dP:
-    dP_h = dO_h V^T + dprobs / H; delta = rowsum(P * dP); dZ = P (dP - delta)."""
-    acc = _acc(q)
-    h = q.shape[1]
-    kf, vf = k.to(acc), v.to(acc)
-    dq = torch.empty_like(q)
-    dk = torch.zeros(k.shape, dtype=acc, device=k.device)
-    dv = torch.zeros(v.shape, dtype=acc, device=v.device)
-    for i0, i1 in _chunks(q, k.shape[2]):
-        qc = q[:, :, i0:i1].to(acc)
-        p = _probs(qc, kf, lse[:, :, i0:i1].to(acc), scale)
-        dp = torch.zeros_like(p)
-        if dout is not None:
-            doc = dout[:, :, i0:i1].to(acc)
-            dp = dp + torch.matmul(doc, vf.transpose(-1, -2))
-            dv += torch.matmul(p.transpose(-1, -2), doc)
-        if dprobs is not None:
-            dp = dp + dprobs[:, i0:i1].to(acc).unsqueeze(1) / h
-        delta = (p * dp).sum(-1, keepdim=True)
-        dz = p.mul_(dp.sub_(delta))
-        dq[:, :, i0:i1] = (torch.matmul(dz, kf) * scale).to(q.dtype)
-        dk += torch.matmul(dz.transpose(-1, -2), qc) * scale
-    return dq, dk.to(k.dtype), dv.to(v.dtype)
+    dP_h = dO_h V^T + dprobs / H (DESIGN 1.3's "one kernel family")."""
+    extra = None if dprobs is None else dprobs / q.shape[1]
+    return attention_bwd(q, k, v, out, lse, dout, None, scale, dp_extra=extra)
