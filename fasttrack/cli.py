@@ -16,6 +16,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 import time
 
@@ -40,7 +41,11 @@ def _fmt(x, nd=1) -> str:
     if x is None:
         return "-"
     if isinstance(x, float):
-        return "nan" if math.isnan(x) else f"{x:.{nd}f}"
+        if math.isnan(x):
+            return "nan"
+        if x != 0 and abs(x) < 10 ** -nd:  # an error of 3e-7 must not read as 0.0
+            return f"{x:.1e}"
+        return f"{x:.{nd}f}"
     return str(x)
 
 
@@ -104,6 +109,8 @@ def cmd_bench(args) -> int:
         print(f"({time.perf_counter() - t:.1f} s)", flush=True)
         rows += section_rows
     result = {"facts": facts, "quick": args.quick, "seconds": time.perf_counter() - t0, "rows": rows}
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_dir, exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1, default=str)
     from .report import write_report

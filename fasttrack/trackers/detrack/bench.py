@@ -4,8 +4,8 @@
     name               "<model> eager" | "<model> compile" | "<model> patched(<backend>)"
     ms_per_frame       median latency of `update` at batch 1 (the host copy of the box included,
                        which also synchronizes the device)
-    peak_mem_mb        CUDA: torch.cuda.max_memory_allocated during the run; CPU: the process's
-                       peak resident set (ru_maxrss), a high-water mark, not per row
+    peak_mem_mb        peak memory above the start of the row's timed runs (weights excluded):
+                       CUDA allocator peak, CPU sampled RSS (fasttrack.utils.PeakMemory)
     tfps_1/8/64        target-frames per second tracking 1, 8, 64 targets with update_batch
     gflops             FLOPs of one step at batch 1 (torch.utils.flop_counter; 2 per MAC)
 plus a row "<model> flops" with the FLOP count of DeTrack256 (meta tensors, any device) next to
@@ -15,12 +15,13 @@ quick=True it is skipped there (the row says so).
 """
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 
 import numpy as np
 import torch
+
+from fasttrack.utils import PeakMemory
 
 __all__ = ["run", "count_step_flops", "PAPER_GFLOPS"]
 
@@ -72,12 +73,6 @@ def _time_updates(tracker, frames, boxes, iters: int, warmup: int) -> list[float
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return times
-
-
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _variants(device: torch.device, quick: bool):
@@ -141,15 +136,14 @@ def _run(device: torch.device, quick: bool) -> list[dict]:
             if reason:
                 rows.append({**row, "note": reason})
                 continue
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            lat = _time_updates(tracker, frames, _boxes(1, height, width), iters, warmup)
-            row["ms_per_frame"] = 1e3 * statistics.median(lat)
-            for k in counts:
-                n = max(2, iters // 2) if k > 8 else iters
-                times = _time_updates(tracker, frames, _boxes(k, height, width, k), n, 1)
-                row[f"tfps_{k}"] = k / statistics.median(times)
-            row["peak_mem_mb"] = _peak_mb(device)
+            with PeakMemory(device) as mem:
+                lat = _time_updates(tracker, frames, _boxes(1, height, width), iters, warmup)
+                row["ms_per_frame"] = 1e3 * statistics.median(lat)
+                for k in counts:
+                    n = max(2, iters // 2) if k > 8 else iters
+                    times = _time_updates(tracker, frames, _boxes(k, height, width, k), n, 1)
+                    row[f"tfps_{k}"] = k / statistics.median(times)
+            row["peak_mem_mb"] = mem.peak_mb
             rows.append(row)
     gf = count_step_flops("detrack256") / 1e9
     rows.append({"name": "detrack256 flops", "device": "meta", "gflops": gf,
