@@ -82,16 +82,23 @@ def speed_chart(result: dict, path) -> bool:
     except ImportError:
         return False
     del matplotlib
-    rows = [r for r in result["rows"] if isinstance(r.get("ms"), (int, float)) and r["ms"] == r["ms"] and r["ms"] > 0]
+    def ms_of(r):
+        # ops/recorder rows time one call ("ms"); tracker rows one frame ("ms_per_frame").
+        v = r.get("ms", r.get("ms_per_frame"))
+        return v if isinstance(v, (int, float)) and v == v and v > 0 else None
+
+    rows = [dict(r, ms=ms_of(r)) for r in result["rows"] if ms_of(r) is not None]
     if not rows:
         return False
-    labels = [f"{_label(r)}: {r.get('impl', '')}" for r in rows]
-    def color(impl) -> str:
-        impl = str(impl or "")
-        if impl in ("reference", "eager", "unpatched"):
+    labels = [f"{_label(r)}: {r.get('impl', '')}" + (f" x{r['targets']}" if r.get("targets") else "")
+              for r in rows]
+    def color(r) -> str:
+        impl = str(r.get("impl") or "")
+        name = str(r.get("name") or "")
+        if impl in ("reference", "eager", "unpatched") or name.endswith((" eager", " unpatched")):
             return "#999999"
         return "#ff7f0e" if "no maps" in impl else "#1f77b4"
-    colors = [color(r.get("impl")) for r in rows]
+    colors = [color(r) for r in rows]
     fig = Figure(figsize=(10, 0.28 * len(rows) + 1.2))
     ax = fig.add_subplot(111)
     y = list(range(len(rows)))[::-1]
