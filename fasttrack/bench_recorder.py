@@ -24,7 +24,10 @@ order (the RSS is useless here: glibc keeps freed blocks mapped, so every row re
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
 
 import torch
@@ -61,7 +64,7 @@ def allocated_peak_mb(fn, device) -> tuple[object, float]:
         return out, (torch.cuda.max_memory_allocated(device) - base) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _stdout_to_devnull(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]")
@@ -70,6 +73,23 @@ def allocated_peak_mb(fn, device) -> tuple[object, float]:
         live += nbytes
         peak = max(peak, live)
     return out, peak / 2**20
+
+
+@contextlib.contextmanager
+def _stdout_to_devnull():
+    """Kineto prints a "USDT: ... profiler_start/stop" line to the process's stdout from C++ at
+    every profiler start and stop; silence file descriptor 1 around the profiled step so that
+    `fasttrack bench` tables stay readable (Python-level prints go nowhere else here)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 class EagerRecorder:
