@@ -77,19 +77,22 @@ def allocated_peak_mb(fn, device) -> tuple[object, float]:
 
 @contextlib.contextmanager
 def _stdout_to_devnull():
-    """Kineto prints a "USDT: ... profiler_start/stop" line to the process's stdout from C++ at
-    every profiler start and stop; silence file descriptor 1 around the profiled step so that
-    `fasttrack bench` tables stay readable (Python-level prints go nowhere else here)."""
+    """Kineto writes a "USDT: ... profiler_start/stop" line from C++ at every profiler start and
+    stop; silence file descriptors 1 and 2 around the profiled step so that `fasttrack bench`
+    tables stay readable. An exception raised inside still propagates (and prints) after."""
     sys.stdout.flush()
-    saved = os.dup(1)
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
         yield
     finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved + [devnull]:
+            os.close(fd)
 
 
 class EagerRecorder:
