@@ -22,6 +22,15 @@ MAX_HEAD_DIM = 128
 MAX_TOKENS = 256
 
 
+@triton.jit
+def load_tile(base, rows, cols, row_mask, col_mask, row_stride):
+    """The (len(rows), len(cols)) tile of a row-major matrix at `base`, zeros outside the masks:
+    the masked-load prologue every kernel here repeats for q, k, v, cross and their gradients.
+    Zero padding is what makes padded head dims and padded tokens drop out of the dots."""
+    return tl.load(base + rows[:, None] * row_stride + cols[None, :],
+                   mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels on the CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET") == "1"

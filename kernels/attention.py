@@ -10,7 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LN2, LOG2E, attention_config, check_head_dims, check_tensor, dot_precision
+from ._common import (LN2, LOG2E, attention_config,
+                      check_head_dims, check_tensor, dot_precision, load_tile)
 from ._common import launch, pad
 
 
@@ -30,8 +31,7 @@ def _attention_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < Nq
     mask_d = offs_d < D
-    q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
     qk_scale = scale * LOG2E
     # Every key tile holds at least one valid key, so the running max is finite after the first
     # tile and exp2(m_old - m_new) = exp2(-inf) = 0 there: no NaN from masked columns.
@@ -44,8 +44,7 @@ def _attention_fwd_kernel(
     for start_n in range(0, Nk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < Nk
-        k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -53,8 +52,7 @@ def _attention_fwd_kernel(
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_V:
-            v = tl.load(V + bh * Nk * Dv + offs_n[:, None] * Dv + offs_dv[None, :],
-                        mask=mask_n[:, None] & mask_dv[None, :], other=0.0)
+            v = load_tile(V + bh * Nk * Dv, offs_n, offs_dv, mask_n, mask_dv, Dv)
             # P in the value dtype for the tensor-core product (as FA2); exact for fp32.
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
@@ -94,14 +92,12 @@ def _attention_bwd_preprocess_kernel(
         b = bh // H
         offs_d = tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
-        q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
-                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
         lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
         for start_n in range(0, Nk, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             mask_n = offs_n < Nk
-            k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
-                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+            k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
             s = tl.dot(q, tl.trans(k), input_precision=PREC) * (scale * LOG2E)
             mask = mask_m[:, None] & mask_n[None, :]
             p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
@@ -129,18 +125,15 @@ def _attention_bwd_dkdv_kernel(
     mask_n = offs_n < Nk
     mask_d = offs_d < D
     mask_dv = offs_dv < Dv
-    k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-    v = tl.load(V + bh * Nk * Dv + offs_n[:, None] * Dv + offs_dv[None, :],
-                mask=mask_n[:, None] & mask_dv[None, :], other=0.0)
+    k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
+    v = load_tile(V + bh * Nk * Dv, offs_n, offs_dv, mask_n, mask_dv, Dv)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     qk_scale = scale * LOG2E
     for start_m in range(0, Nq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < Nq
-        q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
-                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
         lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
         delta = tl.load(DELTA + bh * Nq + offs_m, mask=mask_m, other=0.0)
         # Transposed tiles (keys x queries) so both accumulations are plain tile products.
@@ -149,8 +142,7 @@ def _attention_bwd_dkdv_kernel(
         p_t = tl.where(mask_t, tl.exp2(s_t - lse2[None, :]), 0.0)
         dp_t = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
         if HAS_DO:
-            do = tl.load(DO + bh * Nq * Dv + offs_m[:, None] * Dv + offs_dv[None, :],
-                         mask=mask_m[:, None] & mask_dv[None, :], other=0.0)
+            do = load_tile(DO + bh * Nq * Dv, offs_m, offs_dv, mask_m, mask_dv, Dv)
             dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
             dp_t += tl.dot(v, tl.trans(do), input_precision=PREC)
         if HAS_EXTRA:
@@ -181,27 +173,23 @@ def _attention_bwd_dq_kernel(
     mask_m = offs_m < Nq
     mask_d = offs_d < D
     mask_dv = offs_dv < Dv
-    q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
     lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
     delta = tl.load(DELTA + bh * Nq + offs_m, mask=mask_m, other=0.0)
     if HAS_DO:
-        do = tl.load(DO + bh * Nq * Dv + offs_m[:, None] * Dv + offs_dv[None, :],
-                     mask=mask_m[:, None] & mask_dv[None, :], other=0.0)
+        do = load_tile(DO + bh * Nq * Dv, offs_m, offs_dv, mask_m, mask_dv, Dv)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     qk_scale = scale * LOG2E
     for start_n in range(0, Nk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < Nk
         mask = mask_m[:, None] & mask_n[None, :]
-        k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
         dp = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         if HAS_DO:
-            v = tl.load(V + bh * Nk * Dv + offs_n[:, None] * Dv + offs_dv[None, :],
-                        mask=mask_n[:, None] & mask_dv[None, :], other=0.0)
+            v = load_tile(V + bh * Nk * Dv, offs_n, offs_dv, mask_n, mask_dv, Dv)
             dp += tl.dot(do, tl.trans(v), input_precision=PREC)
         if HAS_EXTRA:
             dp += tl.load(EXTRA + b * Nq * Nk + offs_m[:, None] * Nk + offs_n[None, :],

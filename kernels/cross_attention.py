@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LN2, LOG2E, cross_config, dot_precision, launch, pad, probs_config
+from ._common import LN2, LOG2E, cross_config, dot_precision, launch, pad, probs_config, load_tile
 from .attention import _check_qk, _check_v, _forward, attention_bwd
 
 
@@ -38,12 +38,9 @@ def _cross_attention_fwd_kernel(
     probs = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for h in range(H):
         bh = b * H + h
-        q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
-                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-        k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        v = tl.load(V + bh * Nk * Dv + offs_n[:, None] * Dv + offs_dv[None, :],
-                    mask=mask_n[:, None] & mask_dv[None, :], other=0.0)
+        q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
+        k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
+        v = load_tile(V + bh * Nk * Dv, offs_n, offs_dv, mask_n, mask_dv, Dv)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         # Padded key columns get -inf (weight 0); Nk >= 1 keeps every row max finite.
         s = tl.where(mask_n[None, :], s, float("-inf"))
@@ -83,10 +80,8 @@ def _head_mean_probs_kernel(
     probs = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for h in range(H):
         bh = b * H + h
-        q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
-                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-        k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
+        k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
         lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         probs += tl.exp2(s - lse2[:, None])

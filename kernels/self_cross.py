@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, MAX_TOKENS, check_tensor, dot_precision, launch
+from ._common import LOG2E, MAX_TOKENS, check_tensor, dot_precision, launch, load_tile
 from ._common import pad, self_cross_config, token_block
 from .attention import _check_qk
 
@@ -38,16 +38,13 @@ def _self_cross_fwd_kernel(
     acc = tl.zeros([BLOCK_N, BLOCK_T], tl.float32)
     for h in range(H):
         bh = b * H + h
-        k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
         for start_m in range(0, Nq, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             mask_m = offs_m < Nq
-            q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
-                        mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+            q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
             lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
-            c = tl.load(C + b * Nq * T + offs_m[:, None] * T + offs_t[None, :],
-                        mask=mask_m[:, None] & mask_t[None, :], other=0.0)
+            c = load_tile(C + b * Nq * T, offs_m, offs_t, mask_m, mask_t, T)
             s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
             p_t = tl.where(mask_n[:, None] & mask_m[None, :], tl.exp2(s_t - lse2[None, :]), 0.0)
             acc += tl.dot(p_t.to(c.dtype), c, input_precision=PREC_C)
@@ -78,8 +75,7 @@ def _self_cross_bwd_dq_kernel(
     mask_m = offs_m < Nq
     mask_d = offs_d < D
     mask_t = offs_t < T
-    q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
     lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
     mask_mt = mask_m[:, None] & mask_t[None, :]
     c = tl.load(C + b * Nq * T + offs_m[:, None] * T + offs_t[None, :], mask=mask_mt, other=0.0)
@@ -88,10 +84,8 @@ def _self_cross_bwd_dq_kernel(
     for start_n in range(0, Nk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < Nk
-        k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        g = tl.load(G + b * Nk * T + offs_n[:, None] * T + offs_t[None, :],
-                    mask=mask_n[:, None] & mask_t[None, :], other=0.0)
+        k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
+        g = load_tile(G + b * Nk * T, offs_n, offs_t, mask_n, mask_t, T)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         p = tl.where(mask_m[:, None] & mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)
         a += tl.dot(p.to(g.dtype), g, input_precision=PREC_C)
@@ -105,10 +99,8 @@ def _self_cross_bwd_dq_kernel(
     for start_n in range(0, Nk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < Nk
-        k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        g = tl.load(G + b * Nk * T + offs_n[:, None] * T + offs_t[None, :],
-                    mask=mask_n[:, None] & mask_t[None, :], other=0.0)
+        k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
+        g = load_tile(G + b * Nk * T, offs_n, offs_t, mask_n, mask_t, T)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         p = tl.where(mask_m[:, None] & mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)
         dp = tl.dot(c, tl.trans(g), input_precision=PREC_C) / H
@@ -139,20 +131,16 @@ def _self_cross_bwd_dk_kernel(
     mask_n = offs_n < Nk
     mask_d = offs_d < D
     mask_t = offs_t < T
-    k = tl.load(K + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-    g = tl.load(G + b * Nk * T + offs_n[:, None] * T + offs_t[None, :],
-                mask=mask_n[:, None] & mask_t[None, :], other=0.0)
+    k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
+    g = load_tile(G + b * Nk * T, offs_n, offs_t, mask_n, mask_t, T)
     qk_scale = scale * LOG2E
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for start_m in range(0, Nq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < Nq
-        q = tl.load(Q + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
-                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
         lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
-        c = tl.load(C + b * Nq * T + offs_m[:, None] * T + offs_t[None, :],
-                    mask=mask_m[:, None] & mask_t[None, :], other=0.0)
+        c = load_tile(C + b * Nq * T, offs_m, offs_t, mask_m, mask_t, T)
         s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
         p_t = tl.where(mask_n[:, None] & mask_m[None, :], tl.exp2(s_t - lse2[None, :]), 0.0)
         dp_t = tl.dot(g, tl.trans(c), input_precision=PREC_C) / H
