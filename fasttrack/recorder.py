@@ -27,7 +27,7 @@ import torch.nn as nn
 from .patch import is_patched, patch, unpatch
 from .integrations.diffusers_attention import FasttrackAttnProcessor
 from .recorder_resize import as_grid, resize_cross, self_cross_entry
-from .recorder_select import SpatialTracker, find_layers, format_hw, parse_selector
+from .recorder_select import SpatialTracker, find_layers, format_hw, parse_indices, parse_selector
 
 __all__ = ["AttentionRecorder"]
 
@@ -35,22 +35,6 @@ _ACTIVE_ATTR = "_fasttrack_recorder"
 # -1 outside autograd's backward; inside it (activation checkpointing re-running a forward) the
 # id of the running graph task. Torch builds without it never recompute inside backward here.
 _GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", lambda: -1)
-
-
-def _parse_indices(spec, arg: str):
-    """tokens / batch: None, an int, a slice, or a sequence of non-negative ints."""
-    if spec is None or isinstance(spec, slice):
-        return spec
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        spec = [spec]
-    if isinstance(spec, torch.Tensor):
-        spec = spec.tolist()
-    if not isinstance(spec, (list, tuple)) or not spec:
-        raise TypeError(f"{arg} must be None, an int, a slice or a non-empty list of ints, got {spec!r}")
-    for i in spec:
-        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
-            raise ValueError(f"{arg} entries must be non-negative ints, got {i!r}")
-    return list(spec)
 
 
 def _take(x: torch.Tensor, dim: int, sel, size: int, arg: str, what: str) -> torch.Tensor:
@@ -136,8 +120,8 @@ class AttentionRecorder:
             raise ValueError(f"{type(model).__name__} contains no diffusers Attention module to record")
         self._sel = {"cross": parse_selector(cross_layers, "cross_layers", self._layers, "cross"),
                      "self": parse_selector(self_layers, "self_layers", self._layers, "self")}
-        self.tokens = _parse_indices(tokens, "tokens")
-        self.batch = _parse_indices(batch, "batch")
+        self.tokens = parse_indices(tokens, "tokens")
+        self.batch = parse_indices(batch, "batch")
         self.renormalize = bool(renormalize)
         self._spatial = SpatialTracker()
         self._handles = []

@@ -163,3 +163,20 @@ class SpatialTracker:
             h.remove()
         self._handles.clear()
         self._seen.clear()
+
+
+def parse_indices(spec, arg: str):
+    """tokens / batch of a recorder: None, an int, a slice, or a sequence of non-negative ints;
+    returns None, a slice or a list (all index a tensor dimension the same way)."""
+    if spec is None or isinstance(spec, slice):
+        return spec
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = [spec]
+    if isinstance(spec, torch.Tensor):
+        spec = spec.tolist()
+    if not isinstance(spec, (list, tuple)) or not spec:
+        raise TypeError(f"{arg} must be None, an int, a slice or a non-empty list of ints, got {spec!r}")
+    for i in spec:
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise ValueError(f"{arg} entries must be non-negative ints, got {i!r}")
+    return list(spec)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...recorder_resize import as_grid
-from ...recorder_select import SpatialTracker, find_layers, parse_selector
+from ...recorder_select import SpatialTracker, find_layers, parse_indices, parse_selector
 
 __all__ = ["EagerRecorder", "EagerMapProcessor"]
 
@@ -106,8 +106,8 @@ class EagerRecorder:
             raise ValueError(f"{type(model).__name__} contains no diffusers Attention module to record")
         self._sel = {k: parse_selector(spec, f"{k}_layers", self._layers, k)
                      for k, spec in (("cross", cross_layers), ("self", self_layers))}
-        self.tokens = None if tokens is None else list(tokens)
-        self.batch = None if batch is None else list(batch)
+        self.tokens = parse_indices(tokens, "tokens")
+        self.batch = parse_indices(batch, "batch")
         self.renormalize = bool(renormalize)
         self._spatial = SpatialTracker()
         self._saved = []
