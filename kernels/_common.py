@@ -79,6 +79,26 @@ class Config:
     num_stages: int
 
 
+@dataclass(frozen=True)
+class KernelSpec:
+    """One compiled variant of a kernel, as a launcher would select it, for the ahead-of-time
+    compile report (kernels/compile_report.py). Every kernel module exposes
+    ``aot_specs(arch) -> list[KernelSpec]`` built from the same config functions its launchers
+    call, so the report compiles exactly what a GPU run would.
+
+    signature: runtime argument name -> Triton type ("*fp16", "*fp32", "i32", "fp32"); pointers
+    are compiled as 16-byte aligned (torch allocations are). constexprs: constexpr name -> value.
+    label: what selects this variant (e.g. "D=40 T=77"), shown in the report's config column.
+    """
+    kernel: object
+    dtype: torch.dtype
+    signature: dict
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+    label: str = ""
+
+
 # GPU tile choices below come from compiling every kernel ahead of time with Triton 3.9 for
 # sm_90 (and checking sm_80 / sm_86) and reading the register and stack use of the cubins:
 # among the tiles tried, the largest that keep the tiles in registers (at most ~100 bytes of
