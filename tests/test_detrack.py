@@ -74,6 +74,8 @@ def test_box_branch_moves_boxes(seq):
 @pytest.mark.parametrize("backend,frames", [("torch", 6), ("triton", 4)])
 def test_patched_tracks_like_unpatched(seq, backend, frames):
     tr = _tracker()
+    if backend == "triton" and torch.cuda.is_available():
+        tr = tr.to("cuda")  # compiled kernels on a GPU; the interpreter (CPU tensors) without one
     ref, _ = tr.track(seq.frames[:frames], seq.gt[0], progress=False)
     patch(tr, backend=backend)
     assert all(type(b.box) is FusedBoxBranch for b in tr.net.blocks)

@@ -1,7 +1,8 @@
 """Every op, every CPU-runnable backend, forward and backward, against the float64 references.
 
-The Triton backend runs here under TRITON_INTERPRET=1 (tests/conftest.py), so its sizes stay
-small; the torch backend also runs at N=300 and with forced multi-chunk slabs. Sizes are odd on
+The Triton backend runs on CUDA tensors when a GPU is present (compiled kernels) and otherwise
+on CPU tensors under TRITON_INTERPRET=1 (tests/conftest.py), so its sizes stay small; the torch
+backend runs on the CPU, also at N=300 and with forced multi-chunk slabs. Sizes are odd on
 purpose: N = 1, 37, 300, D = 40, T = 1, 77 divide no block size.
 """
 import pytest
@@ -25,6 +26,12 @@ FP32_TOL = 2e-6  # fp32 against float64: far under DESIGN's 1e-4
 def _need(backend):
     if backend == "triton":
         pytest.importorskip("triton")
+
+
+def _dev(backend) -> str:
+    """Where a backend's cases run: the Triton kernels on the GPU when there is one (on a GPU
+    machine the interpreter is off and CPU tensors would only test the refusal), else the CPU."""
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
 
 
 def _shapes(backend):
@@ -56,14 +63,14 @@ def _yard(fn, tensors, cots, **kw):
 
 
 def _cot(t, gen):
-    return torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)
+    return torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_attention(backend, rng):
     _need(backend)
     for shape in _shapes(backend):
-        q, k, v, _ = make_inputs(*shape, torch.float32, rng)
+        q, k, v, _ = make_inputs(*shape, torch.float32, rng, device=_dev(backend))
         out, lse = ops.attention(q, k, v, backend=backend)
         (ro, rl), leaves = ref64(R.attention, q, k, v)
         assert out.shape == ro.shape and lse.shape == rl.shape and lse.dtype == torch.float32
@@ -82,7 +89,7 @@ def test_attention(backend, rng):
 def test_self_cross(backend, with_lse, rng):
     _need(backend)
     for shape in _shapes(backend):
-        q, k, _, cross = make_inputs(*shape, torch.float32, rng)
+        q, k, _, cross = make_inputs(*shape, torch.float32, rng, device=_dev(backend))
         # cross is indexed by queries: (B, Nq, T); the result by keys: (B, Nk, T).
         lse = None
         if with_lse:
@@ -105,7 +112,7 @@ def test_self_cross(backend, with_lse, rng):
 def test_harmonize(backend, rng):
     _need(backend)
     B, H, N, D, T = 2, 2, 37, 40, 77
-    q, k, _, cross = make_inputs(B, H, N, N, D, D, T, torch.float32, rng)
+    q, k, _, cross = make_inputs(B, H, N, N, D, D, T, torch.float32, rng, device=_dev(backend))
     for alpha in (0.0, 0.5, 0.8, 1.0):
         out = ops.harmonize(q, k, cross, alpha=alpha, backend=backend)
         ro, leaves = ref64(lambda a, b, c: R.harmonize(a, b, c, alpha=alpha), q, k, cross)
@@ -126,7 +133,7 @@ def test_cross_attention(backend, rng):
     _need(backend)
     # Nk is a text length: 77, and 1 (a single token) must work too.
     for B, H, Nq, Nk, D, Dv in [(2, 3, 37, 77, 40, 24), (1, 1, 1, 1, 16, 16), (1, 2, 50, 13, 40, 40)]:
-        q, k, v, _ = make_inputs(B, H, Nq, Nk, D, Dv, 1, torch.float32, rng)
+        q, k, v, _ = make_inputs(B, H, Nq, Nk, D, Dv, 1, torch.float32, rng, device=_dev(backend))
         out, probs = ops.cross_attention(q, k, v, backend=backend)
         (ro, rp), leaves = ref64(R.cross_attention, q, k, v)
         assert probs.shape == (B, Nq, Nk) and probs.dtype == q.dtype

@@ -171,12 +171,15 @@ def test_gradients_to_prompt_and_latent(rng):
 
 
 def test_lse_path_triton_interpreter(rng):
-    """The GPU path: recorded self layers run fasttrack.ops.attention and keep its lse (here the
-    Triton kernels under TRITON_INTERPRET=1, on two small layers to stay quick)."""
+    """The GPU path: recorded self layers run fasttrack.ops.attention and keep its lse (the
+    compiled Triton kernels on a GPU, else the same kernels under TRITON_INTERPRET=1 on the CPU;
+    two small layers to stay quick)."""
     pytest.importorskip("triton")
-    unet = make_unet("sd15", seed=_seed(rng))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    unet = make_unet("sd15", seed=_seed(rng)).to(dev)
     ref_out = None
-    inputs = [unet_inputs(unet, batch=2, latent=(6, 6), seed=_seed(rng))]
+    s, t, c, e = unet_inputs(unet, batch=2, latent=(6, 6), seed=_seed(rng))
+    inputs = [(s.to(dev), t.to(dev), c.to(dev), e)]  # sd15 configs have no added_cond_kwargs
     with torch.no_grad():
         s, t, c, e = inputs[0]
         ref_out = unet(s, t, encoder_hidden_states=c, **e).sample
