@@ -91,21 +91,23 @@ def flops(op: str, s: Shape, backward: bool = False) -> float:
 
 
 def _peers(device) -> dict:
-    """Map-free attention peers that exist on this machine: name -> fn(q, k, v)."""
+    """Map-free attention peers: name -> fn(q, k, v), or a reason string when the peer cannot
+    run here (a missing package becomes a row that says so, not a silent gap)."""
     peers = {"sdpa": lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
-    if device.type == "cuda":
-        try:
-            from flash_attn import flash_attn_func
-            peers["flash-attn"] = lambda q, k, v: flash_attn_func(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        except ImportError:
-            pass
-        try:
-            import xformers.ops as xops
-            peers["xformers"] = lambda q, k, v: xops.memory_efficient_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        except ImportError:
-            pass
+    if device.type != "cuda":
+        return peers
+    try:
+        from flash_attn import flash_attn_func
+        peers["flash-attn"] = lambda q, k, v: flash_attn_func(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    except Exception as e:  # ImportError, or a build for another torch/CUDA failing to load
+        peers["flash-attn"] = f"skipped: flash_attn not importable ({type(e).__name__}: {e})"
+    try:
+        import xformers.ops as xops
+        peers["xformers"] = lambda q, k, v: xops.memory_efficient_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    except Exception as e:
+        peers["xformers"] = f"skipped: xformers not importable ({type(e).__name__}: {e})"
     return peers
 
 
@@ -141,7 +143,10 @@ def _cases(s: Shape, device, dtype, backward: bool, which=ALL_OPS):
         for b in _backends(device):
             yield "attention", b, run(lambda b=b: ops.attention(q, k, v, backend=b))
         for name, fn in _peers(device).items():
-            yield "attention", name + " (no maps)", run(lambda fn=fn: fn(q, k, v))
+            if isinstance(fn, str):  # the reason this peer cannot run here
+                yield "attention", name + " (no maps)", fn
+            else:
+                yield "attention", name + " (no maps)", run(lambda fn=fn: fn(q, k, v))
     if "cross_attention" in which:
         yield "cross_attention", "reference", run(lambda: R.cross_attention(q, tk, tv))
         for b in _backends(device):
@@ -154,7 +159,8 @@ def run(device=None, *, quick: bool = False, dtype=None, plan=None,
     returns one dict per row.
 
     Row keys: section, shape, op, impl, pass ("fwd" / "fwd+bwd"), ms, tflops, peak_mb,
-    dtype, device. A case that fails (e.g. out of memory) gets ms = NaN and an "error" key."""
+    dtype, device. A case that fails (e.g. out of memory) gets ms = NaN and an "error" key; a
+    peer that is not installed gets a row with a "note" saying why, and no timing."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     plan = plan or default_plan(device, quick)
@@ -165,13 +171,21 @@ def run(device=None, *, quick: bool = False, dtype=None, plan=None,
             for op, impl, fn in _cases(s, device, dtype, bwd, which):
                 row = dict(section="ops", shape=s.name, op=op, impl=impl, **{"pass": "fwd+bwd" if bwd else "fwd"},
                            dtype=str(dtype).replace("torch.", ""), device=str(device))
-                try:
-                    fn()  # warm-up: first-call dispatch, allocator growth, Triton compilation
-                    with PeakMemory(device) as m:
-                        ms = time_fn(fn, device, warmup=0, repeat=repeat)
-                    row.update(ms=ms, peak_mb=m.peak_mb, tflops=flops(op, s, bwd) / (ms * 1e-3) / 1e12)
-                except (RuntimeError, MemoryError) as e:  # OOM on a big reference is a result
-                    row.update(ms=math.nan, peak_mb=math.nan, tflops=math.nan, error=str(e).splitlines()[0][:200])
+                if isinstance(fn, str):
+                    row["note"] = fn
+                else:
+                    try:
+                        fn()  # warm-up: first-call dispatch, allocator growth, Triton compilation
+                        with PeakMemory(device) as m:
+                            ms = time_fn(fn, device, warmup=0, repeat=repeat)
+                        row.update(ms=ms, peak_mb=m.peak_mb, tflops=flops(op, s, bwd) / (ms * 1e-3) / 1e12)
+                    except Exception as e:  # OOM on a big reference, a kernel that fails to
+                        # compile or a refused backend: a result for this row, not the end of the run
+                        msg = (str(e).splitlines() or [""])[0][:200]
+                        row.update(ms=math.nan, peak_mb=math.nan, tflops=math.nan,
+                                   error=f"{type(e).__name__}: {msg}")
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
                 rows.append(row)
                 if progress is not None:
                     progress(row)

@@ -96,19 +96,34 @@ def cmd_bench(args) -> int:
     facts = device_facts(device)
     print(f"fasttrack bench on {facts['device_name']} ({device}), torch {facts['torch']}, "
           f"triton {facts['triton']}, CUDA extension: {facts['has_cuda_ext']}")
-    rows, t0 = [], time.perf_counter()
+    rows, failed, t0 = [], [], time.perf_counter()
     for name in wanted:
         mod, desc = SECTIONS[name]
         print(f"\n[{name}] {desc}", flush=True)
         t = time.perf_counter()
-        section_rows = importlib.import_module(mod).run(device, quick=args.quick)
+        try:
+            section_rows = importlib.import_module(mod).run(device, quick=args.quick)
+        except ImportError as e:
+            # An optional dependency (diffusers for the recorder and the diffusion trackers)
+            # is missing: the section is skipped with the reason, the other sections still run.
+            section_rows = [{"name": name, "note": f"skipped: {type(e).__name__}: {e}"}]
+        except Exception as e:  # a failing section is a result too: record it, run the rest
+            failed.append(name)
+            msg = (str(e).splitlines() or [""])[0][:200]
+            section_rows = [{"name": name, "note": f"failed: {type(e).__name__}: {msg}",
+                             "error": f"{type(e).__name__}: {e}"}]
         for r in section_rows:
             r.setdefault("section", name)
         add_ratios(section_rows)
         print(format_table(section_rows))
+        for r in section_rows:  # the table leaves the (long) error column out
+            if r.get("error"):
+                what = " ".join(str(r[k]) for k in ("shape", "op", "impl", "pass", "name") if r.get(k))
+                print(f"  error in {what}: {r['error']}")
         print(f"({time.perf_counter() - t:.1f} s)", flush=True)
         rows += section_rows
-    result = {"facts": facts, "quick": args.quick, "seconds": time.perf_counter() - t0, "rows": rows}
+    result = {"facts": facts, "quick": args.quick, "seconds": time.perf_counter() - t0, "rows": rows,
+              "failed_sections": failed}
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     with open(args.out, "w") as f:
@@ -120,6 +135,9 @@ def cmd_bench(args) -> int:
           + ", ".join(str(p) for p in written))
     if not any(str(p).endswith(".png") for p in written):
         print("(no speed chart: matplotlib is not installed; pip install fasttrack[plot])")
+    if failed:
+        print(f"bench sections that failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

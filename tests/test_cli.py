@@ -279,3 +279,65 @@ def test_user_errors_are_one_line(argv, needle, data, tmp_path, capsys, monkeypa
     assert rc == 2 and lines, err
     assert lines[-1].startswith(f"fasttrack {argv[0]}: error: ") and needle in lines[-1]
     assert "Traceback" not in err
+
+
+def test_bench_skips_missing_dependencies_and_survives_failures(tmp_path, capsys, monkeypatch):
+    """A bench section whose optional package is missing becomes a 'skipped' row with the
+    reason; a section that raises becomes a 'failed' row and the exit status 1; the sections
+    after either still run and the JSON is written."""
+    import importlib.machinery
+    import sys
+    import types
+
+    import fasttrack.cli as cli
+
+    def fake(name, run):
+        mod = types.ModuleType(name)
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        mod.run = run
+        monkeypatch.setitem(sys.modules, name, mod)
+
+    def missing(device, quick):
+        raise ModuleNotFoundError("No module named 'diffusers'")
+
+    def broken(device, quick):
+        raise RuntimeError("kernel failed to compile")
+
+    fake("_fake_missing", missing)
+    fake("_fake_broken", broken)
+    fake("_fake_ok", lambda device, quick: [{"name": "ok row", "ms": 1.0}])
+    monkeypatch.setattr(cli, "SECTIONS", {"missing": ("_fake_missing", "needs diffusers"),
+                                          "broken": ("_fake_broken", "raises"),
+                                          "ok": ("_fake_ok", "works")})
+    out = tmp_path / "b.json"
+    rc, stdout, stderr = run_cli(capsys, "bench", "--device", "cpu", "--out", out)
+    assert rc == 1 and "broken" in stderr
+    rows = json.loads(out.read_text())["rows"]
+    notes = {r["section"]: r.get("note", "") for r in rows}
+    assert notes["missing"].startswith("skipped: ModuleNotFoundError") and "diffusers" in notes["missing"]
+    assert notes["broken"].startswith("failed: RuntimeError: kernel failed to compile")
+    assert [r["name"] for r in rows if r["section"] == "ok"] == ["ok row"]
+    assert "skipped: ModuleNotFoundError" in stdout
+
+
+def test_bench_ops_uninstalled_peers_are_rows_with_a_reason(monkeypatch):
+    """flash-attn / xformers that cannot be imported give a row with a note, not a gap, and a
+    case that raises gives a row with its error instead of ending the run."""
+    from fasttrack import bench_ops
+
+    peers = bench_ops._peers(torch.device("cuda"))  # builds lambdas only: no GPU needed
+    for name in ("flash-attn", "xformers"):
+        assert callable(peers[name]) or peers[name].startswith(f"skipped: {name.replace('-', '_')}")
+
+    def raising(q, k, v):
+        raise ValueError("refused")
+
+    monkeypatch.setattr(bench_ops, "_peers", lambda device: {
+        "sdpa": raising, "fake": "skipped: fake_attn not importable (ModuleNotFoundError)"})
+    plan = [(bench_ops.Shape("t", 1, 1, 16, 8, 3), ("attention",), (False,))]
+    rows = bench_ops.run("cpu", plan=plan, repeat=1)
+    by_impl = {r["impl"]: r for r in rows}
+    assert by_impl["fake (no maps)"]["note"].startswith("skipped: fake_attn")
+    assert "ms" not in by_impl["fake (no maps)"]
+    assert by_impl["sdpa (no maps)"]["error"] == "ValueError: refused"
+    assert by_impl["torch"]["ms"] > 0
