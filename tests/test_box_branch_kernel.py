@@ -73,6 +73,70 @@ def test_triton_matches_reference_float64(B, nq, ns, dim, heads, mlp, nph, block
     assert _rel_err(out, ref) < 1e-12
 
 
+@pytest.mark.parametrize("B,nq,ns,dim,heads,mlp,nph,blocks", [
+    # B * Nq = 20 and 21 rows: the last 16-row block is ragged; C = 80 and 48 are not multiples
+    # of the 32-wide column / reduction tiles; hidden 120 not a multiple of 16 (unaligned path).
+    (5, 4, 37, 80, 5, 1.5, 24, (None, None, None, None)),
+    (7, 3, 37, 48, 3, 2.5, 40, (16, 16, 16, 16)),
+    (3, 4, 1, 80, 5, 2.0, 80, (32, 16, 32, 32)),  # one key; block_m 32 > rows of a tile
+])
+def test_triton_ragged_sizes_float64(B, nq, ns, dim, heads, mlp, nph, blocks, rng):
+    if DEV == "cpu" and not kb._kernel_is_interpreted():
+        pytest.skip("kernel module imported without TRITON_INTERPRET=1")
+    m = _module(dim, heads, mlp, nph, torch.float64, rng)
+    b, k, v = _inputs(B, nq, ns, dim, heads, torch.float64, rng)
+    ref = m(b, k, v)
+    bn, bk, bs, bm = blocks
+    out = kb.box_branch_fwd(b, k, v, _weights(m), eps=(m.norm1.eps, m.norm2.eps),
+                            block_n=bn, block_k=bk, block_s=bs, block_m=bm)
+    assert _rel_err(out, ref) < 1e-12
+
+
+def test_triton_strided_views_float64(rng):
+    """b and out as row-strided views (stride(1) != C, misaligned starts), k / v without a unit
+    head-dim stride: every launch takes the unaligned path and the two-level row addressing."""
+    if DEV == "cpu" and not kb._kernel_is_interpreted():
+        pytest.skip("kernel module imported without TRITON_INTERPRET=1")
+    m = _module(48, 3, 2.5, 40, torch.float64, rng)
+    b0, k0, v0 = _inputs(3, 4, 37, 48, 3, torch.float64, rng)
+    ref = m(b0, k0, v0)
+    big = torch.zeros(3, 5, 51, dtype=torch.float64, device=DEV)
+    big[:, 1:, 1:49] = b0
+    b = big[:, 1:, 1:49]                                   # strides (255, 51, 1), offset 52
+    k = k0.transpose(-1, -2).contiguous().transpose(-1, -2)  # head-dim stride Ns
+    v = v0.transpose(-1, -2).contiguous().transpose(-1, -2)
+    out_buf = torch.full((3, 4, 2, 48), float("nan"), dtype=torch.float64, device=DEV)
+    out = out_buf[:, :, 1]                                 # strides (384, 96, 1)
+    kb.box_branch_fwd(b, k, v, _weights(m), eps=(m.norm1.eps, m.norm2.eps), out=out)
+    assert _rel_err(out, ref) < 1e-12
+    assert torch.isnan(out_buf[:, :, 0]).all()  # nothing written outside the view
+
+
+def test_config_and_aot_specs_agree():
+    """aot_specs lists the linear kernel per epilogue and row block with the tiles the launcher's
+    config function picks, at ViT-B widths, for every GPU arch the report compiles."""
+    for rows, bm in ((4, 16), (16, 16), (20, 32), (64, 64), (4096, 64)):
+        assert kb.box_branch_config(rows, 4, 64, torch.float16, interpret=False).block_m == bm
+    for arch in (80, 89, 90):
+        specs = kb.aot_specs(arch)
+        assert {s.dtype for s in specs} == {torch.float16, torch.bfloat16, torch.float32}
+        for s in specs:
+            cfg = kb.box_branch_config(s.constexprs.get("BLOCK_M", 16), 4, 64, s.dtype,
+                                       interpret=False)
+            assert s.constexprs.get("BLOCK_N", cfg.block_n) == cfg.block_n
+            assert s.constexprs.get("BLOCK_K", cfg.block_k) == cfg.block_k
+            assert s.constexprs.get("BLOCK_S", cfg.block_s) == cfg.block_s
+            names = set(s.kernel.arg_names)
+            assert set(s.signature) | set(s.constexprs) == names, s.label
+            assert all(t in ("*fp16", "*bf16", "*fp32", "i32", "i64", "fp32")
+                       for t in s.signature.values())
+        linear = [s for s in specs if s.kernel is kb._box_branch_linear_kernel]
+        assert {s.constexprs["BLOCK_M"] for s in linear} == {16, 32, 64}
+        assert {(s.constexprs["ACT"], s.constexprs["RES"]) for s in linear} == {
+            (kb.ACT_NONE, kb.RES_NONE), (kb.ACT_NONE, kb.RES_ADD), (kb.ACT_GELU, kb.RES_NONE),
+            (kb.ACT_RELU, kb.RES_NONE), (kb.ACT_NONE, kb.RES_SUB)}
+
+
 def test_triton_float32_against_float64_reference(rng):
     if DEV == "cpu" and not kb._kernel_is_interpreted():
         pytest.skip("kernel module imported without TRITON_INTERPRET=1")
@@ -82,6 +146,20 @@ def test_triton_float32_against_float64_reference(rng):
     m32 = copy.deepcopy(m64).float()
     out = kb.box_branch_fwd(b.float(), k.float(), v.float(), _weights(m32), block_n=16,
                             block_k=32, block_s=16)
+    torch_err = _rel_err(m32(b.float(), k.float(), v.float()), ref)
+    assert _rel_err(out, ref) < max(2 * torch_err, 1e-6)
+    assert _rel_err(out, ref) < 1e-5
+
+
+def test_triton_float32_ragged_against_float64_reference(rng):
+    """float32 IEEE dots at B * Nq = 20 rows, C = 80, Ns = 37, default interpreter tiles."""
+    if DEV == "cpu" and not kb._kernel_is_interpreted():
+        pytest.skip("kernel module imported without TRITON_INTERPRET=1")
+    m64 = _module(80, 5, 1.5, 24, torch.float64, rng)
+    b, k, v = _inputs(5, 4, 37, 80, 5, torch.float64, rng)
+    ref = m64(b, k, v)
+    m32 = copy.deepcopy(m64).float()
+    out = kb.box_branch_fwd(b.float(), k.float(), v.float(), _weights(m32))
     torch_err = _rel_err(m32(b.float(), k.float(), v.float()), ref)
     assert _rel_err(out, ref) < max(2 * torch_err, 1e-6)
     assert _rel_err(out, ref) < 1e-5
