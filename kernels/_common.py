@@ -31,11 +31,6 @@ def load_tile(base, rows, cols, row_mask, col_mask, row_stride):
                    mask=row_mask[:, None] & col_mask[None, :], other=0.0)
 
 
-def interpreting() -> bool:
-    """True when Triton runs kernels on the CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def launch(kernel):
     """``kernel`` wrapped by torch.library.wrap_triton, so that a torch.library.triton_op can
     trace the launch; the plain kernel on torch versions without wrap_triton (< 2.6).
@@ -99,38 +94,77 @@ class KernelSpec:
     label: str = ""
 
 
-# GPU tile choices below come from compiling every kernel ahead of time with Triton 3.9 for
-# sm_90 (and checking sm_80 / sm_86) and reading the register and stack use of the cubins:
-# among the tiles tried, the largest that keep the tiles in registers (at most ~100 bytes of
-# local-memory spill per thread; fp32 dK/dV at head dim 128 spills more) and stay under the
-# ~99 KiB of shared memory of RTX 3090/4090. float32 inputs use exact IEEE dot products, which
-# run on FMA units and need far more registers per tile, hence their smaller tiles. These are
-# static heuristics, not timed: measurements on a GPU may move them.
-# Interpreter (TRITON_INTERPRET=1): each program is a Python loop over numpy tiles; small tiles
-# of unequal sizes keep CPU tests fast and make the odd test sizes end every query and key loop
-# on a partial tile.
+def device_arch(device: torch.device) -> int:
+    """Compute capability of `device` as major*10+minor (90 for H100), 0 for the interpreter
+    (CPU tensors under TRITON_INTERPRET=1): the key of every config function below."""
+    if device.type != "cuda":
+        return 0
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
-def attention_config(d_pad: int, dv_pad: int, dtype: torch.dtype, kind: str) -> Config:
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device`; 4 under the interpreter, so that the CPU tests
+    with their few programs take the split-query paths that small grids take on a GPU."""
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+MAX_GRID_YZ = 65535  # CUDA grid dimensions y and z; x goes to 2^31 - 1
+
+
+def check_grid(kernel: str, grid: tuple) -> tuple:
+    """`grid` unchanged, or ValueError when a y/z dimension passes CUDA's 65535 (the launch
+    would fail with an opaque driver error). The backend's dispatch limits (fasttrack.ops)
+    refuse such inputs before a launcher sees them; this is the launcher's own guard."""
+    for axis, n in zip("yz", grid[1:]):
+        if n > MAX_GRID_YZ:
+            raise ValueError(f"{kernel}: grid {axis} = {n} programs > {MAX_GRID_YZ} (CUDA's limit); "
+                             "use fewer batch x heads per call")
+    return grid
+
+
+# Tile choices, per architecture. Every number below comes from the ahead-of-time compile
+# report (python -m fasttrack.kernels.compile_report --arch 90 / 80 / 89): the largest tiles
+# that keep every accumulator in registers with no spill stores, and, on sm_90, put every
+# 16-bit tl.dot on wgmma. wgmma needs the product's M (rows) to be a multiple of 64 per
+# warpgroup, so on sm_90 every dot's row block is >= 64. They are static heuristics, not
+# timed: a GPU session may move them.
+# - sm_90 (H100/H200): up to 227 KiB of shared memory per program.
+# - sm_80/86/89 (A100, RTX 3090/4090): about 99 KiB on 86/89 (163 KiB on 80); sized for 99.
+# - float32 inputs use exact IEEE dot products ("ieee"), which run on FMA units and hold far
+#   more registers per tile, hence their smaller tiles on every architecture.
+# Interpreter (arch 0): each program is a Python loop over numpy tiles; small tiles of unequal
+# sizes keep CPU tests fast and make the odd test sizes end every loop on a partial tile.
+
+def attention_config(d_pad: int, dv_pad: int, dtype: torch.dtype, kind: str, arch: int) -> Config:
     """Tiles of the flash kernels; kind is "fwd", "dkdv" (block_n keys per program, block_m
     queries per step) or "dq" (also used by the delta preprocess).
 
-    fp16/bf16: the forward streams 64-key tiles past a 128-query accumulator (as the Triton
-    tutorial and FA2). The dK/dV pass keeps 128 keys and steps 32 queries, the dQ pass keeps
-    128 queries and steps 32 keys: each program owns a long accumulator and streams short
-    tiles. At head dim 128 the dK/dV pass holds two (block_n, 128) accumulators, so it drops to
-    32 x 32 and the dQ pass to 64 x 64."""
-    if interpreting():
+    16-bit: the forward streams key tiles past a 128-query accumulator (as the Triton tutorial
+    and FA2). The dK/dV pass keeps block_n keys and steps block_m queries, the dQ pass keeps
+    block_m queries and steps block_n keys: each program owns a long accumulator and streams
+    short tiles. At head dim 128 the dK/dV pass holds two (block_n, 128) fp32 accumulators, so
+    it keeps 64 keys (the wgmma minimum) rather than 128."""
+    if arch == 0:
         return Config(32, 16, 1, 1) if kind == "fwd" else Config(16, 32, 1, 1)
     wide = max(d_pad, dv_pad) > 64
     if dtype == torch.float32:
         if kind == "fwd":
             return Config(32, 32, 8, 2) if wide else Config(64, 32, 8, 2)
-        return Config(16, 32, 4, 2) if wide else Config(32, 32, 8, 2)
+        if kind == "dkdv":
+            return Config(16, 32, 4, 2) if wide else Config(32, 32, 4, 2)
+        return Config(32, 16, 4, 2) if wide else Config(32, 32, 8, 2)
     if kind == "fwd":
+        if arch >= 90:
+            return Config(128, 64, 8, 2) if wide else Config(128, 128, 8, 2)
         return Config(128, 64, 8, 2 if wide else 3)
     if kind == "dkdv":
+        if arch >= 90:
+            return Config(32, 64, 4, 2) if wide else Config(64, 128, 8, 2)
         return Config(32, 32, 4, 2) if wide else Config(32, 128, 8, 2)
-    return Config(64, 64, 8, 2) if wide else Config(128, 32, 8, 2)
+    return Config(64, 64, 4, 2) if wide else Config(128, 32, 8, 2)
 
 
 def token_block(t_pad: int) -> int:
@@ -140,37 +174,59 @@ def token_block(t_pad: int) -> int:
     return min(t_pad, 128)
 
 
-def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype) -> Config:
-    """Tiles of the three self x cross kernels. Their programs hold (block, T) tiles (the output,
-    or A = P G and the cross rows) next to the (block, D) operands, so the block halves when the
-    backward's whole token row is 256 wide."""
-    if interpreting():
+def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype, kind: str, arch: int) -> Config:
+    """Tiles of the self x cross kernels; kind "fwd" (block_n keys per program, block_m
+    queries per step, heads summed inside), "dq" (block_m queries per program, block_n keys
+    per step) or "dk" (block_n keys per program). The backward programs hold (block, T) tiles
+    (A = P G and the cross rows, the whole padded T) next to the (block, D) operands."""
+    if arch == 0:
         return Config(16, 32, 1, 1)
+    wide_t = t_pad > 128
     if dtype == torch.float32:
-        return Config(32, 32, 8, 2) if t_pad <= 128 else Config(16, 16, 4, 2)
-    return Config(64, 64, 8, 2) if t_pad <= 128 else Config(32, 32, 8, 2)
+        if kind == "fwd":
+            return Config(32, 32, 4, 2)
+        return Config(16, 32, 4, 2) if wide_t or d_pad > 64 else Config(32, 32, 8, 2)
+    if kind == "fwd":
+        return Config(64, 64, 4, 2) if arch >= 90 else Config(64, 64, 8, 2)
+    if kind == "dq":
+        return Config(64, 32, 4, 2) if wide_t or d_pad > 64 else Config(64, 64, 8, 2)
+    return Config(32, 64, 4, 2) if wide_t or d_pad > 64 else Config(64, 64, 8, 2)
 
 
-def cross_config(n_pad: int, d_pad: int, dv_pad: int, dtype: torch.dtype) -> Config | None:
+def cross_config(n_pad: int, d_pad: int, dv_pad: int, dtype: torch.dtype, arch: int) -> Config | None:
     """Tiles of the fused cross-attention forward, which keeps a whole key row of one head in a
     tile (K, V (n_pad, D) and the (block_m, n_pad) score, probability and head-mean tiles); None
     routes the call to the flash forward plus the head-mean kernel instead.
 
     On the GPU the fused kernel is taken only for rows up to 32 keys at head dim <= 64 in
     16-bit dtypes: with its head loop, wider rows (the 77 text tokens pad to 128) or wider heads
-    spill registers in every tile shape tried, while the two-kernel path does not; it pays one
-    more Q K^T product and a second read of q, k and lse. The interpreter takes the fused
-    kernel up to 256 keys so that the CPU tests exercise it."""
-    if interpreting():
+    spill registers, while the two-kernel path does not; it pays one more Q K^T product and a
+    second read of q, k and lse. The interpreter takes the fused kernel up to 256 keys so that
+    the CPU tests exercise it."""
+    if arch == 0:
         return Config(16, n_pad, 1, 1) if n_pad <= MAX_TOKENS else None
     if n_pad > 32 or max(d_pad, dv_pad) > 64 or dtype == torch.float32:
         return None
-    return Config(64, n_pad, 8, 1)
+    return Config(64, n_pad, 4, 1)
 
 
-def probs_config(d_pad: int, dtype: torch.dtype) -> Config:
+def probs_config(d_pad: int, dtype: torch.dtype, arch: int) -> Config:
     """Tiles of the head-mean probability kernel: one (block_m, block_n) fp32 output tile per
     program, heads looped inside."""
-    if interpreting():
+    if arch == 0:
         return Config(16, 32, 1, 1)
-    return Config(32, 32, 8, 2) if dtype == torch.float32 else Config(64, 64, 8, 2)
+    return Config(32, 32, 8, 2) if dtype == torch.float32 else Config(64, 64, 4, 2)
+
+
+TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def ptr(dtype: torch.dtype) -> str:
+    """Triton signature type of a pointer to `dtype` elements (for KernelSpec.signature)."""
+    return "*" + TRITON_TYPES[dtype]
+
+
+# Sizes the compile report compiles for (issue 9): head dims of SD (40, 64) and wide heads
+# (128); token counts 1, 77 (CLIP) and 256 (the fused-kernel limit).
+AOT_HEAD_DIMS = (40, 64, 128)
+AOT_TOKENS = (1, 77, 256)

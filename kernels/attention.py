@@ -10,14 +10,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LN2, LOG2E, attention_config,
+from ._common import (AOT_HEAD_DIMS, SUPPORTED_DTYPES, KernelSpec, LN2, LOG2E, attention_config,
+                      check_grid, device_arch, ptr,
                       check_head_dims, check_tensor, dot_precision, load_tile)
 from ._common import launch, pad
 
 
 @triton.jit
 def _attention_fwd_kernel(
-    Q, K, V, O, LSE, scale, Nq, Nk, D, Dv,
+    Q, K, V, O, LSE, scale, Nq, Nk, D: tl.constexpr, Dv: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, HAS_V: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -65,7 +66,7 @@ def _attention_fwd_kernel(
 
 @triton.jit
 def _attention_bwd_preprocess_kernel(
-    Q, K, O, DO, LSE, DLSE, EXTRA, DELTA, scale, H, Nq, Nk, D, Dv,
+    Q, K, O, DO, LSE, DLSE, EXTRA, DELTA, scale, H, Nq, Nk, D: tl.constexpr, Dv: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, HAS_DO: tl.constexpr, HAS_DLSE: tl.constexpr,
     HAS_EXTRA: tl.constexpr, PREC: tl.constexpr,
@@ -101,7 +102,7 @@ def _attention_bwd_preprocess_kernel(
             s = tl.dot(q, tl.trans(k), input_precision=PREC) * (scale * LOG2E)
             mask = mask_m[:, None] & mask_n[None, :]
             p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
-            e = tl.load(EXTRA + b * Nq * Nk + offs_m[:, None] * Nk + offs_n[None, :],
+            e = tl.load(EXTRA + b * Nq * Nk + offs_m.to(tl.int64)[:, None] * Nk + offs_n[None, :],
                         mask=mask, other=0.0).to(tl.float32)
             delta += tl.sum(p * e, 1)
     tl.store(DELTA + bh * Nq + offs_m, delta, mask=mask_m)
@@ -109,7 +110,8 @@ def _attention_bwd_preprocess_kernel(
 
 @triton.jit
 def _attention_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, EXTRA, DK, DV, scale, H, Nq, Nk, D, Dv,
+    Q, K, V, DO, LSE, DELTA, EXTRA, DK, DV, scale, H, Nq, Nk, D: tl.constexpr,
+    Dv: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, HAS_DO: tl.constexpr, HAS_EXTRA: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -146,7 +148,7 @@ def _attention_bwd_dkdv_kernel(
             dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
             dp_t += tl.dot(v, tl.trans(do), input_precision=PREC)
         if HAS_EXTRA:
-            dp_t += tl.load(EXTRA + b * Nq * Nk + offs_m[None, :] * Nk + offs_n[:, None],
+            dp_t += tl.load(EXTRA + b * Nq * Nk + offs_m.to(tl.int64)[None, :] * Nk + offs_n[:, None],
                             mask=mask_t, other=0.0).to(tl.float32)
         ds_t = p_t * (dp_t - delta[None, :])
         dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
@@ -158,7 +160,8 @@ def _attention_bwd_dkdv_kernel(
 
 @triton.jit
 def _attention_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, EXTRA, DQ, scale, H, Nq, Nk, D, Dv,
+    Q, K, V, DO, LSE, DELTA, EXTRA, DQ, scale, H, Nq, Nk, D: tl.constexpr,
+    Dv: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, HAS_DO: tl.constexpr, HAS_EXTRA: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -192,7 +195,7 @@ def _attention_bwd_dq_kernel(
             v = load_tile(V + bh * Nk * Dv, offs_n, offs_dv, mask_n, mask_dv, Dv)
             dp += tl.dot(do, tl.trans(v), input_precision=PREC)
         if HAS_EXTRA:
-            dp += tl.load(EXTRA + b * Nq * Nk + offs_m[:, None] * Nk + offs_n[None, :],
+            dp += tl.load(EXTRA + b * Nq * Nk + offs_m.to(tl.int64)[:, None] * Nk + offs_n[None, :],
                           mask=mask, other=0.0).to(tl.float32)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
@@ -236,8 +239,8 @@ def _forward(q, k, v, scale):
     if v is not None:
         v = v.contiguous()
         out = torch.empty((B, H, Nq, Dv), device=q.device, dtype=q.dtype)
-    cfg = attention_config(pad(D), pad(Dv), q.dtype, "fwd")
-    grid = (triton.cdiv(Nq, cfg.block_m), B * H)
+    cfg = attention_config(pad(D), pad(Dv), q.dtype, "fwd", device_arch(q.device))
+    grid = check_grid("attention_fwd", (triton.cdiv(Nq, cfg.block_m), B * H))
     launch(_attention_fwd_kernel)[grid](
         q, k, v if v is not None else q, out if out is not None else q, lse,
         float(scale), Nq, Nk, D, Dv,
@@ -301,7 +304,7 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None):
     sizes = (float(scale), H, Nq, Nk, D, Dv)
 
     def tiles(kind):
-        cfg = attention_config(pad(D), pad(Dv), q.dtype, kind)
+        cfg = attention_config(pad(D), pad(Dv), q.dtype, kind, device_arch(q.device))
         return cfg, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D),
                          BLOCK_DV=pad(Dv), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
@@ -310,13 +313,59 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None):
     delta = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     cfg, kw = tiles("dq")
-    launch(_attention_bwd_preprocess_kernel)[(triton.cdiv(Nq, cfg.block_m), B * H)](
+    grid = check_grid("attention_bwd", (triton.cdiv(Nq, cfg.block_m), B * H))
+    launch(_attention_bwd_preprocess_kernel)[grid](
         q, k, out if out is not None else dummy, do, lse,
         dlse if dlse is not None else dummy, extra, delta, *sizes,
         HAS_DLSE=dlse is not None, **flags, **kw)
-    launch(_attention_bwd_dq_kernel)[(triton.cdiv(Nq, cfg.block_m), B * H)](
+    launch(_attention_bwd_dq_kernel)[grid](
         q, k, v, do, lse, delta, extra, dq, *sizes, **flags, **kw)
     cfg, kw = tiles("dkdv")
     launch(_attention_bwd_dkdv_kernel)[(triton.cdiv(Nk, cfg.block_n), B * H)](
         q, k, v, do, lse, delta, extra, dk, dv, *sizes, **flags, **kw)
     return dq, dk, dv
+
+
+def aot_specs(arch: int) -> list:
+    """The variants of this file's kernels that the launchers select on compute capability
+    `arch`, for the compile report (kernels/compile_report.py)."""
+    specs = []
+    for dtype in SUPPORTED_DTYPES:
+        for d in AOT_HEAD_DIMS:
+            t, prec = ptr(dtype), dot_precision(dtype)
+            sizes = dict(scale="fp32", Nq="i32", Nk="i32")
+            cfg = attention_config(pad(d), pad(d), dtype, "fwd", arch)
+            for has_v in (True, False):
+                specs.append(KernelSpec(
+                    _attention_fwd_kernel, dtype,
+                    dict(Q=t, K=t, V=t, O=t, LSE="*fp32", **sizes),
+                    dict(D=d, Dv=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(d),
+                         BLOCK_DV=pad(d), HAS_V=has_v, PREC=prec),
+                    cfg.num_warps, cfg.num_stages, f"D={d}" + ("" if has_v else " lse only")))
+            bsizes = dict(sizes, H="i32")
+            for extra in (False, True):
+                label = f"D={d}" + (" dprobs" if extra else "")
+                cfg = attention_config(pad(d), pad(d), dtype, "dq", arch)
+                tiles = dict(D=d, Dv=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                             BLOCK_D=pad(d), BLOCK_DV=pad(d))
+                specs.append(KernelSpec(
+                    _attention_bwd_preprocess_kernel, dtype,
+                    dict(Q=t, K=t, O=t, DO=t, LSE="*fp32", DLSE="*fp32", EXTRA="*fp32",
+                         DELTA="*fp32", **bsizes),
+                    dict(tiles, HAS_DO=True, HAS_DLSE=not extra, HAS_EXTRA=extra, PREC=prec),
+                    cfg.num_warps, cfg.num_stages, label))
+                specs.append(KernelSpec(
+                    _attention_bwd_dq_kernel, dtype,
+                    dict(Q=t, K=t, V=t, DO=t, LSE="*fp32", DELTA="*fp32", EXTRA="*fp32", DQ=t,
+                         **bsizes),
+                    dict(tiles, HAS_DO=True, HAS_EXTRA=extra, PREC=prec),
+                    cfg.num_warps, cfg.num_stages, label))
+                cfg = attention_config(pad(d), pad(d), dtype, "dkdv", arch)
+                specs.append(KernelSpec(
+                    _attention_bwd_dkdv_kernel, dtype,
+                    dict(Q=t, K=t, V=t, DO=t, LSE="*fp32", DELTA="*fp32", EXTRA="*fp32", DK=t,
+                         DV=t, **bsizes),
+                    dict(D=d, Dv=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(d),
+                         BLOCK_DV=pad(d), HAS_DO=True, HAS_EXTRA=extra, PREC=prec),
+                    cfg.num_warps, cfg.num_stages, label))
+    return specs

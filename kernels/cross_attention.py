@@ -10,13 +10,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LN2, LOG2E, cross_config, dot_precision, launch, pad, probs_config, load_tile
+from ._common import (AOT_HEAD_DIMS, AOT_TOKENS, LN2, LOG2E, SUPPORTED_DTYPES, KernelSpec,
+                      check_grid, cross_config, device_arch, dot_precision, launch, load_tile,
+                      pad, probs_config, ptr)
 from .attention import _check_qk, _check_v, _forward, attention_bwd
 
 
 @triton.jit
 def _cross_attention_fwd_kernel(
-    Q, K, V, O, PROBS, LSE, scale, H, Nq, Nk, D, Dv,
+    Q, K, V, O, PROBS, LSE, scale, H, Nq, Nk, D: tl.constexpr, Dv: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -55,13 +57,13 @@ def _cross_attention_fwd_kernel(
                  o.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_dv[None, :])
         tl.store(LSE + bh * Nq + offs_m, (m + tl.log2(l)) * LN2, mask=mask_m)
         probs += p * inv_l[:, None]
-    tl.store(PROBS + b * Nq * Nk + offs_m[:, None] * Nk + offs_n[None, :],
+    tl.store(PROBS + b * Nq * Nk + offs_m.to(tl.int64)[:, None] * Nk + offs_n[None, :],
              (probs / H).to(PROBS.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.jit
 def _head_mean_probs_kernel(
-    Q, K, LSE, PROBS, scale, H, Nq, Nk, D,
+    Q, K, LSE, PROBS, scale, H, Nq, Nk, D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
 ):
     """probs[i, j] = (1/H) sum_h exp(s q_i.k_j - L_h[i]) from the lse of a flash forward, for
@@ -85,7 +87,7 @@ def _head_mean_probs_kernel(
         lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         probs += tl.exp2(s - lse2[:, None])
-    tl.store(PROBS + b * Nq * Nk + offs_m[:, None] * Nk + offs_n[None, :],
+    tl.store(PROBS + b * Nq * Nk + offs_m.to(tl.int64)[:, None] * Nk + offs_n[None, :],
              (probs / H).to(PROBS.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
@@ -101,11 +103,13 @@ def cross_attention_fwd(q, k, v, scale):
     Nk, Dv = k.shape[2], v.shape[3]
     probs = torch.empty((B, Nq, Nk), device=q.device, dtype=q.dtype)
     prec = dot_precision(q.dtype)
-    cfg = cross_config(pad(Nk), pad(D), pad(Dv), q.dtype)
+    arch = device_arch(q.device)
+    cfg = cross_config(pad(Nk), pad(D), pad(Dv), q.dtype, arch)
     if cfg is None:
         out, lse = _forward(q, k, v, scale)
-        pcfg = probs_config(pad(D), q.dtype)
-        grid = (triton.cdiv(Nq, pcfg.block_m), triton.cdiv(Nk, pcfg.block_n), B)
+        pcfg = probs_config(pad(D), q.dtype, arch)
+        grid = check_grid("cross_attention_fwd",
+                          (triton.cdiv(Nq, pcfg.block_m), triton.cdiv(Nk, pcfg.block_n), B))
         launch(_head_mean_probs_kernel)[grid](
             q.contiguous(), k.contiguous(), lse, probs, float(scale), H, Nq, Nk, D,
             BLOCK_M=pcfg.block_m, BLOCK_N=pcfg.block_n, BLOCK_D=pad(D), PREC=prec,
@@ -114,7 +118,7 @@ def cross_attention_fwd(q, k, v, scale):
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty((B, H, Nq, Dv), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
-    launch(_cross_attention_fwd_kernel)[(triton.cdiv(Nq, cfg.block_m), B)](
+    launch(_cross_attention_fwd_kernel)[check_grid("cross_attention_fwd", (triton.cdiv(Nq, cfg.block_m), B))](
         q, k, v, out, probs, lse, float(scale), H, Nq, Nk, D, Dv,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
         PREC=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -134,3 +138,31 @@ def cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale):
             raise ValueError(f"dprobs must have shape {(B, Nq, Nk)}, got {tuple(dprobs.shape)}")
         extra = dprobs.to(torch.float32) / H
     return attention_bwd(q, k, v, out, lse, dout, None, scale, dp_extra=extra)
+
+
+def aot_specs(arch: int) -> list:
+    """Variants the launchers select on compute capability `arch` (compile report): the fused
+    kernel where cross_config takes the shape, else the head-mean probability kernel (the flash
+    forward it runs first is in attention.aot_specs)."""
+    specs = []
+    for dtype in SUPPORTED_DTYPES:
+        t, prec = ptr(dtype), dot_precision(dtype)
+        for d in AOT_HEAD_DIMS:
+            pcfg = probs_config(pad(d), dtype, arch)
+            specs.append(KernelSpec(
+                _head_mean_probs_kernel, dtype,
+                dict(Q=t, K=t, LSE="*fp32", PROBS=t, scale="fp32", H="i32", Nq="i32", Nk="i32"),
+                dict(D=d, BLOCK_M=pcfg.block_m, BLOCK_N=pcfg.block_n, BLOCK_D=pad(d), PREC=prec),
+                pcfg.num_warps, pcfg.num_stages, f"D={d}"))
+            for nk in AOT_TOKENS:
+                cfg = cross_config(pad(nk), pad(d), pad(d), dtype, arch)
+                if cfg is None:
+                    continue
+                specs.append(KernelSpec(
+                    _cross_attention_fwd_kernel, dtype,
+                    dict(Q=t, K=t, V=t, O=t, PROBS=t, LSE="*fp32", scale="fp32", H="i32",
+                         Nq="i32", Nk="i32"),
+                    dict(D=d, Dv=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(d),
+                         BLOCK_DV=pad(d), PREC=prec),
+                    cfg.num_warps, cfg.num_stages, f"D={d} Nk={nk}"))
+    return specs

@@ -6,28 +6,43 @@ every kernel recomputes P tile by tile from (q, k, L).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, MAX_TOKENS, check_tensor, dot_precision, launch, load_tile
+from ._common import (AOT_HEAD_DIMS, AOT_TOKENS, LOG2E, MAX_TOKENS, SUPPORTED_DTYPES, KernelSpec,
+                      check_grid, check_tensor, device_arch, dot_precision, launch, load_tile,
+                      ptr, sm_count)
 from ._common import pad, self_cross_config, token_block
 from .attention import _check_qk
 
 
 @triton.jit
 def _self_cross_fwd_kernel(
-    Q, K, C, LSE, OUT, scale, H, Nq, Nk, D, T,
+    Q, K, C, LSE, OUT, scale, p_scale, H, Nq, Nk, n_split, m_blocks_per_split,
+    D: tl.constexpr, T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr, PREC: tl.constexpr, PREC_C: tl.constexpr,
 ):
-    """out[j, t] = (1/H) sum_h sum_i exp(s q_i.k_j - L_h[i]) C[i, t] (DESIGN.md 1.1): the
-    dV = P^T dO pass of FlashAttention-2 with dO := C, summed over heads. One (key block,
-    token block, batch) per program; heads and query blocks are looped inside, so the head
-    sum needs no atomics."""
+    """out[j, t] = (1/H) sum_i (sum_h exp(s q_i^h.k_j^h - L_h[i])) C[i, t] (DESIGN.md 1.1):
+    the dV = P^T dO pass of FlashAttention-2 with dO := C, summed over heads.
+
+    One (key block, token block, batch x query split) per program. For each query block the
+    head probabilities are summed in fp32 first, S^T tile = sum_h P_h^T, and only that sum
+    meets C in a tensor-core product: H times fewer P C flops than a product per head (2.5x
+    fewer in total at H=10, D=64, T=77). The sum is multiplied by p_scale before the cast to
+    C's dtype and divided out at the end: at N >= 16k a probability is ~1/N, deep in fp16's
+    subnormal range (< 6.1e-5), where it would lose its mantissa; p_scale = 2^k with
+    H * 2^k < 65504 keeps every summed entry normal. With n_split > 1 each program covers
+    m_blocks_per_split query blocks and writes a partial sum to OUT[split], which the launcher
+    reduces in a fixed order (deterministic, no atomics)."""
     pid_n = tl.program_id(0)
     pid_t = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
+    pid_bs = tl.program_id(2)
+    b = (pid_bs // n_split).to(tl.int64)
+    split = pid_bs % n_split
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_d = tl.arange(0, BLOCK_D)
@@ -36,25 +51,33 @@ def _self_cross_fwd_kernel(
     mask_d = offs_d < D
     qk_scale = scale * LOG2E
     acc = tl.zeros([BLOCK_N, BLOCK_T], tl.float32)
-    for h in range(H):
-        bh = b * H + h
-        k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
-        for start_m in range(0, Nq, BLOCK_M):
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            mask_m = offs_m < Nq
+    m_begin = split * m_blocks_per_split * BLOCK_M
+    m_end = tl.minimum(m_begin + m_blocks_per_split * BLOCK_M, Nq)
+    for start_m in range(m_begin, m_end, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < Nq
+        p_t = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+        for h in range(H):
+            bh = b * H + h
+            k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
             q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
             lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
-            c = load_tile(C + b * Nq * T, offs_m, offs_t, mask_m, mask_t, T)
             s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
-            p_t = tl.where(mask_n[:, None] & mask_m[None, :], tl.exp2(s_t - lse2[None, :]), 0.0)
-            acc += tl.dot(p_t.to(c.dtype), c, input_precision=PREC_C)
-    tl.store(OUT + b * Nk * T + offs_n[:, None] * T + offs_t[None, :],
-             (acc / H).to(OUT.dtype.element_ty), mask=mask_n[:, None] & mask_t[None, :])
+            p_t += tl.exp2(s_t - lse2[None, :])
+        # Padded query columns hold finite garbage (q = 0, L = 0: entries <= H) that meets
+        # zero rows of C; padded key rows are never stored. No mask needed on either.
+        c = load_tile(C + b * Nq * T, offs_m, offs_t, mask_m, mask_t, T)
+        acc += tl.dot((p_t * p_scale).to(c.dtype), c, input_precision=PREC_C)
+    acc = acc / (p_scale * H)
+    n_batch = tl.num_programs(2) // n_split
+    base = OUT + (split * n_batch + b) * Nk * T  # OUT is (n_split, B, Nk, T)
+    tl.store(base + offs_n[:, None] * T + offs_t[None, :], acc.to(OUT.dtype.element_ty),
+             mask=mask_n[:, None] & mask_t[None, :])
 
 
 @triton.jit
 def _self_cross_bwd_dq_kernel(
-    Q, K, C, G, LSE, DQ, DCROSS_H, DELTA, DLSE, scale, H, Nq, Nk, D, T,
+    Q, K, C, G, LSE, DQ, DCROSS_H, DELTA, DLSE, scale, H, Nq, Nk, D: tl.constexpr, T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr, LSE_GIVEN: tl.constexpr, PREC: tl.constexpr, PREC_C: tl.constexpr,
 ):
@@ -115,7 +138,7 @@ def _self_cross_bwd_dq_kernel(
 
 @triton.jit
 def _self_cross_bwd_dk_kernel(
-    Q, K, C, G, LSE, DELTA, DK, scale, H, Nq, Nk, D, T,
+    Q, K, C, G, LSE, DELTA, DK, scale, H, Nq, Nk, D: tl.constexpr, T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr, LSE_GIVEN: tl.constexpr, PREC: tl.constexpr, PREC_C: tl.constexpr,
 ):
@@ -167,25 +190,57 @@ def _check_inputs(q, k, cross, lse):
         raise ValueError(f"lse must be a tensor of shape {(B, H, Nq)}")
 
 
+def _p_scale(dtype: torch.dtype, H: int) -> float:
+    """Power-of-two factor applied to the head-summed probabilities before their cast to fp16
+    (entries <= H * p_scale < 2^15 stay finite; entries ~1/N stay out of the subnormals).
+    bfloat16 has fp32's exponent range and fp32 is not cast: 1."""
+    if dtype != torch.float16:
+        return 1.0
+    return float(2.0 ** max(0, math.floor(math.log2(2.0 ** 15 / H))))
+
+
+def query_splits(n_programs: int, m_blocks: int, sms: int) -> int:
+    """How many programs share one output tile of the self x cross forward, each over its own
+    range of query blocks. The output grid is small (cdiv(Nk, BLOCK_N) x token blocks x B: 32
+    programs at N=1024, B=2 on a 132-SM H100), so it is split until there are about two
+    programs per SM, keeping at least 4 query blocks per program so the split partial sums
+    (one fp32 (B, Nk, T) buffer each) stay few."""
+    if n_programs >= 2 * sms:
+        return 1
+    return max(1, min(triton.cdiv(2 * sms, n_programs), m_blocks // 4))
+
+
 def self_cross_fwd(q, k, cross, lse, scale):
     """out (B, Nk, T) in cross.dtype: (1/H) sum_h P_h^T C, P_h = exp(scale q k^T - lse_h).
-    The P tiles are cast to cross.dtype for the products with C (fp32 C stays exact)."""
+    The head-summed P tiles are cast to cross.dtype for the products with C (fp32 C exact)."""
     _check_inputs(q, k, cross, lse)
     B, H, Nq, D = q.shape
     Nk, T = k.shape[2], cross.shape[2]
     q, k = q.contiguous(), k.contiguous()
     cross = cross.contiguous()
     lse = lse.to(torch.float32).contiguous()
-    out = torch.empty((B, Nk, T), device=q.device, dtype=cross.dtype)
-    cfg = self_cross_config(pad(D), pad(T), q.dtype)
+    cfg = self_cross_config(pad(D), pad(T), q.dtype, "fwd", device_arch(q.device))
     block_t = token_block(pad(T))
-    grid = (triton.cdiv(Nk, cfg.block_n), triton.cdiv(T, block_t), B)
+    n_programs = triton.cdiv(Nk, cfg.block_n) * triton.cdiv(T, block_t) * B
+    m_blocks = triton.cdiv(Nq, cfg.block_m)
+    n_split = query_splits(n_programs, m_blocks, sm_count(q.device))
+    per_split = triton.cdiv(m_blocks, n_split)
+    n_split = triton.cdiv(m_blocks, per_split)  # no empty splits
+    if n_split == 1:
+        out = torch.empty((1, B, Nk, T), device=q.device, dtype=cross.dtype)
+    else:  # fp32 partial sums, reduced below in a fixed order
+        out = torch.empty((n_split, B, Nk, T), device=q.device, dtype=torch.float32)
+    grid = check_grid("self_cross_fwd", (triton.cdiv(Nk, cfg.block_n), triton.cdiv(T, block_t),
+                                         B * n_split))
     launch(_self_cross_fwd_kernel)[grid](
-        q, k, cross, lse, out, float(scale), H, Nq, Nk, D, T,
+        q, k, cross, lse, out, float(scale), _p_scale(cross.dtype, H), H, Nq, Nk, n_split,
+        per_split, D, T,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_T=block_t,
         PREC=dot_precision(q.dtype), PREC_C=dot_precision(cross.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return out
+    if n_split == 1:
+        return out[0]
+    return out.sum(0).to(cross.dtype)
 
 
 def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
@@ -213,16 +268,55 @@ def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
     delta = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
     dlse = torch.empty_like(delta) if lse_given else None
     dq, dk = torch.empty_like(q), torch.empty_like(k)
-    cfg = self_cross_config(pad(D), pad(T), q.dtype)
-    common = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_T=pad(T),
-                  LSE_GIVEN=bool(lse_given), PREC=dot_precision(q.dtype),
-                  PREC_C=dot_precision(cross.dtype),
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    arch = device_arch(q.device)
+    flags = dict(BLOCK_D=pad(D), BLOCK_T=pad(T), LSE_GIVEN=bool(lse_given),
+                 PREC=dot_precision(q.dtype), PREC_C=dot_precision(cross.dtype))
     sizes = (float(scale), H, Nq, Nk, D, T)
-    launch(_self_cross_bwd_dq_kernel)[(triton.cdiv(Nq, cfg.block_m), B * H)](
+    cfg = self_cross_config(pad(D), pad(T), q.dtype, "dq", arch)
+    launch(_self_cross_bwd_dq_kernel)[check_grid("self_cross_bwd", (triton.cdiv(Nq, cfg.block_m), B * H))](
         q, k, cross, dout, lse, dq, dcross_h, delta, dlse if lse_given else delta, *sizes,
-        **common)
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **flags)
+    cfg = self_cross_config(pad(D), pad(T), q.dtype, "dk", arch)
     launch(_self_cross_bwd_dk_kernel)[(triton.cdiv(Nk, cfg.block_n), B * H)](
-        q, k, cross, dout, lse, delta, dk, *sizes, **common)
+        q, k, cross, dout, lse, delta, dk, *sizes, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags)
     dcross = dcross_h.sum(1).to(cross.dtype)
     return dq, dk, dcross, dlse
+
+
+def aot_specs(arch: int) -> list:
+    """Variants the launchers select on compute capability `arch` (compile report)."""
+    specs = []
+    for dtype in SUPPORTED_DTYPES:
+        t, prec = ptr(dtype), dot_precision(dtype)
+        for d in AOT_HEAD_DIMS:
+            for tok in AOT_TOKENS:
+                sizes = dict(scale="fp32", H="i32", Nq="i32", Nk="i32")
+                label = f"D={d} T={tok}"
+                cfg = self_cross_config(pad(d), pad(tok), dtype, "fwd", arch)
+                specs.append(KernelSpec(
+                    _self_cross_fwd_kernel, dtype,
+                    dict(Q=t, K=t, C=t, LSE="*fp32", OUT=t, p_scale="fp32", n_split="i32",
+                         m_blocks_per_split="i32", **sizes),
+                    dict(D=d, T=tok, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(d),
+                         BLOCK_T=token_block(pad(tok)), PREC=prec, PREC_C=prec),
+                    cfg.num_warps, cfg.num_stages, label))
+                for given in (False, True):
+                    lab = label + (" lse given" if given else "")
+                    common = dict(D=d, T=tok, BLOCK_D=pad(d), BLOCK_T=pad(tok), PREC=prec,
+                                  PREC_C=prec, LSE_GIVEN=given)
+                    cfg = self_cross_config(pad(d), pad(tok), dtype, "dq", arch)
+                    specs.append(KernelSpec(
+                        _self_cross_bwd_dq_kernel, dtype,
+                        dict(Q=t, K=t, C=t, G=t, LSE="*fp32", DQ=t, DCROSS_H="*fp32",
+                             DELTA="*fp32", DLSE="*fp32", **sizes),
+                        dict(common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
+                        cfg.num_warps, cfg.num_stages, lab))
+                    cfg = self_cross_config(pad(d), pad(tok), dtype, "dk", arch)
+                    specs.append(KernelSpec(
+                        _self_cross_bwd_dk_kernel, dtype,
+                        dict(Q=t, K=t, C=t, G=t, LSE="*fp32", DELTA="*fp32", DK=t, **sizes),
+                        dict(common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
+                        cfg.num_warps, cfg.num_stages, lab))
+    return specs

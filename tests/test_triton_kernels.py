@@ -121,6 +121,7 @@ SC_SIZES = [  # B, H, Nq, Nk, D, T
     (1, 1, 1, 1, 16, 1),
     (2, 3, 37, 67, 40, 77),
     (1, 2, 67, 37, 16, 130),  # T > 128: the forward splits the tokens over two programs
+    (1, 2, 150, 37, 40, 77),  # few output tiles: the forward splits the queries (asserted below)
 ]
 
 
@@ -157,6 +158,36 @@ def test_self_cross_bwd(B, H, Nq, Nk, D, T, lse_given):
         assert dlse is None
     for name, got, want in zip(("dq", "dk", "dcross", "dlse"), (dq, dk, dcross, dlse), ref):
         assert_close(got, want, name=name)
+
+
+def test_self_cross_fwd_query_split_is_taken():
+    """The last SC_SIZES row must run the split-query path (several programs per output tile,
+    partial sums reduced by the launcher), or the test above does not cover it."""
+    from fasttrack.kernels._common import device_arch, pad, self_cross_config, sm_count, token_block
+    from fasttrack.kernels.self_cross import query_splits
+    B, H, Nq, Nk, D, T = SC_SIZES[-1]
+    dev = torch.device(DEVICE)
+    cfg = self_cross_config(pad(D), pad(T), torch.float32, "fwd", device_arch(dev))
+    programs = -(-Nk // cfg.block_n) * -(-T // token_block(pad(T))) * B
+    if not INTERPRET:
+        pytest.skip("on a GPU this size fills the device without splitting")
+    assert query_splits(programs, -(-Nq // cfg.block_m), sm_count(dev)) > 1
+
+
+def test_self_cross_fwd_fp16_tiny_probabilities():
+    """fp16 with probabilities ~1e-6 (lse shifted up by 12: every P scaled by e^-12), the size
+    of 1/N at N ~ 10^6: cast to fp16 unscaled they fall into the subnormals (below 6.1e-5) and
+    keep a few bits (errors ~1e-2); the kernel scales the head sum before the cast (p_scale).
+    cross is scaled to ~100 so that the output itself stays a normal fp16 number."""
+    B, H, Nq, Nk, D, T = 1, 2, 37, 21, 16, 5
+    q, k = make((B, H, Nq, D), torch.float16, 40, 0.5), make((B, H, Nk, D), torch.float16, 41, 0.5)
+    cross = (500 * torch.softmax(make((B, Nq, T), F64, 42), -1)).half()
+    lse = K.lse_fwd(q, k, D ** -0.5) + 12.0
+    out = K.self_cross_fwd(q, k, cross, lse, D ** -0.5)
+    ref = ref_self_cross(q.double(), k.double(), cross.double(), D ** -0.5, lse=lse.double())
+    assert 1e-3 < ref.abs().max() < 1.0
+    # fp16 output rounding: 2^-11 relative; unscaled subnormal P would be off by ~1e-2.
+    assert_close(out, ref, rtol=2e-3, atol=0.0, name="self_cross fp16 tiny P")
 
 
 def test_self_cross_bwd_without_dout_is_zero():
