@@ -138,24 +138,47 @@ def compile_spec(spec: KernelSpec, arch: int) -> dict:
     return row
 
 
+_SPECS: dict[int, list[KernelSpec]] = {}
+
+
+def _compile_index(arch: int, index: int) -> dict:
+    """Worker: compile variant `index` of collect(arch) (specs hold jit functions, which do
+    not pickle, so each worker process rebuilds the list once)."""
+    if arch not in _SPECS:
+        _SPECS[arch] = collect(arch)
+    return compile_spec(_SPECS[arch][index], arch)
+
+
 def run(arch: int, kernels: str | None = None, dtypes: list[str] | None = None,
-        progress: bool = True) -> list[dict]:
+        jobs: int = 1, progress: bool = True) -> list[dict]:
     """Rows for every collected variant whose kernel name matches the regex `kernels` and
-    whose dtype is in `dtypes` (names as in DTYPE_NAMES), compiled for `arch`."""
+    whose dtype is in `dtypes` (names as in DTYPE_NAMES), compiled for `arch` by `jobs`
+    processes (ptxas is single-threaded; one variant takes 0.5-3 s). Rows keep collect()'s
+    order whatever the number of jobs."""
     specs = collect(arch)
-    if kernels:
-        specs = [s for s in specs if re.search(kernels, s.kernel.__name__)]
-    if dtypes:
-        specs = [s for s in specs if DTYPE_NAMES.get(s.dtype) in dtypes]
-    rows = []
-    bar = _progress(len(specs), arch) if progress else None
-    for spec in specs:
-        rows.append(compile_spec(spec, arch))
-        if bar is not None:
-            bar.update(1)
+    chosen = [i for i, s in enumerate(specs)
+              if (not kernels or re.search(kernels, s.kernel.__name__))
+              and (not dtypes or DTYPE_NAMES.get(s.dtype) in dtypes)]
+    bar = _progress(len(chosen), arch) if progress else None
+    rows: dict[int, dict] = {}
+    if jobs <= 1:
+        for i in chosen:
+            rows[i] = compile_spec(specs[i], arch)
+            if bar is not None:
+                bar.update(1)
+    else:
+        import concurrent.futures as cf
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")  # no forked CUDA/Triton state
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = {pool.submit(_compile_index, arch, i): i for i in chosen}
+            for fut in cf.as_completed(futures):
+                rows[futures[fut]] = fut.result()
+                if bar is not None:
+                    bar.update(1)
     if bar is not None:
         bar.close()
-    return rows
+    return [rows[i] for i in chosen]
 
 
 def _progress(total: int, arch: int):
@@ -193,7 +216,7 @@ def format_table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         cfg = r["config"]
-        tiles = "x".join(str(cfg[k]) for k in sorted(cfg) if k.startswith("BLOCK_"))
+        tiles = " ".join(f"{k[6:]}{v}" for k, v in cfg.items() if k.startswith("BLOCK_"))
         lines.append((r["kernel"], r["dtype"], str(cfg.get("variant", "")), tiles,
                       str(cfg["num_warps"]), str(cfg["num_stages"]), str(r["registers"]),
                       str(r["spill_bytes"]), str(r["shared_bytes"]), str(r["mma"]),
@@ -214,7 +237,11 @@ def main(argv=None) -> int:
     p.add_argument("--kernels", default=None, help="regex on kernel names (default: all)")
     p.add_argument("--dtypes", default=None,
                    help="comma-separated subset of float16,bfloat16,float32 (default: all)")
+    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1) // 2),
+                   help="compiler processes (default: half the CPUs, %(default)s here)")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
     dtypes = None
     if args.dtypes:
         dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -222,7 +249,7 @@ def main(argv=None) -> int:
         if bad:
             p.error(f"--dtypes: unknown {bad}; choose from {sorted(DTYPE_NAMES.values())}")
     start = time.perf_counter()
-    rows = run(args.arch, args.kernels, dtypes)
+    rows = run(args.arch, args.kernels, dtypes, jobs=args.jobs)
     print(format_table(rows))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
