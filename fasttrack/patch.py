@@ -23,10 +23,12 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from .ops.dispatch import BACKENDS
+
 __all__ = ["patch", "unpatch", "is_patched", "register_rule", "register_swap", "PatchRule"]
 
 _PATCHES_ATTR = "_fasttrack_patches"
-_BACKENDS = ("auto", "cuda", "triton", "torch")
+_BACKENDS = ("auto",) + BACKENDS
 
 
 @dataclass

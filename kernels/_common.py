@@ -17,9 +17,7 @@ import triton.language as tl
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 128
-MAX_TOKENS = 256
+from fasttrack.ops.limits import MAX_HEAD_DIM, MAX_TOKENS, SUPPORTED_DTYPES  # noqa: E402
 
 
 @triton.jit

@@ -65,22 +65,22 @@ import torch
 import triton
 import triton.language as tl
 
+from fasttrack.ops.limits import BOX_BRANCH_WEIGHTS, MAX_GRID_YZ as _MAX_GRID_YZ
+from fasttrack.ops.limits import TRITON as _LIMITS
+
 from ._common import KernelSpec
 
 __all__ = ["box_branch_fwd", "box_branch_reasons", "box_branch_config", "aot_specs",
            "WEIGHT_NAMES", "workspace_size"]
 
-# Order of the 16 weight tensors the launcher takes (names of the reference BoxBranch module).
-WEIGHT_NAMES = ("norm1.weight", "norm1.bias", "q.weight", "q.bias", "proj.weight", "proj.bias",
-                "norm2.weight", "norm2.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
-                "noise1.weight", "noise1.bias", "noise2.weight", "noise2.bias")
+# Order of the 16 weight tensors the launcher takes (names of the reference BoxBranch module),
+# the box_branch op's weight order of every backend.
+WEIGHT_NAMES = BOX_BRANCH_WEIGHTS
 
 # Epilogues of _box_branch_linear_kernel (constexpr codes).
 ACT_NONE, ACT_GELU, ACT_RELU = 0, 1, 2
 RES_NONE, RES_ADD, RES_SUB = 0, 1, 2  # y, residual + y, residual - y
 
-_MAX_GRID_YZ = 65535  # CUDA grid dimensions y and z
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @triton.jit
@@ -142,7 +142,8 @@ def _box_branch_linear_kernel(
     X, W, BIAS, R, Y, M, N, K, RPB,
     stride_x0, stride_x1, stride_r0, stride_r1, stride_y0, stride_y1,
     ACT: tl.constexpr, RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr, OUT_ALIGNED: tl.constexpr,
+    PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
     """Y = R (+|-) act(X W^T + bias) on the (BLOCK_M rows x BLOCK_N columns) tile of program
     (row block, column block): X (M, K) flattened rows (any dtype, unit column stride), W (N, K)
@@ -155,14 +156,18 @@ def _box_branch_linear_kernel(
     (16-bit: tensor cores, fp32 accumulation). Padded rows, columns and reduction elements load
     as 0, contribute nothing and are never stored.
 
-    ALIGNED: K and the six row strides are multiples of 16 elements and every pointer is 16-byte
-    aligned (the launcher checks): the hints let the tile loads vectorize. Triton's JIT would
-    specialize the same from the values; the constexpr makes the ahead-of-time compile (which
-    sees only "i32") build the variant a GPU run gets."""
+    ALIGNED: K and X's row strides are multiples of 16 elements and X, W are 16-byte aligned;
+    OUT_ALIGNED: the same for N, R's and Y's row strides and pointers (launcher-checked).
+    The hints let the tile loads (and the epilogue's load / store) vectorize. Triton's JIT would
+    specialize the same from the values; the constexprs make the ahead-of-time compile (which
+    sees only "i32") build the variant a GPU run gets. They are separate because the epilogue
+    touches the caller's b / out views, which may be unaligned while the weight stream is not."""
     if ALIGNED:
         K = _mult16(K)
         stride_x0 = _mult16(stride_x0)
         stride_x1 = _mult16(stride_x1)
+    if OUT_ALIGNED:
+        N = _mult16(N)
         stride_r0 = _mult16(stride_r0)
         stride_r1 = _mult16(stride_r1)
         stride_y0 = _mult16(stride_y0)
@@ -345,20 +350,20 @@ def _kernel_is_interpreted() -> bool:
     return type(_box_branch_linear_kernel).__name__ == "InterpretedFunction"
 
 
-def box_branch_reasons(b: torch.Tensor) -> list[str]:
-    """Why these Triton kernels cannot run on tensors like `b` here (empty list: they can)."""
-    out = []
-    if b.dtype not in _DTYPES:
-        out.append(f"dtype {b.dtype} is not one of float16, bfloat16, float32, float64")
-    if b.device.type == "cpu" and not _kernel_is_interpreted():
-        out.append("CPU tensors need TRITON_INTERPRET=1 set before fasttrack.kernels.box_branch "
-                   "is imported")
-    if b.device.type == "cuda" and _kernel_is_interpreted():
-        out.append("the kernel was imported under TRITON_INTERPRET=1 (CPU interpreter only)")
+def box_branch_reasons(b: torch.Tensor, k: torch.Tensor | None = None,
+                       v: torch.Tensor | None = None) -> list[str]:
+    """Why these Triton kernels cannot run on tensors like (b, k, v) here (empty list: they can):
+    fasttrack.ops.limits.TRITON for box_branch (float16, bfloat16, float32, float64; one device),
+    the device the kernels were imported for (CUDA, or the CPU interpreter under
+    TRITON_INTERPRET=1) and the interpreter's missing 16-bit math."""
+    interp = _kernel_is_interpreted()
+    hint = (" (the kernels were imported under TRITON_INTERPRET=1: CPU interpreter only)" if interp
+            else " (CPU tensors need TRITON_INTERPRET=1 set before fasttrack.kernels.box_branch "
+                 "is imported)")
+    out = _LIMITS.reasons("box_branch", (b, k, v), devices=("cpu",) if interp else ("cuda",),
+                          device_hint=hint)
     if b.device.type == "cpu" and b.dtype in (torch.float16, torch.bfloat16):
         out.append("the Triton interpreter has no 16-bit float math")
-    if b.device.type not in ("cpu", "cuda"):
-        out.append(f"device {b.device} is neither cuda nor cpu")
     return out
 
 
@@ -390,7 +395,7 @@ def box_branch_fwd(b: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     block_n / block_k / block_m (linear tiles) and block_s (attention key step) override
     box_branch_config, for tests (powers of two; block_n, block_m, block_k >= 16).
     Returns out (B, Nq, C) in b's dtype (written into `out` when given)."""
-    reasons = box_branch_reasons(b)
+    reasons = box_branch_reasons(b, k, v)
     if reasons:
         raise ValueError("box_branch_fwd cannot run on b: " + "; ".join(reasons))
     if b.dim() != 3 or k.dim() != 4 or v.dim() != 4 or k.shape != v.shape:
@@ -415,8 +420,10 @@ def box_branch_fwd(b: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if any(w.dtype != b.dtype for w in ws_):
         # The dots take both operands in one dtype: the weights are the input dtype's tile.
         ws_ = [w.to(b.dtype) for w in ws_]
-    if b.stride(-1) != 1:
-        b = b.contiguous()
+    if b.stride(-1) != 1 or (C % 16 == 0 and not _aligned((b,), b.stride()[:2])):
+        # proj's epilogue reads b as its residual: a fresh contiguous copy (B * Nq * C values)
+        # keeps that launch on the OUT_ALIGNED variant (an unaligned 64-row epilogue spills).
+        b = b.clone(memory_format=torch.contiguous_format)
     if out is None:
         out = torch.empty((B, nq, C), dtype=b.dtype, device=b.device)
     elif tuple(out.shape) != (B, nq, C) or out.dtype != b.dtype or out.stride(-1) != 1:
@@ -462,11 +469,11 @@ def box_branch_fwd(b: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         sy = y_strides or (nq * n, n)
         sr = r_strides or (nq * n, n)
         r = y if r is None else r
-        aligned = _aligned((x, w, bias, r, y), (kdim,) + sx + sr + sy)
         _box_branch_linear_kernel[(row_blocks, triton.cdiv(n, bn))](
             x, w, bias, r, y, M, n, kdim, nq,
             sx[0], sx[1], sr[0], sr[1], sy[0], sy[1],
-            ACT=act, RES=res, BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, ALIGNED=aligned,
+            ACT=act, RES=res, BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk,
+            ALIGNED=_aligned((x, w), (kdim,) + sx), OUT_ALIGNED=_aligned((r, y), sr + sy + (n,)),
             PRECISION=prec, ACC=ACC, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     b_strides = (b.stride(0), b.stride(1))
@@ -486,8 +493,12 @@ def box_branch_fwd(b: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     linear(xn, C, w1, c1, hidden, hid, act=ACT_GELU)
     linear(hidden, hid, w2, c2, b2, C, res=RES_ADD, r=b1)
     linear(b2, C, wn1, n1, nhid, nph, act=ACT_RELU)
-    linear(nhid, nph, wn2, n2, out, C, res=RES_SUB, r=b2,
-           y_strides=(out.stride(0), out.stride(1)))
+    # noise2's epilogue writes out: an unaligned view is written through a contiguous buffer.
+    res = out if C % 16 or _aligned((out,), out.stride()[:2]) else torch.empty_like(b)
+    linear(nhid, nph, wn2, n2, res, C, res=RES_SUB, r=b2,
+           y_strides=(res.stride(0), res.stride(1)))
+    if res is not out:
+        out.copy_(res)
     return out
 
 
@@ -503,12 +514,17 @@ def aot_specs(arch: int, dim: int = 768, heads: int = 12, hidden: int = 3072,
     types) of its six launches and each row block (block_m = 16, 32, 64, picked by the row
     count B * Nq), the LayerNorm kernel for its two inputs (b, the b' workspace) and the
     attention kernel, per dtype. Block sizes come from box_branch_config, as in the launcher.
-    The widths are runtime arguments (only D picks a constexpr, block_d), so hidden and
-    noise_hidden select nothing, and the tiles are the same on every arch today.
-    Integer arguments are typed i32, as the launcher's small sizes and strides are; the
-    launcher's JIT additionally specializes values divisible by 16, which this spec does not."""
-    del arch, hidden, noise_hidden  # same tiles on every arch; widths are runtime arguments
+    The widths are runtime arguments; they select only block_d (from D) and the ALIGNED /
+    OUT_ALIGNED constexprs (widths that are multiples of 16, as at ViT-B: the launcher copies an
+    unaligned b and writes an unaligned out through a buffer, so the caller's views never
+    select them). Those two constexprs stand in for the divisibility-by-16 specialization the
+    launcher's JIT does on integer arguments, which the "i32" signature here cannot express.
+    The tiles are the same on every arch today."""
+    del arch  # same tiles on every arch
     d = dim // heads
+    # K of each linear launch, and its output width N.
+    widths = {"q": (dim, dim), "proj": (dim, dim), "fc1": (dim, hidden), "fc2": (hidden, dim),
+              "noise1": (dim, noise_hidden), "noise2": (noise_hidden, dim)}
     ints = ("M", "N", "K", "RPB", "stride_x0", "stride_x1", "stride_r0", "stride_r1",
             "stride_y0", "stride_y1")
     specs = []
@@ -532,16 +548,17 @@ def aot_specs(arch: int, dim: int = 768, heads: int = 12, hidden: int = 3072,
                 ptr = {"ws": "*fp32", "in": tt}
                 sig = {"X": ptr[x], "W": tt, "BIAS": tt, "R": ptr[r], "Y": ptr[y]}
                 sig.update({n: "i32" for n in ints})
-                # At these widths the workspaces are aligned; a launch that reads or writes a
-                # caller's tensor (b, out) is unaligned when that view is.
-                for aligned in (True, False) if "in" in (x, r, y) else (True,):
-                    variants.setdefault((act, res, aligned, tuple(sig.items())), []).append(label)
-            for (act, res, aligned, sig), labels in variants.items():
+                kdim, n = widths[label]
+                # As box_branch_fwd's _aligned: X strides are multiples of K, R / Y of N or C.
+                aligned, out_aligned = kdim % 16 == 0, n % 16 == 0 and dim % 16 == 0
+                key = (act, res, aligned, out_aligned, tuple(sig.items()))
+                variants.setdefault(key, []).append(label)
+            for (act, res, aligned, out_aligned, sig), labels in variants.items():
                 specs.append(KernelSpec(
                     _box_branch_linear_kernel, dtype, dict(sig),
-                    dict(ce_base, ACT=act, RES=res, ALIGNED=aligned), cfg.num_warps,
-                    cfg.num_stages, f"linear {'/'.join(labels)} block_m={cfg.block_m}"
-                    + ("" if aligned else " unaligned")))
+                    dict(ce_base, ACT=act, RES=res, ALIGNED=aligned, OUT_ALIGNED=out_aligned),
+                    cfg.num_warps,
+                    cfg.num_stages, f"linear {'/'.join(labels)} block_m={cfg.block_m}"))
         cfg = box_branch_config(16, nq, d, dtype, interpret=False)
         ln_ce = dict(BLOCK_M=cfg.ln_block_m, BLOCK_C=cfg.ln_block_c, ACC=acc)
         for label, x in (("LN1 (b)", tt), ("LN2 (b' workspace)", "*fp32")):
@@ -555,7 +572,8 @@ def aot_specs(arch: int, dim: int = 768, heads: int = 12, hidden: int = 3072,
                   "C": "i32", "D": "i32"}
         at_sig.update({n: "i32" for n in ("stride_kb", "stride_kh", "stride_kn", "stride_kd",
                                           "stride_vb", "stride_vh", "stride_vn", "stride_vd")})
-        for aligned in (True, False):  # unaligned: K / V views without unit head-dim stride
+        # Unaligned: K / V views without unit head-dim stride (read in place, not copied).
+        for aligned in (True, False) if dim % 16 == 0 and d % 16 == 0 else (False,):
             at_ce = dict(BLOCK_Q=cfg.block_q, BLOCK_S=cfg.block_s, BLOCK_D=cfg.block_d,
                          ALIGNED=aligned, PRECISION=prec, ACC=acc)
             specs.append(KernelSpec(_box_branch_attention_kernel, dtype, at_sig, at_ce,

@@ -92,22 +92,25 @@ def test_triton_ragged_sizes_float64(B, nq, ns, dim, heads, mlp, nph, blocks, rn
     assert _rel_err(out, ref) < 1e-12
 
 
-def test_triton_strided_views_float64(rng):
-    """b and out as row-strided views (stride(1) != C, misaligned starts), k / v without a unit
-    head-dim stride: every launch takes the unaligned path and the two-level row addressing."""
+@pytest.mark.parametrize("dim,heads", [(48, 3), (36, 3)])
+def test_triton_strided_views_float64(dim, heads, rng):
+    """b and out as row-strided views (stride(1) != C), k / v without a unit head-dim stride.
+    C = 48: the launcher copies b (row strides not multiples of 16) and writes the (aligned)
+    out view in place; C = 36: the kernels read and write both views in place through the
+    two-level row addressing, on the unaligned variants."""
     if DEV == "cpu" and not kb._kernel_is_interpreted():
         pytest.skip("kernel module imported without TRITON_INTERPRET=1")
-    m = _module(48, 3, 2.5, 40, torch.float64, rng)
-    b0, k0, v0 = _inputs(3, 4, 37, 48, 3, torch.float64, rng)
+    m = _module(dim, heads, 2.5, 40, torch.float64, rng)
+    b0, k0, v0 = _inputs(3, 4, 37, dim, heads, torch.float64, rng)
     ref = m(b0, k0, v0)
-    big = torch.zeros(3, 5, 51, dtype=torch.float64, device=DEV)
-    big[:, 1:, 1:49] = b0
-    b = big[:, 1:, 1:49]                                   # strides (255, 51, 1), offset 52
+    big = torch.zeros(3, 5, dim + 3, dtype=torch.float64, device=DEV)
+    big[:, 1:, 1:dim + 1] = b0
+    b = big[:, 1:, 1:dim + 1]                                # row strides (5 (C+3), C+3)
     k = k0.transpose(-1, -2).contiguous().transpose(-1, -2)  # head-dim stride Ns
     v = v0.transpose(-1, -2).contiguous().transpose(-1, -2)
-    out_buf = torch.full((3, 4, 2, 48), float("nan"), dtype=torch.float64, device=DEV)
-    out = out_buf[:, :, 1]                                 # strides (384, 96, 1)
-    kb.box_branch_fwd(b, k, v, _weights(m), eps=(m.norm1.eps, m.norm2.eps), out=out)
+    out_buf = torch.full((3, 4, 2, dim), float("nan"), dtype=torch.float64, device=DEV)
+    out = out_buf[:, :, 1]                                   # row strides (8 C, 2 C)
+    assert kb.box_branch_fwd(b, k, v, _weights(m), eps=(m.norm1.eps, m.norm2.eps), out=out) is out
     assert _rel_err(out, ref) < 1e-12
     assert torch.isnan(out_buf[:, :, 0]).all()  # nothing written outside the view
 

@@ -9,7 +9,9 @@ import math
 
 import torch
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from .limits import TORCH
+
+SUPPORTED_DTYPES = TORCH.dtypes  # what any op accepts at all (the torch backend's dtypes)
 
 
 def check_tensor(name: str, x, ndim: int, dims: str) -> None:

@@ -19,16 +19,15 @@ import logging
 import torch
 
 from .._ext import CUDA_EXT, CUDA_EXT_ERROR, HAS_CUDA_EXT
+from .limits import CUDA as LIMITS
 
 NAME = "cuda"
 log = logging.getLogger("fasttrack.dispatch")
 
-# Must match csrc/params.h DType.
+# Must match csrc/params.h DType; the one table of codes (the box branch uses it too). Its keys
+# are LIMITS.dtypes.
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-MAX_HEAD_DIM = 128  # D and Dv: shared-memory tiles are padded to 32 / 64 / 128
-MAX_TOKENS = 256  # T of self_cross: the (keys, T) accumulator lives in registers
-MAX_GRID_YZ = 65535  # B and H index CUDA grid dimensions y / z
-MAX_SEQ_LEN = 1 << 30
+BOX_BRANCH_MAX_NQ = 8  # csrc/box_branch_kernel.cuh BoxBranchConfig::kMaxQ (box tokens in registers)
 
 _FORWARD_OPS = ("lse", "attention", "self_cross", "cross_attention")
 # Positional tensors the dispatcher passes, by op family (BACKENDS.md argument order).
@@ -66,51 +65,53 @@ def reasons(op: str, *tensors) -> list[str]:
             return [f"the CUDA backend's backward runs on the Triton backend, which cannot import: {e}"]
         return [f"backward on the Triton backend: {r}" for r in tri.reasons(op, *tensors)]
     family = op[: -len("_fwd")] if op.endswith("_fwd") else op
+    if family == "box_branch":
+        return _box_branch_reasons(tensors)
     if family not in _FORWARD_OPS:
-        return [f"the CUDA backend has no op {op!r} (it has {', '.join(_FORWARD_OPS)})"]
+        return [f"the CUDA backend has no op {op!r} (it has {', '.join(_FORWARD_OPS)}, box_branch)"]
     if not HAS_CUDA_EXT:
         return [f"the CUDA extension fasttrack._C is unavailable: {CUDA_EXT_ERROR}"]
     named = {r: t for r, t in zip(_ROLES[family], tensors) if isinstance(t, torch.Tensor)}
     if "q" not in named or "k" not in named:
         return [f"{op} needs tensors q and k"]
     q, k = named["q"], named["k"]
-    out: list[str] = []
-    devices = {t.device for t in named.values()}
-    if any(d.type != "cuda" for d in devices):
-        out.append(f"tensors on {', '.join(sorted({d.type for d in devices}))}: the CUDA kernels need CUDA tensors")
-    elif len(devices) > 1:
-        out.append(f"tensors on several devices: {sorted(str(d) for d in devices)}")
     main = [named[r] for r in ("q", "k", "v", "cross") if r in named]
-    bad = sorted({str(t.dtype) for t in main if t.dtype not in _DTYPE_CODES})
-    if bad:
-        out.append(f"dtype {', '.join(bad)} is not supported (float32, float16, bfloat16)")
-    elif len({t.dtype for t in main}) > 1:
-        out.append(f"mixed dtypes {sorted(str(t.dtype) for t in main)}: the kernels take one dtype")
+    v, cross = named.get("v"), named.get("cross")
     if q.dim() != 4 or k.dim() != 4:
+        out = LIMITS.reasons(family, main, others=named.values())
         out.append(f"q and k must be 4-D (B, H, N, D), got {tuple(q.shape)} and {tuple(k.shape)}")
         return out
     b, h, nq, d = q.shape
     nk = k.shape[2]
-    if d > MAX_HEAD_DIM:
-        out.append(f"head dim D={d} > {MAX_HEAD_DIM}")
-    if b > MAX_GRID_YZ or h > MAX_GRID_YZ:
-        out.append(f"B={b} or H={h} > {MAX_GRID_YZ} (CUDA grid limit)")
-    if max(nq, nk) >= MAX_SEQ_LEN:
-        out.append(f"sequence length {max(nq, nk)} >= 2^30")
+    dv = v.shape[-1] if v is not None and v.dim() == 4 else 0
+    head_dims = {"head dim D": d, "value head dim Dv": dv}
+    tokens = cross.shape[-1] if family == "self_cross" and cross is not None and cross.dim() == 3 else None
+    out = LIMITS.reasons(family, main, others=named.values(), head_dims=head_dims, tokens=tokens,
+                         grid_yz={"B": b, "H": h}, seq_len=max(nq, nk))
     if nk == 0:
         out.append("no keys (Nk = 0): the softmax is undefined")
-    v = named.get("v")
-    dv = v.shape[-1] if v is not None and v.dim() == 4 else 0
-    if dv > MAX_HEAD_DIM:
-        out.append(f"value head dim Dv={dv} > {MAX_HEAD_DIM}")
-    cross = named.get("cross")
-    if family == "self_cross" and cross is not None and cross.dim() == 3 and cross.shape[-1] > MAX_TOKENS:
-        out.append(f"cross has T={cross.shape[-1]} tokens > {MAX_TOKENS}")
     if family == "cross_attention" and not out and dv > 0:
         limit = cross_attention_max_nk(d, dv, q.device.index)
         if nk > limit:
             out.append(f"Nk={nk} keys > {limit}, the most the CUDA cross-attention kernel keeps in "
                        f"shared memory on {torch.cuda.get_device_name(q.device)} at D={d}, Dv={dv}")
+    return out
+
+
+def _box_branch_reasons(tensors) -> list[str]:
+    """box_branch (b, k, v): the extension built with box_branch_fwd, CUDA tensors of one
+    float32 / float16 / bfloat16 dtype (no float64), at most BOX_BRANCH_MAX_NQ box tokens."""
+    if not HAS_CUDA_EXT:
+        return [f"the CUDA extension fasttrack._C is unavailable: {CUDA_EXT_ERROR}"]
+    if not hasattr(CUDA_EXT, "box_branch_fwd"):
+        return ["fasttrack._C was built without box_branch_fwd (csrc/box_branch.cu)"]
+    b = tensors[0] if tensors else None
+    if not isinstance(b, torch.Tensor):
+        return ["box_branch needs tensor b"]
+    out = LIMITS.reasons("box_branch", tensors)
+    if b.dim() == 3 and b.shape[1] > BOX_BRANCH_MAX_NQ:
+        out.append(f"Nq={b.shape[1]} box tokens > {BOX_BRANCH_MAX_NQ}, the rows the CUDA box branch "
+                   "keeps in registers")
     return out
 
 
@@ -205,3 +206,25 @@ def cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale):
     """(dq, dk, dv), on the Triton backend."""
     log.debug("cuda: cross_attention_bwd delegated to the Triton backend")
     return _triton().cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale)
+
+
+def box_branch_fwd(b, k, v, weights, eps):
+    """b_next (B, Nq, C) in b.dtype: the fused box branch of csrc/box_branch.cu. weights in
+    fasttrack.ops.limits.BOX_BRANCH_WEIGHTS order, eps = (LN1, LN2) epsilons; k, v are read in
+    place through their strides."""
+    ext = _require()
+    b = b.contiguous()
+    B, nq, C = b.shape
+    ws = [w.contiguous() for w in weights]
+    hidden, noise_hidden = ws[8].shape[0], ws[12].shape[0]
+    work = torch.empty((B, ext.box_branch_workspace(nq, C, hidden, noise_hidden)),
+                       dtype=torch.float32, device=b.device)
+    out = torch.empty_like(b)
+    log.debug("cuda: box_branch_fwd_kernel B=%d Nq=%d Ns=%d C=%d H=%d %s", B, nq, k.shape[2], C,
+              k.shape[1], b.dtype)
+    ext.box_branch_fwd(b.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), work.data_ptr(),
+                       [w.data_ptr() for w in ws], B, nq, k.shape[2], C, k.shape[1], hidden,
+                       noise_hidden, list(b.stride()), list(k.stride()), list(v.stride()),
+                       list(out.stride()), float(eps[0]), float(eps[1]), _DTYPE_CODES[b.dtype],
+                       b.device.index or 0, torch.cuda.current_stream(b.device).cuda_stream)
+    return out

@@ -7,6 +7,12 @@ environment variable when the call says "auto") raises `BackendUnavailable` list
 The CUDA kernels join "auto" only once they have passed the GPU tests: `VERIFIED_CUDA_OPS` holds
 the ops whose CUDA forward ran clean under the GPU test suite and compute-sanitizer (with the run
 that showed it recorded in benchmarks/results/). Until then "cuda" must be asked for by name.
+Likewise `TRITON_AUTO_EXCLUDED` names the ops whose Triton kernels "auto" skips, with why.
+
+Op families: "lse", "attention", "self_cross", "cross_attention" (fasttrack.ops) and
+"box_branch" (DeTrack's fused box branch, tensors (b, k, v); fasttrack.trackers.detrack.fused).
+What each backend accepts (dtypes, head dim, tokens, devices) is declared once, in
+fasttrack.ops.limits.
 """
 from __future__ import annotations
 
@@ -27,6 +33,14 @@ _MODULES = {
 # No CUDA kernel of fasttrack has run on a GPU yet (the machines that built them had none), so
 # none is eligible for "auto". Add an op here only with a committed GPU test run.
 VERIFIED_CUDA_OPS: frozenset[str] = frozenset()
+
+# Ops whose Triton kernels "auto" does not take, with the reason it reports. Remove an entry only
+# with a committed GPU run (benchmarks/results/) showing the kernel correct and faster than the
+# torch backend at the sizes the trackers use.
+TRITON_AUTO_EXCLUDED: dict[str, str] = {
+    "box_branch": "the Triton box branch (kernels/box_branch.py) has never been run, let alone "
+                  "timed against PyTorch, on a GPU (ask for backend='triton')",
+}
 
 
 class BackendUnavailable(ValueError):
@@ -52,6 +66,8 @@ def reasons(name: str, op: str, *tensors, auto: bool = False) -> list[str]:
     out = _module_reasons(name, op, tensors)
     if auto and name == "cuda" and op not in VERIFIED_CUDA_OPS:
         out.append(f"the CUDA {op} kernel has not passed the GPU tests yet (ask for backend='cuda')")
+    if auto and name == "triton" and op in TRITON_AUTO_EXCLUDED:
+        out.append(TRITON_AUTO_EXCLUDED[op])
     if auto and name == "triton" and any(getattr(t, "device", None) is not None and t.device.type == "cpu"
                                          for t in tensors):
         # Under TRITON_INTERPRET=1 Triton can run CPU tensors, but the interpreter is a

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 
 NAME = "torch"
 
@@ -202,3 +203,22 @@ def cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale):
     dP_h = dO_h V^T + dprobs / H (DESIGN 1.3's "one kernel family")."""
     extra = None if dprobs is None else dprobs / q.shape[1]
     return attention_bwd(q, k, v, out, lse, dout, None, scale, dp_extra=extra)
+
+
+def box_branch_fwd(b, k, v, weights, eps):
+    """b_next (B, Nq, C): the DeTrack box branch (fasttrack.trackers.detrack.box_branch) with the
+    rows of all targets flattened into (B*Nq, C) matmuls, fused bias / residual addmm's and SDPA
+    on the strided K/V views, no per-target loop. weights in
+    fasttrack.ops.limits.BOX_BRANCH_WEIGHTS order, eps = (LN1, LN2) epsilons."""
+    ln1_w, ln1_b, wq, bq, wo, bo, ln2_w, ln2_b, w1, c1, w2, c2, wn1, n1, wn2, n2 = weights
+    B, nq, C = b.shape
+    H, D = k.shape[1], k.shape[3]
+    x = b.reshape(B * nq, C)
+    h = F.layer_norm(x, (C,), ln1_w, ln1_b, eps[0])
+    q = torch.addmm(bq, h, wq.t()).view(B, nq, H, D).transpose(1, 2)
+    a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B * nq, C)
+    b1 = torch.addmm(bo, a, wo.t()).add_(x)
+    hid = F.gelu(torch.addmm(c1, F.layer_norm(b1, (C,), ln2_w, ln2_b, eps[1]), w1.t()))
+    b2 = torch.addmm(c2, hid, w2.t()).add_(b1)
+    eps_hat = torch.addmm(n2, torch.relu_(torch.addmm(n1, b2, wn1.t())), wn2.t())
+    return b2.sub_(eps_hat).view(B, nq, C)

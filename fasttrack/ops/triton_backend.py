@@ -12,14 +12,13 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 
 import torch
 
-NAME = "triton"
+from .limits import TRITON as LIMITS
 
-MAX_HEAD_DIM = 128  # D and Dv: one padded (block, 128) tile per operand
-MAX_TOKENS = 256  # T of self_cross: its backward keeps whole token rows in one tile
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+NAME = "triton"
 
 # Which positional tensors each op passes to reasons(), by role (BACKENDS.md argument order;
 # the dispatcher passes the forward inputs: (q, k, v) or (q, k, cross)).
@@ -28,7 +27,11 @@ _ROLES = {
     "attention": ("q", "k", "v", "out", "lse", "dout", "dlse"),
     "self_cross": ("q", "k", "cross", "lse", "dout"),
     "cross_attention": ("q", "k", "v", "out", "lse", "dout", "dprobs"),
+    "box_branch": ("b", "k", "v"),
 }
+
+INTERPRET_ON_CUDA = ("TRITON_INTERPRET=1 is set: the Triton interpreter cannot run CUDA tensors; "
+                     "unset it on a GPU machine")
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,12 +55,35 @@ def _family(op: str) -> str:
     return op
 
 
+def _kernels_imported_interpreted() -> bool:
+    """Whether fasttrack.kernels was imported under TRITON_INTERPRET=1 (triton.jit picks the
+    interpreter at import): its kernels then stay interpreted even after the variable is unset."""
+    for name in ("fasttrack.kernels._interpret_guard", "kernels._interpret_guard"):
+        mod = sys.modules.get(name)
+        if mod is not None and mod.INTERPRETED:
+            return True
+    return False
+
+
+def _interpreter_reasons(tensors) -> list[str]:
+    """The interpreter must never run in a GPU process: refuse CUDA tensors while it is on."""
+    if not any(t.device.type == "cuda" for t in tensors):
+        return []
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return [INTERPRET_ON_CUDA]
+    if _kernels_imported_interpreted():
+        return ["fasttrack.kernels was imported under TRITON_INTERPRET=1: its kernels run on the "
+                "interpreter, which cannot run CUDA tensors; import it without the variable"]
+    return []
+
+
 def reasons(op: str, *tensors) -> list[str]:
     """Why the Triton kernels cannot run `op` on `tensors` (empty list: they can).
 
-    op: "attention", "self_cross", "cross_attention", "lse" or a primitive name of
-    BACKENDS.md ("attention_fwd", "self_cross_bwd", ...). tensors: that op's tensor arguments
-    in BACKENDS.md order (q, k, then v or cross, ...); None entries are skipped."""
+    op: "attention", "self_cross", "cross_attention", "lse", "box_branch" or a primitive name
+    of BACKENDS.md ("attention_fwd", "self_cross_bwd", ...). tensors: that op's tensor
+    arguments in BACKENDS.md order (q, k, then v or cross, ...; b, k, v for box_branch); None
+    entries are skipped. Device, dtype and size limits are fasttrack.ops.limits.TRITON's."""
     err = _triton_import_error()
     if err is not None:
         return [f"triton is not importable ({err})"]
@@ -65,42 +91,44 @@ def reasons(op: str, *tensors) -> list[str]:
     if family not in _ROLES:
         return [f"unknown op {op!r} (known: {', '.join(sorted(_ROLES))})"]
     named = {role: t for role, t in zip(_ROLES[family], tensors) if isinstance(t, torch.Tensor)}
+    if family == "box_branch":
+        return _box_branch_reasons(named)
     if "q" not in named or "k" not in named:
         return [f"{op} needs tensors q and k"]
     q, k = named["q"], named["k"]
-    out: list[str] = []
     interp = os.environ.get("TRITON_INTERPRET") == "1"
-    devices = {t.device for t in named.values()}
-    if len(devices) > 1:
-        out.append(f"tensors on several devices: {sorted(str(d) for d in devices)}")
-    for d in sorted(devices, key=str):
-        if d.type == "cpu" and not interp:
-            out.append("tensors are on the CPU: Triton needs CUDA tensors "
-                       "(or TRITON_INTERPRET=1 to run its interpreter on the CPU)")
-        elif d.type not in ("cpu", "cuda"):
-            out.append(f"tensors on {d.type}: the Triton kernels run on CUDA devices only")
     main = [named[r] for r in ("q", "k", "v", "cross") if r in named]
-    for t in main:
-        if t.dtype not in _DTYPES:
-            out.append(f"dtype {t.dtype} is not supported (float16, bfloat16, float32)")
-            break
+    v, cross = named.get("v"), named.get("cross")
+    head_dims = {"head dim D": q.shape[-1]} if q.dim() == 4 else {}
+    if v is not None and v.dim() == 4:
+        head_dims["value head dim Dv"] = v.shape[-1]
+    tokens = cross.shape[-1] if family == "self_cross" and cross is not None and cross.dim() == 3 else None
+    out = _interpreter_reasons(named.values())
+    out += LIMITS.reasons(family, main, others=named.values(), head_dims=head_dims, tokens=tokens,
+                          devices=("cuda", "cpu") if interp else None,
+                          device_hint="" if interp else
+                          " (or TRITON_INTERPRET=1 to run its interpreter on the CPU)")
     if interp and any(t.dtype == torch.bfloat16 for t in main):
         out.append("bfloat16 math is not supported by the Triton interpreter (TRITON_INTERPRET=1)")
     if q.dim() != 4 or k.dim() != 4:
         out.append(f"q and k must be 4-D (B, H, N, D), got {tuple(q.shape)} and {tuple(k.shape)}")
         return out
-    if q.shape[-1] > MAX_HEAD_DIM:
-        out.append(f"head dim D={q.shape[-1]} > {MAX_HEAD_DIM}")
     if k.shape[2] == 0:
         out.append("no keys (Nk = 0): the softmax is undefined")
-    v = named.get("v")
-    if v is not None and v.dim() == 4 and v.shape[-1] > MAX_HEAD_DIM:
-        out.append(f"value head dim Dv={v.shape[-1]} > {MAX_HEAD_DIM}")
-    cross = named.get("cross")
-    if family == "self_cross" and cross is not None and cross.dim() == 3:
-        if cross.shape[-1] > MAX_TOKENS:
-            out.append(f"cross has T={cross.shape[-1]} tokens > {MAX_TOKENS}")
     return out
+
+
+def _box_branch_reasons(named: dict) -> list[str]:
+    """The box branch kernel's reasons (kernels/box_branch.box_branch_reasons: limits, the
+    interpreter's import-time choice, 16-bit math) plus the interpreter-on-CUDA refusal."""
+    if "b" not in named:
+        return ["box_branch needs tensor b"]
+    out = _interpreter_reasons(named.values())
+    try:
+        kb = importlib.import_module("fasttrack.kernels.box_branch")
+    except ImportError as e:
+        return out + [f"cannot import fasttrack.kernels.box_branch: {e}"]
+    return list(dict.fromkeys(out + kb.box_branch_reasons(*named.values())))
 
 
 def lse_fwd(q, k, scale):
@@ -136,3 +164,10 @@ def cross_attention_fwd(q, k, v, scale):
 def cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale):
     """(dq, dk, dv) with dP_h += dprobs / H; dout / dprobs may be None (zero)."""
     return _kernels().cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale)
+
+
+def box_branch_fwd(b, k, v, weights, eps):
+    """b_next (B, Nq, C) in b.dtype: the DeTrack box branch (kernels/box_branch.py); weights in
+    fasttrack.ops.limits.BOX_BRANCH_WEIGHTS order, eps = (LN1, LN2) epsilons."""
+    kb = importlib.import_module("fasttrack.kernels.box_branch")
+    return kb.box_branch_fwd(b, k, v, weights, eps=tuple(eps))
