@@ -149,10 +149,11 @@ def attention_config(d_pad: int, dv_pad: int, dtype: torch.dtype, kind: str, arc
         return Config(32, 16, 1, 1) if kind == "fwd" else Config(16, 32, 1, 1)
     wide = max(d_pad, dv_pad) > 64
     if dtype == torch.float32:
+        # FMA dots: 8 warps halve the registers per thread of every tile (no spills).
         if kind == "fwd":
             return Config(32, 32, 8, 2) if wide else Config(64, 32, 8, 2)
         if kind == "dkdv":
-            return Config(16, 32, 4, 2) if wide else Config(32, 32, 4, 2)
+            return Config(16, 16, 8, 2) if wide else Config(16, 32, 8, 2)
         return Config(32, 16, 4, 2) if wide else Config(32, 32, 8, 2)
     if kind == "fwd":
         if arch >= 90:
@@ -162,7 +163,7 @@ def attention_config(d_pad: int, dv_pad: int, dtype: torch.dtype, kind: str, arc
         if arch >= 90:
             return Config(32, 64, 4, 2) if wide else Config(64, 128, 8, 2)
         return Config(32, 32, 4, 2) if wide else Config(32, 128, 8, 2)
-    return Config(64, 64, 4, 2) if wide else Config(128, 32, 8, 2)
+    return Config(64, 32, 8, 2) if wide else Config(128, 32, 8, 2)
 
 
 def token_block(t_pad: int) -> int:
@@ -179,16 +180,25 @@ def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype, kind: str, arc
     (A = P G and the cross rows, the whole padded T) next to the (block, D) operands."""
     if arch == 0:
         return Config(16, 32, 1, 1)
-    wide_t = t_pad > 128
+    wide = t_pad > 128 or d_pad > 64
     if dtype == torch.float32:
+        # FMA dots with 8 warps; wider tiles spill 4-24 bytes at some (D, T) on sm_80 or sm_90.
         if kind == "fwd":
-            return Config(32, 32, 4, 2)
-        return Config(16, 32, 4, 2) if wide_t or d_pad > 64 else Config(32, 32, 8, 2)
+            return Config(32, 16, 8, 2)
+        if kind == "dq":
+            return Config(16, 16, 8, 2) if wide else Config(32, 32, 8, 2)
+        return Config(16, 16, 8, 2)
     if kind == "fwd":
         return Config(64, 64, 4, 2) if arch >= 90 else Config(64, 64, 8, 2)
     if kind == "dq":
-        return Config(64, 32, 4, 2) if wide_t or d_pad > 64 else Config(64, 64, 8, 2)
-    return Config(32, 64, 4, 2) if wide_t or d_pad > 64 else Config(64, 64, 8, 2)
+        # A = P G and the cross rows are (64, 256) tiles at T = 256: 8 warps keep them in
+        # registers (232-238 on sm_90, 106-114 KiB of shared memory, too much for sm_86/89).
+        if wide:
+            return Config(64, 32, 8, 2) if arch >= 90 else Config(32, 32, 8, 2)
+        return Config(64, 64, 8, 2) if arch >= 90 else Config(64, 32, 8, 2)
+    if wide:
+        return Config(32, 64, 4, 2)
+    return Config(64, 64, 8, 2) if arch >= 90 else Config(64, 32, 8, 2)
 
 
 def cross_config(n_pad: int, d_pad: int, dv_pad: int, dtype: torch.dtype, arch: int) -> Config | None:
