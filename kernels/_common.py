@@ -17,7 +17,7 @@ import triton.language as tl
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
-from fasttrack.ops.limits import MAX_HEAD_DIM, MAX_TOKENS, SUPPORTED_DTYPES  # noqa: E402
+from fasttrack.ops.limits import MAX_GRID_YZ, MAX_HEAD_DIM, MAX_TOKENS, SUPPORTED_DTYPES  # noqa: E402
 
 
 @triton.jit
@@ -109,7 +109,7 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-MAX_GRID_YZ = 65535  # CUDA grid dimensions y and z; x goes to 2^31 - 1
+
 
 
 def check_grid(kernel: str, grid: tuple) -> tuple:

@@ -396,3 +396,16 @@ def test_backend_imports_without_triton():
                          timeout=300)
     assert res.returncode == 0, res.stderr
     assert "triton is not importable" in res.stdout
+
+
+def test_grid_limit_refused_before_launch():
+    """Batch x heads goes on CUDA grid axis y (at most 65535 programs): the backend refuses
+    such inputs with a reason (so "auto" falls back), and a launcher called directly raises."""
+    from fasttrack.kernels._common import check_grid
+    from fasttrack.ops import triton_backend
+    q = torch.empty(2, 40000, 4, 16, device="meta")
+    assert any("CUDA grid limit" in r for r in triton_backend.reasons("attention", q, q, q))
+    assert not any("grid" in r for r in triton_backend.reasons("attention", q[:1], q[:1], q[:1]))
+    with pytest.raises(ValueError, match="grid y = 80000"):
+        check_grid("attention_fwd", (1, 80000))
+    assert check_grid("attention_fwd", (1 << 20, 65535, 65535)) == (1 << 20, 65535, 65535)

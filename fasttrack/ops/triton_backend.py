@@ -103,8 +103,11 @@ def reasons(op: str, *tensors) -> list[str]:
     if v is not None and v.dim() == 4:
         head_dims["value head dim Dv"] = v.shape[-1]
     tokens = cross.shape[-1] if family == "self_cross" and cross is not None and cross.dim() == 3 else None
+    # The flash and self x cross kernels put batch x heads on grid axis y (kernels/*.py).
+    grid_yz = {"B x H": q.shape[0] * q.shape[1]} if q.dim() == 4 else None
     out = _interpreter_reasons(named.values())
     out += LIMITS.reasons(family, main, others=named.values(), head_dims=head_dims, tokens=tokens,
+                          grid_yz=grid_yz,
                           devices=("cuda", "cpu") if interp else None,
                           device_hint="" if interp else
                           " (or TRITON_INTERPRET=1 to run its interpreter on the CPU)")
