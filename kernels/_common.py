@@ -70,6 +70,7 @@ class Config:
     block_n: int
     num_warps: int
     num_stages: int
+    heads: int = 1  # heads one program handles (self x cross backward: shared C G^T tiles)
 
 
 @dataclass(frozen=True)
@@ -174,31 +175,41 @@ def token_block(t_pad: int) -> int:
 
 
 def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype, kind: str, arch: int) -> Config:
-    """Tiles of the self x cross kernels; kind "fwd" (block_n keys per program, block_m
-    queries per step, heads summed inside), "dq" (block_m queries per program, block_n keys
-    per step) or "dk" (block_n keys per program). The backward programs hold (block, T) tiles
-    (A = P G and the cross rows, the whole padded T) next to the (block, D) operands."""
+    """Tiles of the self x cross kernels, by kind:
+    - "fwd": block_n keys per program, block_m queries per step, heads summed inside;
+    - "pre" (backward row terms): block_m queries per program, block_n keys per step, heads
+      inside in chunks of up to `heads` (one C G^T tile per chunk);
+    - "dq" / "dk": block_m queries / block_n keys per program; `heads` = 2 pairs two heads on
+      one program so that they share each C G^T tile, where the second accumulator fits.
+    The backward programs hold (block, T) tiles (cross rows, G rows, the dcross accumulator:
+    the whole padded T) next to the (block, D) operands."""
     if arch == 0:
-        return Config(16, 32, 1, 1)
+        # Interpreter: pairs and two-head chunks, so the CPU tests (H = 2, 3) cover the
+        # paired path, its masked odd head, and a chunk loop that runs twice.
+        return Config(16, 32, 1, 1, heads=2)
     wide = t_pad > 128 or d_pad > 64
     if dtype == torch.float32:
         # FMA dots with 8 warps; wider tiles spill 4-24 bytes at some (D, T) on sm_80 or sm_90.
         if kind == "fwd":
             return Config(32, 16, 8, 2)
+        if kind == "pre":
+            # Software pipelining around the head loop spills 0.3-4 KB; ptxas keeps these
+            # kernels near 64-80 registers, so D = 128 needs 16 warps to hold its tiles.
+            return Config(16, 16, 16 if d_pad > 64 else 8, 1, heads=8)
         if kind == "dq":
             return Config(16, 16, 8, 2) if wide else Config(32, 32, 8, 2)
         return Config(16, 16, 8, 2)
     if kind == "fwd":
         return Config(64, 64, 4, 2) if arch >= 90 else Config(64, 64, 8, 2)
+    if kind == "pre":
+        return Config(64, 32, 8, 2, heads=16)
     if kind == "dq":
-        # A = P G and the cross rows are (64, 256) tiles at T = 256: 8 warps keep them in
-        # registers (232-238 on sm_90, 106-114 KiB of shared memory, too much for sm_86/89).
         if wide:
             return Config(64, 32, 8, 2) if arch >= 90 else Config(32, 32, 8, 2)
-        return Config(64, 64, 8, 2) if arch >= 90 else Config(64, 32, 8, 2)
+        return Config(64, 64, 8, 2, heads=2) if arch >= 90 else Config(64, 32, 8, 2, heads=2)
     if wide:
         return Config(32, 64, 4, 2)
-    return Config(64, 64, 8, 2) if arch >= 90 else Config(64, 32, 8, 2)
+    return Config(64, 64, 8, 2, heads=2) if arch >= 90 else Config(64, 32, 8, 2, heads=2)
 
 
 def cross_config(n_pad: int, d_pad: int, dv_pad: int, dtype: torch.dtype, arch: int) -> Config | None:

@@ -76,105 +76,194 @@ def _self_cross_fwd_kernel(
 
 
 @triton.jit
-def _self_cross_bwd_dq_kernel(
-    Q, K, C, G, LSE, DQ, DCROSS_H, DELTA, DLSE, scale, H, Nq, Nk, D: tl.constexpr, T: tl.constexpr,
+def _self_cross_bwd_preprocess_kernel(
+    Q, K, C, G, LSE, DCROSS, DELTA, scale, p_scale, H, Nq, Nk,
+    D: tl.constexpr, T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_T: tl.constexpr, LSE_GIVEN: tl.constexpr, PREC: tl.constexpr, PREC_C: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, PREC: tl.constexpr, PREC_C: tl.constexpr,
 ):
-    """Query-block pass of the backward (DESIGN.md 1.3), one (query block, batch*head) per
-    program, two sweeps over the keys:
-      1. A = P_h G / H (BLOCK_M, T), written to DCROSS_H[b, h] (dcross = sum over heads), and
-         delta[i] = sum_t C[i, t] A[i, t] (the softmax-backward row term, FA2's rowsum(dO O)
-         with dO := C / H, O := P_h G);
-      2. dP = C G^T / H, dZ = P (dP - delta) (or P dP when L is an input, then dL = -delta),
-         dQ = s dZ K.
-    The whole padded T sits in one tile because delta needs full token rows."""
+    """Row terms of the backward (DESIGN.md 1.3) with the heads looped inside, so that the
+    head-independent C G^T is formed once per (query block, key block) tile:
+      delta_h[i] = (1/H) sum_j P_h[i, j] (C G^T)[i, j]  (= (1/H) sum_t C[i, t] (P_h G)[i, t]:
+                   FA2's rowsum(dO * O) with dO := C / H, O := P_h G),
+      dcross[i, t] = (1/H) sum_j (sum_h P_h[i, j]) G[j, t]  (head-summed P meets G once).
+    One (query block, batch) per program. Heads go in chunks of BLOCK_H whose delta rows live
+    in a (BLOCK_H, BLOCK_M) tile, each head adding its row through a one-hot select; C G^T is
+    formed once per chunk. The head sum of P is scaled by p_scale before its cast to G's dtype
+    (fp16 subnormals, as in the forward) and divided out at the end."""
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
+    b = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_m = offs_m < Nq
+    mask_d = offs_d < D
+    mask_t = offs_t < T
+    c = load_tile(C + b * Nq * T, offs_m, offs_t, mask_m, mask_t, T)
+    qk_scale = scale * LOG2E
+    dcross = tl.zeros([BLOCK_M, BLOCK_T], tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        delta = tl.zeros([BLOCK_H, BLOCK_M], tl.float32)
+        for start_n in range(0, Nk, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < Nk
+            g = load_tile(G + b * Nk * T, offs_n, offs_t, mask_n, mask_t, T)
+            cg = tl.dot(c, tl.trans(g), input_precision=PREC_C)
+            p_sum = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            for h in range(h0, tl.minimum(h0 + BLOCK_H, H)):
+                bh = b * H + h
+                q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
+                k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
+                lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
+                s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+                # Padded keys (k = 0) would give exp2(-L), unbounded for very negative L.
+                p = tl.where(mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+                p_sum += p
+                delta += tl.where(offs_h[:, None] == h - h0, tl.sum(p * cg, 1)[None, :], 0.0)
+            dcross += tl.dot((p_sum * p_scale).to(g.dtype), g, input_precision=PREC_C)
+        heads = h0 + offs_h
+        tl.store(DELTA + (b * H + heads)[:, None] * Nq + offs_m[None, :], delta / H,
+                 mask=(heads < H)[:, None] & mask_m[None, :])
+    tl.store(DCROSS + b * Nq * T + offs_m[:, None] * T + offs_t[None, :],
+             (dcross / (p_scale * H)).to(DCROSS.dtype.element_ty),
+             mask=mask_m[:, None] & mask_t[None, :])
+
+
+@triton.jit
+def _self_cross_bwd_dq_kernel(
+    Q, K, C, G, LSE, DELTA, DQ, scale, H, Nq, Nk, D: tl.constexpr, T: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, PAIR: tl.constexpr, LSE_GIVEN: tl.constexpr, PREC: tl.constexpr,
+    PREC_C: tl.constexpr,
+):
+    """dQ_h = s dZ_h K_h, dZ_h = P_h (dP - delta_h) (or P_h dP when L is an input, DESIGN.md
+    1.3), dP = C G^T / H, as FA2's dQ pass: one (query block, batch x head group) per program
+    looping over key blocks. With PAIR a program owns two heads, which share every dP tile:
+    the head-independent C G^T product runs once per two heads, for a second (BLOCK_M, D)
+    accumulator (the second head of an odd H is masked off)."""
+    pid_m = tl.program_id(0)
+    pid_bg = tl.program_id(1)
+    n_groups = (H + 1) // 2 if PAIR else H
+    b = (pid_bg // n_groups).to(tl.int64)
+    h0 = (pid_bg % n_groups) * (2 if PAIR else 1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_t = tl.arange(0, BLOCK_T)
     mask_m = offs_m < Nq
     mask_d = offs_d < D
     mask_t = offs_t < T
-    q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
-    lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
-    mask_mt = mask_m[:, None] & mask_t[None, :]
-    c = tl.load(C + b * Nq * T + offs_m[:, None] * T + offs_t[None, :], mask=mask_mt, other=0.0)
+    bh0 = b * H + h0
+    c = load_tile(C + b * Nq * T, offs_m, offs_t, mask_m, mask_t, T)
+    q0 = load_tile(Q + bh0 * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
+    lse0 = tl.load(LSE + bh0 * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
+    delta0 = tl.load(DELTA + bh0 * Nq + offs_m, mask=mask_m, other=0.0)
+    dq0 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if PAIR:
+        # Odd H: the second head of the last group does not exist (block-shaped masks: the
+        # interpreter rejects a scalar one).
+        mask_m1 = mask_m & (offs_m * 0 + h0 + 1 < H)
+        q1 = load_tile(Q + (bh0 + 1) * Nq * D, offs_m, offs_d, mask_m1, mask_d, D)
+        lse1 = tl.load(LSE + (bh0 + 1) * Nq + offs_m, mask=mask_m1, other=0.0) * LOG2E
+        delta1 = tl.load(DELTA + (bh0 + 1) * Nq + offs_m, mask=mask_m1, other=0.0)
+        dq1 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     qk_scale = scale * LOG2E
-    a = tl.zeros([BLOCK_M, BLOCK_T], tl.float32)
     for start_n in range(0, Nk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < Nk
-        k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
         g = load_tile(G + b * Nk * T, offs_n, offs_t, mask_n, mask_t, T)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        p = tl.where(mask_m[:, None] & mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)
-        a += tl.dot(p.to(g.dtype), g, input_precision=PREC_C)
-    a = a / H
-    delta = tl.sum(c.to(tl.float32) * a, 1)
-    tl.store(DCROSS_H + bh * Nq * T + offs_m[:, None] * T + offs_t[None, :], a, mask=mask_mt)
-    tl.store(DELTA + bh * Nq + offs_m, delta, mask=mask_m)
-    if LSE_GIVEN:
-        tl.store(DLSE + bh * Nq + offs_m, -delta, mask=mask_m)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range(0, Nk, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < Nk
-        k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
-        g = load_tile(G + b * Nk * T, offs_n, offs_t, mask_n, mask_t, T)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        p = tl.where(mask_m[:, None] & mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)
         dp = tl.dot(c, tl.trans(g), input_precision=PREC_C) / H
-        if LSE_GIVEN:
-            ds = p * dp
-        else:
-            ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
-    tl.store(DQ + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :],
-             (dq * scale).to(DQ.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+        k0 = load_tile(K + bh0 * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
+        dq0 += tl.dot(_ds(q0, k0, lse0, delta0, dp, mask_n, qk_scale, LSE_GIVEN, PREC).to(k0.dtype),
+                      k0, input_precision=PREC)
+        if PAIR:
+            k1 = load_tile(K + (bh0 + 1) * Nk * D, offs_n, offs_d, mask_n & (offs_n * 0 + h0 + 1 < H),
+                           mask_d, D)
+            dq1 += tl.dot(_ds(q1, k1, lse1, delta1, dp, mask_n, qk_scale, LSE_GIVEN,
+                              PREC).to(k1.dtype), k1, input_precision=PREC)
+    mask_md = mask_m[:, None] & mask_d[None, :]
+    out = DQ + offs_m[:, None] * D + offs_d[None, :]
+    tl.store(out + bh0 * Nq * D, (dq0 * scale).to(DQ.dtype.element_ty), mask=mask_md)
+    if PAIR:
+        tl.store(out + (bh0 + 1) * Nq * D, (dq1 * scale).to(DQ.dtype.element_ty),
+                 mask=mask_md & mask_m1[:, None])
+
+
+@triton.jit
+def _ds(q, k, lse2, delta, dp, mask_n, qk_scale, LSE_GIVEN: tl.constexpr, PREC: tl.constexpr):
+    """dZ = P (dP - delta), or P dP when L is an input, for a (queries, keys) tile with
+    P = exp2(s q k^T log2(e) - L log2(e)); padded keys get P = 0."""
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+    p = tl.where(mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+    if LSE_GIVEN:
+        return p * dp
+    return p * (dp - delta[:, None])
+
+
+@triton.jit
+def _ds_t(k, q, lse2, delta, dp_t, mask_m, qk_scale, LSE_GIVEN: tl.constexpr,
+          PREC: tl.constexpr):
+    """_ds for a transposed (keys, queries) tile; padded queries get P = 0."""
+    s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
+    p_t = tl.where(mask_m[None, :], tl.exp2(s_t - lse2[None, :]), 0.0)
+    if LSE_GIVEN:
+        return p_t * dp_t
+    return p_t * (dp_t - delta[None, :])
 
 
 @triton.jit
 def _self_cross_bwd_dk_kernel(
     Q, K, C, G, LSE, DELTA, DK, scale, H, Nq, Nk, D: tl.constexpr, T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_T: tl.constexpr, LSE_GIVEN: tl.constexpr, PREC: tl.constexpr, PREC_C: tl.constexpr,
+    BLOCK_T: tl.constexpr, PAIR: tl.constexpr, LSE_GIVEN: tl.constexpr, PREC: tl.constexpr,
+    PREC_C: tl.constexpr,
 ):
-    """Key-block pass of the backward (DESIGN.md 1.3): dK = s dZ^T Q with
-    dZ^T = P^T (G C^T / H - delta) (or P^T G C^T / H when L is an input), one (key block,
-    batch*head) per program looping over query blocks, as FA2's dK pass."""
+    """dK_h = s dZ_h^T Q_h with dZ_h^T = P_h^T (G C^T / H - delta_h) (or P_h^T G C^T / H when L
+    is an input), as FA2's dK pass: one (key block, batch x head group) per program looping
+    over query blocks; with PAIR two heads share every G C^T tile (see the dQ kernel)."""
     pid_n = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
+    pid_bg = tl.program_id(1)
+    n_groups = (H + 1) // 2 if PAIR else H
+    b = (pid_bg // n_groups).to(tl.int64)
+    h0 = (pid_bg % n_groups) * (2 if PAIR else 1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_t = tl.arange(0, BLOCK_T)
     mask_n = offs_n < Nk
     mask_d = offs_d < D
     mask_t = offs_t < T
-    k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
+    bh0 = b * H + h0
     g = load_tile(G + b * Nk * T, offs_n, offs_t, mask_n, mask_t, T)
+    k0 = load_tile(K + bh0 * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
+    dk0 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    if PAIR:
+        mask_n1 = mask_n & (offs_n * 0 + h0 + 1 < H)
+        k1 = load_tile(K + (bh0 + 1) * Nk * D, offs_n, offs_d, mask_n1, mask_d, D)
+        dk1 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     qk_scale = scale * LOG2E
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for start_m in range(0, Nq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < Nq
-        q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
-        lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
         c = load_tile(C + b * Nq * T, offs_m, offs_t, mask_m, mask_t, T)
-        s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
-        p_t = tl.where(mask_n[:, None] & mask_m[None, :], tl.exp2(s_t - lse2[None, :]), 0.0)
         dp_t = tl.dot(g, tl.trans(c), input_precision=PREC_C) / H
-        if LSE_GIVEN:
-            ds_t = p_t * dp_t
-        else:
-            delta = tl.load(DELTA + bh * Nq + offs_m, mask=mask_m, other=0.0)
-            ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
-    tl.store(DK + bh * Nk * D + offs_n[:, None] * D + offs_d[None, :],
-             (dk * scale).to(DK.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
+        q0 = load_tile(Q + bh0 * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
+        lse0 = tl.load(LSE + bh0 * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
+        delta0 = tl.load(DELTA + bh0 * Nq + offs_m, mask=mask_m, other=0.0)
+        dk0 += tl.dot(_ds_t(k0, q0, lse0, delta0, dp_t, mask_m, qk_scale, LSE_GIVEN,
+                            PREC).to(q0.dtype), q0, input_precision=PREC)
+        if PAIR:
+            mask_m1 = mask_m & (offs_m * 0 + h0 + 1 < H)
+            q1 = load_tile(Q + (bh0 + 1) * Nq * D, offs_m, offs_d, mask_m1, mask_d, D)
+            lse1 = tl.load(LSE + (bh0 + 1) * Nq + offs_m, mask=mask_m1, other=0.0) * LOG2E
+            delta1 = tl.load(DELTA + (bh0 + 1) * Nq + offs_m, mask=mask_m1, other=0.0)
+            dk1 += tl.dot(_ds_t(k1, q1, lse1, delta1, dp_t, mask_m1, qk_scale, LSE_GIVEN,
+                                PREC).to(q1.dtype), q1, input_precision=PREC)
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    out = DK + offs_n[:, None] * D + offs_d[None, :]
+    tl.store(out + bh0 * Nk * D, (dk0 * scale).to(DK.dtype.element_ty), mask=mask_nd)
+    if PAIR:
+        tl.store(out + (bh0 + 1) * Nk * D, (dk1 * scale).to(DK.dtype.element_ty),
+                 mask=mask_nd & mask_n1[:, None])
 
 
 def _check_inputs(q, k, cross, lse):
@@ -261,27 +350,31 @@ def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
     cross = cross.contiguous()
     dout = dout.to(cross.dtype).contiguous()
     lse = lse.to(torch.float32).contiguous()
-    # Per-head A_h / H (B, H, Nq, T) in fp32, summed over heads afterwards: one program per
-    # (query block, head) gives H times more programs than looping heads inside, for a buffer
-    # of the size of q itself (T ~ D).
-    dcross_h = torch.empty((B, H, Nq, T), device=q.device, dtype=torch.float32)
-    delta = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
-    dlse = torch.empty_like(delta) if lse_given else None
-    dq, dk = torch.empty_like(q), torch.empty_like(k)
     arch = device_arch(q.device)
-    flags = dict(BLOCK_D=pad(D), BLOCK_T=pad(T), LSE_GIVEN=bool(lse_given),
-                 PREC=dot_precision(q.dtype), PREC_C=dot_precision(cross.dtype))
+    delta = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
+    dcross = torch.empty((B, Nq, T), device=q.device, dtype=cross.dtype)
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    flags = dict(BLOCK_D=pad(D), BLOCK_T=pad(T), PREC=dot_precision(q.dtype),
+                 PREC_C=dot_precision(cross.dtype))
     sizes = (float(scale), H, Nq, Nk, D, T)
-    cfg = self_cross_config(pad(D), pad(T), q.dtype, "dq", arch)
-    launch(_self_cross_bwd_dq_kernel)[check_grid("self_cross_bwd", (triton.cdiv(Nq, cfg.block_m), B * H))](
-        q, k, cross, dout, lse, dq, dcross_h, delta, dlse if lse_given else delta, *sizes,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+    cfg = self_cross_config(pad(D), pad(T), q.dtype, "pre", arch)
+    launch(_self_cross_bwd_preprocess_kernel)[
+        check_grid("self_cross_bwd", (triton.cdiv(Nq, cfg.block_m), B))](
+        q, k, cross, dout, lse, dcross, delta, float(scale), _p_scale(cross.dtype, H), H, Nq,
+        Nk, D, T, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_H=min(cfg.heads, triton.next_power_of_2(H)), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **flags)
-    cfg = self_cross_config(pad(D), pad(T), q.dtype, "dk", arch)
-    launch(_self_cross_bwd_dk_kernel)[(triton.cdiv(Nk, cfg.block_n), B * H)](
-        q, k, cross, dout, lse, delta, dk, *sizes, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags)
-    dcross = dcross_h.sum(1).to(cross.dtype)
+    for kind, kernel, grad, n in (("dq", _self_cross_bwd_dq_kernel, dq, Nq),
+                                  ("dk", _self_cross_bwd_dk_kernel, dk, Nk)):
+        cfg = self_cross_config(pad(D), pad(T), q.dtype, kind, arch)
+        block = cfg.block_m if kind == "dq" else cfg.block_n
+        grid = check_grid("self_cross_bwd", (triton.cdiv(n, block), B * triton.cdiv(H, cfg.heads)))
+        launch(kernel)[grid](
+            q, k, cross, dout, lse, delta, grad, *sizes, BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n, PAIR=cfg.heads == 2, LSE_GIVEN=bool(lse_given),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags)
+    # L as an input: dL_h = -delta_h (DESIGN.md 1.3), the row term with its sign flipped.
+    dlse = delta.neg() if lse_given else None
     return dq, dk, dcross, dlse
 
 
@@ -302,21 +395,25 @@ def aot_specs(arch: int) -> list:
                     dict(D=d, T=tok, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(d),
                          BLOCK_T=token_block(pad(tok)), PREC=prec, PREC_C=prec),
                     cfg.num_warps, cfg.num_stages, label))
+                cfg = self_cross_config(pad(d), pad(tok), dtype, "pre", arch)
+                specs.append(KernelSpec(
+                    _self_cross_bwd_preprocess_kernel, dtype,
+                    dict(Q=t, K=t, C=t, G=t, LSE="*fp32", DCROSS=t, DELTA="*fp32",
+                         p_scale="fp32", **sizes),
+                    dict(D=d, T=tok, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(d),
+                         BLOCK_T=pad(tok), BLOCK_H=min(cfg.heads, 16), PREC=prec, PREC_C=prec),
+                    cfg.num_warps, cfg.num_stages, label + " H=10"))
                 for given in (False, True):
                     lab = label + (" lse given" if given else "")
-                    common = dict(D=d, T=tok, BLOCK_D=pad(d), BLOCK_T=pad(tok), PREC=prec,
-                                  PREC_C=prec, LSE_GIVEN=given)
-                    cfg = self_cross_config(pad(d), pad(tok), dtype, "dq", arch)
-                    specs.append(KernelSpec(
-                        _self_cross_bwd_dq_kernel, dtype,
-                        dict(Q=t, K=t, C=t, G=t, LSE="*fp32", DQ=t, DCROSS_H="*fp32",
-                             DELTA="*fp32", DLSE="*fp32", **sizes),
-                        dict(common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
-                        cfg.num_warps, cfg.num_stages, lab))
-                    cfg = self_cross_config(pad(d), pad(tok), dtype, "dk", arch)
-                    specs.append(KernelSpec(
-                        _self_cross_bwd_dk_kernel, dtype,
-                        dict(Q=t, K=t, C=t, G=t, LSE="*fp32", DELTA="*fp32", DK=t, **sizes),
-                        dict(common, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
-                        cfg.num_warps, cfg.num_stages, lab))
+                    for kind, kernel, grad in (("dq", _self_cross_bwd_dq_kernel, "DQ"),
+                                               ("dk", _self_cross_bwd_dk_kernel, "DK")):
+                        cfg = self_cross_config(pad(d), pad(tok), dtype, kind, arch)
+                        specs.append(KernelSpec(
+                            kernel, dtype,
+                            {"Q": t, "K": t, "C": t, "G": t, "LSE": "*fp32", "DELTA": "*fp32",
+                             grad: t, **sizes},
+                            dict(D=d, T=tok, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                                 BLOCK_D=pad(d), BLOCK_T=pad(tok), PAIR=cfg.heads == 2,
+                                 LSE_GIVEN=given, PREC=prec, PREC_C=prec),
+                            cfg.num_warps, cfg.num_stages, lab))
     return specs
