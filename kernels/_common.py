@@ -152,9 +152,9 @@ def attention_config(d_pad: int, dv_pad: int, dtype: torch.dtype, kind: str, arc
     if dtype == torch.float32:
         # FMA dots: 8 warps halve the registers per thread of every tile (no spills).
         if kind == "fwd":
-            return Config(32, 32, 8, 2) if wide else Config(64, 32, 8, 2)
+            return Config(32, 32, 8, 2) if wide else Config(64, 16, 8, 2)
         if kind == "dkdv":
-            return Config(16, 16, 8, 2) if wide else Config(16, 32, 8, 2)
+            return Config(16, 16, 8, 2)
         return Config(32, 16, 4, 2) if wide else Config(32, 32, 8, 2)
     if kind == "fwd":
         if arch >= 90:
@@ -190,23 +190,25 @@ def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype, kind: str, arc
     wide = t_pad > 128 or d_pad > 64
     if dtype == torch.float32:
         # FMA dots with 8 warps; wider tiles spill 4-24 bytes at some (D, T) on sm_80 or sm_90.
+        # The fp32 "ieee" dots keep their operands in registers; which tile ptxas fits
+        # without spilling varies with the architecture (searched over (D, T) per arch with
+        # the compile report). num_stages=1 for the backward row terms: pipelining around
+        # their head loop spills 0.3-4 KB.
         if kind == "fwd":
-            return Config(32, 16, 8, 2)
+            return Config(16, 16, 8, 2) if arch < 89 else Config(32, 16, 4, 2)
         if kind == "pre":
-            # Software pipelining around the head loop spills 0.3-4 KB; ptxas keeps these
-            # kernels near 64-80 registers, so D = 128 needs 16 warps to hold its tiles.
-            return Config(16, 16, 16 if d_pad > 64 else 8, 1, heads=8)
+            return Config(16, 16, 4, 1, heads=2) if arch == 89 else Config(16, 32, 8, 1, heads=2)
         if kind == "dq":
             return Config(16, 16, 8, 2) if wide else Config(32, 32, 8, 2)
         return Config(16, 16, 8, 2)
     if kind == "fwd":
         return Config(64, 64, 4, 2) if arch >= 90 else Config(64, 64, 8, 2)
     if kind == "pre":
-        return Config(64, 32, 8, 2, heads=16)
+        return Config(64, 32, 8, 2, heads=16) if arch >= 90 else Config(32, 32, 8, 2, heads=16)
     if kind == "dq":
         if wide:
             return Config(64, 32, 8, 2) if arch >= 90 else Config(32, 32, 8, 2)
-        return Config(64, 64, 8, 2, heads=2) if arch >= 90 else Config(64, 32, 8, 2, heads=2)
+        return Config(64, 64, 8, 2, heads=2) if arch >= 90 else Config(32, 32, 8, 2, heads=2)
     if wide:
         return Config(32, 64, 4, 2)
     return Config(64, 64, 8, 2, heads=2) if arch >= 90 else Config(64, 32, 8, 2, heads=2)
