@@ -197,14 +197,20 @@ def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype, kind: str, arc
         if kind == "fwd":
             return Config(16, 16, 8, 2) if arch < 89 else Config(32, 16, 4, 2)
         if kind == "pre":
+            if arch >= 90:
+                return Config(16, 16, 16, 1, heads=2) if t_pad > 128 else Config(16, 32, 4, 1, heads=2)
             return Config(16, 16, 4, 1, heads=2) if arch == 89 else Config(16, 32, 8, 1, heads=2)
         if kind == "dq":
             return Config(16, 16, 8, 2) if wide else Config(32, 32, 8, 2)
         return Config(16, 16, 8, 2)
     if kind == "fwd":
-        return Config(64, 64, 4, 2) if arch >= 90 else Config(64, 64, 8, 2)
+        return Config(64, 64, 8, 2)
     if kind == "pre":
-        return Config(64, 32, 8, 2, heads=16) if arch >= 90 else Config(32, 32, 8, 2, heads=16)
+        if arch < 90:
+            return Config(32, 32, 8, 2, heads=16)
+        # D = 128 with T = 256 sits at 236-255 registers: no pipelining there (triton 3.6
+        # spills 20 bytes with two stages).
+        return Config(64, 32, 8, 1 if d_pad > 64 and t_pad > 128 else 2, heads=16)
     if kind == "dq":
         if wide:
             return Config(64, 32, 8, 2) if arch >= 90 else Config(32, 32, 8, 2)
