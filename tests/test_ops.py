@@ -75,7 +75,10 @@ def test_attention(backend, rng):
         (ro, rl), leaves = ref64(R.attention, q, k, v)
         assert out.shape == ro.shape and lse.shape == rl.shape and lse.dtype == torch.float32
         assert rel_err(out, ro) < FP32_TOL, shape
-        assert rel_err(lse, rl) < FP32_TOL, shape
+        # lse is compared in absolute terms (an error d in L is a relative error d in every
+        # probability): with one key, L = s q.k can sit near 0 after cancellation in the fp32
+        # dot, where a relative error of an O(1e-8) absolute one reads as 5e-6.
+        assert (lse.double() - rl).abs().max() < FP32_TOL * max(1.0, rl.abs().max().item()), shape
         do, dl = _cot(out, rng), _cot(lse, rng)
         got = torch.autograd.grad((out, lse), (q, k, v), (do, dl))
         want = torch.autograd.grad((ro, rl), leaves, (do.double(), dl.double()))
