@@ -3,6 +3,8 @@
 Shapes: q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv), out (B, H, Nq, Dv),
 lse (B, H, Nq) float32 (natural log). Scores are handled in base 2 inside the kernels:
 s * q.k * log2(e) and lse * log2(e), so every exponential is one exp2.
+UNVERIFIED on a GPU: correct under TRITON_INTERPRET=1 against float64 references and compiled
+ahead of time for sm_80/89/90 (kernels/compile_report.py), never run compiled yet.
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Shapes: q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv); out (B, H, Nq, Dv),
 probs (B, Nq, Nk) = (1/H) sum_h softmax(s Q_h K_h^T) in q.dtype, lse (B, H, Nq) float32.
 No (B, H, Nq, Nk) tensor is ever formed.
+UNVERIFIED on a GPU: correct under TRITON_INTERPRET=1 against float64 references and compiled
+ahead of time for sm_80/89/90 (kernels/compile_report.py), never run compiled yet.
 """
 from __future__ import annotations
 
