@@ -1,5 +1,5 @@
 // Launcher of box_branch_fwd_kernel (box_branch_kernel.cuh): the fused DeTrack box branch of one
-// denoising block, batched over targets. UNVERIFIED: compiled but never run on a GPU.
+// denoising block, batched over targets. Run on an H200 once (2026-12-04): matches the reference.
 //
 // Binding (bindings.cpp), with the declaration below added to ops.h:
 //   m.def("box_branch_fwd", &fasttrack::box_branch_fwd, "Fused DeTrack box branch (one block).",

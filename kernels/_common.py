@@ -237,6 +237,22 @@ def cross_config(n_pad: int, d_pad: int, dv_pad: int, dtype: torch.dtype, arch: 
     return Config(64, n_pad, 4, 1)
 
 
+# The softmax backward's row term delta = sum_j P_ij dP_ij is summed exactly over the keys (one
+# more Q K^T and dO V^T pass in the preprocess) up to this many keys, and taken from the stored
+# output as rowsum(dO * O) (FA2) beyond. Rounding O to 16 bits shifts delta by ~|dO| |O| u for the
+# whole row; that shift reaches dQ_i as s * err_i * sum_j P_ij k_j, which does not cancel over the
+# keys, while dQ itself does: relative to dQ it shrinks like 1/sqrt(keys). At 29-32 keys it made
+# bf16 dQ 7x (fp16 2.7x) less accurate than plain PyTorch (H200, 2026-12-04; the interpreter shows
+# the same in fp16); at 77+ keys the FA2 form stayed within the 2x rule. The extra pass costs
+# what the dQ pass costs for its first two products, cheap on the short rows where it is needed.
+EXACT_DELTA_MAX_KEYS = 256
+
+
+def exact_delta(nk: int) -> bool:
+    """Whether the attention backward sums delta exactly over `nk` keys (EXACT_DELTA_MAX_KEYS)."""
+    return nk <= EXACT_DELTA_MAX_KEYS
+
+
 def probs_config(d_pad: int, dtype: torch.dtype, arch: int) -> Config:
     """Tiles of the head-mean probability kernel: one (block_m, block_n) fp32 output tile per
     program, heads looped inside."""

@@ -3,8 +3,9 @@
 Shapes: q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv), out (B, H, Nq, Dv),
 lse (B, H, Nq) float32 (natural log). Scores are handled in base 2 inside the kernels:
 s * q.k * log2(e) and lse * log2(e), so every exponential is one exp2.
-UNVERIFIED on a GPU: correct under TRITON_INTERPRET=1 against float64 references and compiled
-ahead of time for sm_80/89/90 (kernels/compile_report.py), never run compiled yet.
+Run compiled once, on an H200 (sm_90, triton 3.6, 2026-12-04): tests/test_ops_gpu.py and the
+Triton cases of the CPU suite passed (benchmarks/results/gpu-h200-2026-12-04/); sm_80/89 only
+compiled ahead of time (kernels/compile_report.py) and run under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import triton.language as tl
 from ._common import (AOT_HEAD_DIMS, SUPPORTED_DTYPES, KernelSpec, LN2, LOG2E, attention_config,
                       check_grid, device_arch, ptr,
                       check_head_dims, check_tensor, dot_precision, load_tile)
-from ._common import launch, pad
+from ._common import exact_delta, launch, pad
 
 
 @triton.jit
@@ -68,30 +69,37 @@ def _attention_fwd_kernel(
 
 @triton.jit
 def _attention_bwd_preprocess_kernel(
-    Q, K, O, DO, LSE, DLSE, EXTRA, DELTA, scale, H, Nq, Nk, D: tl.constexpr, Dv: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    Q, K, V, O, DO, LSE, DLSE, EXTRA, DELTA, scale, H, Nq, Nk, D: tl.constexpr,
+    Dv: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, HAS_DO: tl.constexpr, HAS_DLSE: tl.constexpr,
-    HAS_EXTRA: tl.constexpr, PREC: tl.constexpr,
+    HAS_EXTRA: tl.constexpr, EXACT: tl.constexpr, PREC: tl.constexpr,
 ):
-    """delta[i] = sum_j P_ij dP_ij - dL[i] = rowsum(dO * O)[i] + rowsum(P * E)[i] - dL[i], the
-    softmax-backward row term of FA2 (Dao 2023, Algorithm 2 line 4), widened by the lse
-    gradient dL (dZ = P (dP - delta)) and the extra score gradient E added to every head's dP
-    (BACKENDS.md cross_attention_bwd). The E term needs P, so it loops over key tiles."""
+    """delta[i] = sum_j P_ij dP_ij - dL[i], the softmax-backward row term of FA2 (Dao 2023,
+    Algorithm 2 line 4), widened by the lse gradient dL (dZ = P (dP - delta)) and the extra
+    score gradient E added to every head's dP (BACKENDS.md cross_attention_bwd).
+
+    Two ways to the sum, chosen by the launcher (EXACT, see exact_delta):
+      EXACT:  sum_j P_ij (dO V^T + E)_ij over key tiles, with P recomputed from the lse: the
+              same P and dP the dQ and dK programs use, so dZ rows sum to zero to fp32 rounding;
+      else:   rowsum(dO * O) (FA2) + rowsum(P * E), which reads the stored, rounded O. Its error
+              (|dO| |O| u, u the unit roundoff of q.dtype) enters dQ_i as the coherent term
+              err_i * s * sum_j P_ij k_j, which does not average out over the keys: on short key
+              rows (small, cancelling dQ) it gave bf16 dQ 7x the error of PyTorch on an H200."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < Nq
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask_dv = offs_dv < Dv
     delta = tl.zeros([BLOCK_M], tl.float32)
-    if HAS_DO:
-        offs_dv = tl.arange(0, BLOCK_DV)
-        mask_o = mask_m[:, None] & (offs_dv < Dv)[None, :]
-        ptrs = bh * Nq * Dv + offs_m[:, None] * Dv + offs_dv[None, :]
-        o = tl.load(O + ptrs, mask=mask_o, other=0.0).to(tl.float32)
-        do = tl.load(DO + ptrs, mask=mask_o, other=0.0).to(tl.float32)
-        delta += tl.sum(o * do, 1)
     if HAS_DLSE:
         delta -= tl.load(DLSE + bh * Nq + offs_m, mask=mask_m, other=0.0).to(tl.float32)
-    if HAS_EXTRA:
+    if HAS_DO:
+        do = load_tile(DO + bh * Nq * Dv, offs_m, offs_dv, mask_m, mask_dv, Dv)
+        if not EXACT:
+            o = load_tile(O + bh * Nq * Dv, offs_m, offs_dv, mask_m, mask_dv, Dv)
+            delta += tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if EXACT or HAS_EXTRA:
         b = bh // H
         offs_d = tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
@@ -104,9 +112,14 @@ def _attention_bwd_preprocess_kernel(
             s = tl.dot(q, tl.trans(k), input_precision=PREC) * (scale * LOG2E)
             mask = mask_m[:, None] & mask_n[None, :]
             p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
-            e = tl.load(EXTRA + b * Nq * Nk + offs_m.to(tl.int64)[:, None] * Nk + offs_n[None, :],
-                        mask=mask, other=0.0).to(tl.float32)
-            delta += tl.sum(p * e, 1)
+            dp = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            if EXACT and HAS_DO:
+                v = load_tile(V + bh * Nk * Dv, offs_n, offs_dv, mask_n, mask_dv, Dv)
+                dp += tl.dot(do, tl.trans(v), input_precision=PREC)
+            if HAS_EXTRA:
+                dp += tl.load(EXTRA + b * Nq * Nk + offs_m.to(tl.int64)[:, None] * Nk + offs_n[None, :],
+                              mask=mask, other=0.0).to(tl.float32)
+            delta += tl.sum(p * dp, 1)
     tl.store(DELTA + bh * Nq + offs_m, delta, mask=mask_m)
 
 
@@ -317,9 +330,9 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None):
     cfg, kw = tiles("dq")
     grid = check_grid("attention_bwd", (triton.cdiv(Nq, cfg.block_m), B * H))
     launch(_attention_bwd_preprocess_kernel)[grid](
-        q, k, out if out is not None else dummy, do, lse,
+        q, k, v, out if out is not None else dummy, do, lse,
         dlse if dlse is not None else dummy, extra, delta, *sizes,
-        HAS_DLSE=dlse is not None, **flags, **kw)
+        HAS_DLSE=dlse is not None, EXACT=exact_delta(Nk), **flags, **kw)
     launch(_attention_bwd_dq_kernel)[grid](
         q, k, v, do, lse, delta, extra, dq, *sizes, **flags, **kw)
     cfg, kw = tiles("dkdv")
@@ -350,12 +363,15 @@ def aot_specs(arch: int) -> list:
                 cfg = attention_config(pad(d), pad(d), dtype, "dq", arch)
                 tiles = dict(D=d, Dv=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                              BLOCK_D=pad(d), BLOCK_DV=pad(d))
-                specs.append(KernelSpec(
+                # The O-based delta (long key rows) and the exact one (short rows, exact_delta).
+                specs += [KernelSpec(
                     _attention_bwd_preprocess_kernel, dtype,
-                    dict(Q=t, K=t, O=t, DO=t, LSE="*fp32", DLSE="*fp32", EXTRA="*fp32",
+                    dict(Q=t, K=t, V=t, O=t, DO=t, LSE="*fp32", DLSE="*fp32", EXTRA="*fp32",
                          DELTA="*fp32", **bsizes),
-                    dict(tiles, HAS_DO=True, HAS_DLSE=not extra, HAS_EXTRA=extra, PREC=prec),
-                    cfg.num_warps, cfg.num_stages, label))
+                    dict(tiles, HAS_DO=True, HAS_DLSE=not extra, HAS_EXTRA=extra,
+                         EXACT=exact, PREC=prec),
+                    cfg.num_warps, cfg.num_stages, label + (" exact delta" if exact else ""))
+                    for exact in (False, True)]
                 specs.append(KernelSpec(
                     _attention_bwd_dq_kernel, dtype,
                     dict(Q=t, K=t, V=t, DO=t, LSE="*fp32", DELTA="*fp32", EXTRA="*fp32", DQ=t,

@@ -3,8 +3,9 @@
 Shapes: q (B, H, Nq, D), k (B, H, Nk, D), cross C (B, Nq, T), lse L (B, H, Nq) float32,
 out / dout G (B, Nk, T). S = (1/H) sum_h P_h with P_h = exp(s Q_h K_h^T - L_h) (Nq, Nk);
 every kernel recomputes P tile by tile from (q, k, L).
-UNVERIFIED on a GPU: correct under TRITON_INTERPRET=1 against float64 references and compiled
-ahead of time for sm_80/89/90 (kernels/compile_report.py), never run compiled yet.
+Run compiled once, on an H200 (sm_90, triton 3.6, 2026-12-04): tests/test_ops_gpu.py and the
+Triton cases of the CPU suite passed (benchmarks/results/gpu-h200-2026-12-04/); sm_80/89 only
+compiled ahead of time (kernels/compile_report.py) and run under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 

@@ -105,6 +105,21 @@ EOF
 fi
 ARCH_ARG="${ARCH:-<major><minor>}"
 
+# Packages the GPU image lacks (diffusers for the tracker, recorder and patch tests: the image
+# has no network) travel as wheels in .whl/ (git-ignored), fetched beforehand on a machine with
+# network: pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl
+# diffusers importlib_metadata. They go into a private folder put first on PYTHONPATH.
+if [[ $DRY -eq 0 ]] && compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
+  SITE="${TMPDIR:-/tmp}/fasttrack-gpu-check-site"
+  if "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$SITE" "$ROOT"/.whl/*.whl >"$OUTDIR/wheels.log" 2>&1; then
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+    echo "gpu_check.sh: installed $(ls "$ROOT"/.whl/*.whl | wc -l) carried wheel(s) from .whl/ into $SITE"
+  else
+    echo "gpu_check.sh: the wheels in .whl/ did not install (see $OUTDIR/wheels.log); going on without them" >&2
+  fi
+fi
+
 # ---------------------------------------------------------------------- the commands
 # pytest-xdist spreads the Triton JIT compiles (1-3 s each) over several processes sharing
 # the GPU; pytest-timeout stops one hung test from eating the budget. Both are optional.

@@ -330,9 +330,22 @@ def test_square_watch_catches_eager_maps(rng):
     assert any(shape[-2:] == (120, 120) for _, shape in watch.hits)
 
 
+def _kept_mb(rec) -> float:
+    """MiB the recorder holds after a call: q, k (and lse) of each recorded self layer, kept for
+    S^T C until cross() is known, and the float32 cross-map sum."""
+    kept = [t for entry in rec._self_entries for t in entry[:3] if t is not None]
+    kept += [rec._cross_sum] if rec._cross_sum is not None else []
+    return sum(t.numel() * t.element_size() for t in kept) / 2**20
+
+
 def _sd21_memory_check(unet, latent, device, batch=None):
-    """Record every self layer at the top resolution plus every cross layer: no (N, N) tensor,
-    and the peak allocated memory within 1.3x of the unrecorded forward's."""
+    """Record every self layer at the top resolution plus every cross layer: no (N, N) tensor
+    (the _SquareWatch guard), and the peak allocated memory at most the unrecorded forward's
+    plus what the recorder keeps (_kept_mb: q, k, lse per self layer, O(N D)) plus 10% of it
+    for transients. The kept q and k are not small against a 16-bit forward, so a plain ratio
+    does not hold: SD 2.1 at 64 x 64 fp16, CFG batch, on an H200 peaked at 130 MB unrecorded and
+    183 MB recorded, 53 MB of which are the q and k of the five top-level self layers (the 1.3x
+    ratio this test used before failed there); 24 x 24 fp32 on CPU: 37.6, 43.9 and 8.8 MB."""
     g = torch.Generator().manual_seed(0)
     dtype = next(unet.parameters()).dtype
     s = torch.randn(2, 4, latent, latent, generator=g).to(device, dtype)
@@ -356,7 +369,8 @@ def _sd21_memory_check(unet, latent, device, batch=None):
             recorded()
     assert rec.num_calls == 1 and len(rec._self_entries) >= 3
     assert watch.hits == []
-    assert with_rec <= 1.3 * plain, (with_rec, plain)
+    kept = _kept_mb(rec)
+    assert with_rec <= 1.1 * plain + kept, (with_rec, plain, kept)
     return plain, with_rec
 
 
