@@ -26,7 +26,7 @@ if _ROOT not in sys.path:
 
 from fasttrack.patch import patch  # noqa: E402
 from fasttrack.trackers import DeTrack  # noqa: E402
-from fasttrack.trackers.detrack.bench import PAPER_GFLOPS, count_step_flops  # noqa: E402
+from fasttrack.bench.detrack import PAPER_GFLOPS, count_step_flops  # noqa: E402
 from fasttrack.trackers.detrack.box_branch import BoxBranch  # noqa: E402
 from fasttrack.trackers.detrack.fused import FusedBoxBranch  # noqa: E402
 

@@ -9,8 +9,8 @@ extra_info of every case: shape, op, impl, pass, tflops, peak_mb, device, dtype.
 import pytest
 import torch
 
-from fasttrack import bench_ops
-from fasttrack.utils import PeakMemory
+from fasttrack.bench import ops as bench_ops
+from fasttrack.bench.harness import PeakMemory
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

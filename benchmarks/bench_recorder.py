@@ -1,6 +1,6 @@
 """pytest-benchmark suite for attention-map recording on a diffusers UNet step: the unrecorded
 patched UNet (the floor), fasttrack.AttentionRecorder, and an eager Prompt-to-Prompt-style
-recorder (full maps, dense resizing), as in fasttrack.bench_recorder.
+recorder (full maps, dense resizing), as in fasttrack.bench.recorder.
 
     pytest benchmarks/bench_recorder.py --benchmark-columns=median,ops
     # CUDA: the SD 2.1 UNet shape at 64 x 64 latents, fp16; CPU: SD 2.1's top two levels at 24 x 24
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 pytest.importorskip("diffusers")
-from fasttrack import bench_recorder  # noqa: E402
+from fasttrack.bench import recorder as bench_recorder  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

@@ -6,9 +6,9 @@ Rows: per-frame `update` time (ends with the host copy of the box, which synchro
 device), `update_batch` for 4 targets, and `init` (Diff-Tracker's first-frame prompt learning,
 DINTR's token learning: a backward through the recorded maps) timed separately. extra_info
 holds the peak memory of one call above its starting level (CUDA: max_memory_allocated; CPU:
-peak RSS increase, fasttrack.utils.PeakMemory). CPU: the `tiny` models; CUDA: the SD 2.1
+peak RSS increase, fasttrack.bench.harness.PeakMemory). CPU: the `tiny` models; CUDA: the SD 2.1
 architecture with random weights at 512 x 512 in float16, maps at 64 x 64 (nothing is
-downloaded). The builders are fasttrack.trackers.bench_diffusion's, as in `fasttrack bench`.
+downloaded). The builders are fasttrack.bench.trackers's, as in `fasttrack bench`.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from fasttrack.trackers.bench_diffusion import build, frames_and_boxes  # noqa: E402
-from fasttrack.utils.memory import PeakMemory  # noqa: E402
+from fasttrack.bench.trackers import build, frames_and_boxes  # noqa: E402
+from fasttrack.bench.harness import PeakMemory  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"
@@ -41,7 +41,7 @@ def components():
     """One copy of the SD 2.1-shaped model on the GPU, shared by every tracker (None on CPU)."""
     if not ON_GPU:
         return None
-    from fasttrack.trackers.diff_tracker.sd import random_components
+    from fasttrack.trackers.diffusion.sd import random_components
 
     return random_components("sd2.1", seed=0, device=DEVICE, dtype=DTYPE)
 

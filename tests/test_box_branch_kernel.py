@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 from fasttrack.trackers.detrack.box_branch import BoxBranch  # noqa: E402
 from fasttrack.trackers.detrack.fused import FusedBoxBranch, box_branch_torch  # noqa: E402
 
-try:
-    from fasttrack.kernels import box_branch as kb  # noqa: E402
-except ImportError:
-    from kernels import box_branch as kb  # noqa: E402
+from fasttrack.kernels import box_branch as kb  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

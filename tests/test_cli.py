@@ -289,7 +289,7 @@ def test_bench_skips_missing_dependencies_and_survives_failures(tmp_path, capsys
     import sys
     import types
 
-    import fasttrack.cli as cli
+    import fasttrack.commands.bench as cli
 
     def fake(name, run):
         mod = types.ModuleType(name)
@@ -323,7 +323,7 @@ def test_bench_skips_missing_dependencies_and_survives_failures(tmp_path, capsys
 def test_bench_ops_uninstalled_peers_are_rows_with_a_reason(monkeypatch):
     """flash-attn / xformers that cannot be imported give a row with a note, not a gap, and a
     case that raises gives a row with its error instead of ending the run."""
-    from fasttrack import bench_ops
+    from fasttrack.bench import ops as bench_ops
 
     peers = bench_ops._peers(torch.device("cuda"))  # builds lambdas only: no GPU needed
     for name in ("flash-attn", "xformers"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -12,15 +11,12 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 from fasttrack.data.synthetic import synthetic_sequence  # noqa: E402
 from fasttrack.patch import patch, unpatch  # noqa: E402
 from fasttrack.trackers import DeTrack, NotInitializedError  # noqa: E402
 from fasttrack.trackers.detrack import DeTrackConfig  # noqa: E402
-from fasttrack.trackers.detrack.bench import count_step_flops  # noqa: E402
+from fasttrack.bench.detrack import count_step_flops  # noqa: E402
 from fasttrack.trackers.detrack.crop import (  # noqa: E402
     IMAGENET_MEAN, IMAGENET_STD, clip_boxes, crop_and_resize, crop_to_frame, frame_to_crop,
     frame_to_tensor)

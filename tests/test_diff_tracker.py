@@ -12,11 +12,11 @@ import fasttrack
 from fasttrack.data.synthetic import synthetic_sequence
 from fasttrack.eval.metrics import iou
 from fasttrack.trackers import DiffTracker, NotInitializedError
-from fasttrack.trackers.diff_tracker import sd
-from fasttrack.trackers.diff_tracker.boxes import (box_masks, maps_to_boxes, maps_to_points,
+from fasttrack.trackers.diffusion import sd
+from fasttrack.trackers.diffusion.boxes import (box_masks, maps_to_boxes, maps_to_points,
                                                    mass_inside, normalize_maps)
-from fasttrack.trackers.diff_tracker.eager import EagerRecorder, resize_self_map
-from fasttrack.trackers.diff_tracker.prompt_learning import (initial_prompt, insert_prompt, learn_prompt,
+from fasttrack.recorder.eager import EagerRecorder, resize_self_map
+from fasttrack.trackers.diffusion.prompt_learning import (initial_prompt, insert_prompt, learn_prompt,
                                                              normalized_mse)
 from fasttrack.trackers.diff_tracker.resnet import ResNet18
 from fasttrack.trackers.diff_tracker.updater import PromptUpdater, crop_boxes

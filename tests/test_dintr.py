@@ -10,8 +10,8 @@ import torch
 from fasttrack.data.synthetic import synthetic_sequence
 from fasttrack.eval.metrics import iou
 from fasttrack.trackers import DINTR, NotInitializedError
-from fasttrack.trackers.diff_tracker import sd
-from fasttrack.trackers.diff_tracker.prompt_learning import initial_prompt
+from fasttrack.trackers.diffusion import sd
+from fasttrack.trackers.diffusion.prompt_learning import initial_prompt
 from fasttrack.trackers.dintr.indication import check_masks, extract, indicator_maps
 from fasttrack.trackers.dintr.interpolation import (blend, interpolate, interpolation_timesteps, offset,
                                                     offset_loss)

@@ -1,13 +1,13 @@
 """The torch backend never holds an N x N map: its extra memory is a small fraction of the
 materializing reference's, and the SD-128 shape runs forward and backward on a 24 GiB machine.
 
-CPU peaks are sampled RSS increases (fasttrack.utils.memory): coarse, but an N x N map of
+CPU peaks are sampled RSS increases (fasttrack.bench.harness): coarse, but an N x N map of
 B*H*N^2 floats is hundreds of MB and cannot hide under the sampling interval."""
 import torch
 
 from fasttrack import ops
 from fasttrack.ops import reference as R
-from fasttrack.utils import PeakMemory
+from fasttrack.bench.harness import PeakMemory
 
 
 def _inputs(B, H, N, D, T, requires_grad=False):

@@ -170,11 +170,8 @@ def test_forward_rule(backend, dtype, shape, rng):
 # ------------------------------------------------------------- Triton cross-attention paths
 
 def _kernel_common():
-    try:
-        from fasttrack.kernels import _common
-    except ImportError:  # source checkout before `pip install -e .`
-        sys.path.insert(0, ROOT)
-        from kernels import _common
+    from fasttrack.kernels import _common
+
     return _common
 
 

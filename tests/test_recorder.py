@@ -19,7 +19,7 @@ pytest.importorskip("diffusers")
 from diffusers.models.attention_processor import Attention  # noqa: E402
 
 import fasttrack  # noqa: E402
-from fasttrack.bench_recorder import SD21_TOP_CONFIG, allocated_peak_mb  # noqa: E402
+from fasttrack.bench.recorder import SD21_TOP_CONFIG, allocated_peak_mb  # noqa: E402
 from _oracle import rel_err  # noqa: E402
 from unet_fixtures import EagerRecorder, attention_layer_names, make_unet, unet_inputs  # noqa: E402
 

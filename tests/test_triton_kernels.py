@@ -17,12 +17,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot run")
 
-try:
-    import fasttrack.kernels as K
-except ImportError:  # source checkout before `pip install -e .` maps kernels/ to fasttrack.kernels
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import kernels as K
-    sys.modules.setdefault("fasttrack.kernels", K)
+import fasttrack.kernels as K  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fasttrack import bench_recorder
+from fasttrack.bench import recorder as bench_recorder
 
 _COMMON = dict(
     in_channels=4,

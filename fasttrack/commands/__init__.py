@@ -1,5 +1,5 @@
-"""The data and tracking subcommands of the `fasttrack` command line (fasttrack/cli.py holds
-`bench` and `info` and the entry point).
+"""The subcommands of the `fasttrack` command line, one module each (fasttrack/cli.py only builds
+the parser).
 
 Each module here exposes ``register(subparsers)``, which adds its subcommand with
 ``func=run`` and ``catch_user_errors=True``: the entry point turns the errors in
@@ -14,7 +14,7 @@ import sys
 __all__ = ["COMMAND_MODULES", "USER_ERRORS", "register_all", "run_command"]
 
 # subcommand modules, in the order `fasttrack --help` lists them
-COMMAND_MODULES = ("track", "evaluate", "demo", "dataset")
+COMMAND_MODULES = ("bench", "info", "track", "evaluate", "demo", "dataset")
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ImportError)
 

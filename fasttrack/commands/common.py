@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["add_tracker_args", "make_tracker", "parse_box", "run_sequence", "write_boxes",
-           "write_times", "default_device", "set_threads"]
+           "write_times", "default_device", "default_threads", "set_threads"]
 
 
 def add_tracker_args(parser: argparse.ArgumentParser, default: str | None = None,
@@ -38,28 +38,62 @@ def add_tracker_args(parser: argparse.ArgumentParser, default: str | None = None
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model's weights "
                                                             "(default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch CPU threads per process (default: torch's choice; 1 is "
-                             "often fastest for the tiny models or on a busy machine)")
+                        help="torch CPU threads per process (default: half the CPUs, at most 8, "
+                             "shared among --workers; 1 is often fastest for the tiny models)")
 
 
 def default_device(device: str | None) -> str:
-    """`device`, or "cuda" when a GPU is present, else "cpu"."""
-    if device:
-        return device
+    """The --device to run on, checked: `device` ("cpu", "cuda", "cuda:1", "mps"), or "cuda"
+    when a GPU is present, else "cpu". ValueError naming --device when `device` is not a torch
+    device or names one this machine does not have (so a command fails in one line before it
+    builds anything)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA device is available here "
+                             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+    elif d.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {device}: MPS is not available here")
+    elif d.type != "cpu":
+        raise ValueError(f"--device {device!r}: fasttrack runs on cpu, cuda or mps")
+    return str(d)
 
 
-def set_threads(threads: int | None) -> None:
-    """torch.set_num_threads(threads) when given (ValueError below 1)."""
+def default_threads(workers: int = 1) -> int:
+    """torch CPU threads per process when --threads is not given: half the CPUs, at most 8,
+    shared among `workers` processes, at least 1. torch's own default (one thread per core)
+    oversubscribes a small or shared machine: with the machine's other work, or with the
+    inter-op pool, its threads wait on each other (on a 2-core machine demo and bench ran
+    50-180x slower than at 1 thread)."""
+    import os
+
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    return max(1, min(8, (os.cpu_count() or 1) // 2) // workers)
+
+
+def set_threads(threads: int | None, workers: int = 1) -> int:
+    """torch.set_num_threads(threads), or default_threads(workers) when threads is None
+    (ValueError below 1). Returns the thread count set."""
     if threads is None:
-        return
-    if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
+        threads = default_threads(workers)
+    if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+        raise ValueError(f"--threads must be an int >= 1, got {threads}")
     import torch
 
     torch.set_num_threads(int(threads))
+    return int(threads)
 
 
 def make_tracker(args, patched: bool | None = None):

@@ -36,6 +36,10 @@ import torch
 __all__ = ["Tracker", "NotInitializedError", "check_image", "check_boxes"]
 
 
+# The largest box width / height accepted, in multiples of the frame's width / height.
+MAX_BOX_TO_FRAME = 4
+
+
 class NotInitializedError(ValueError, RuntimeError):
     """`update` / `update_batch` / `track(image)` before `init` / `init_batch`."""
 
@@ -63,8 +67,9 @@ def check_image(image: Any, name: str = "image") -> tuple[int, int]:
 
 def check_boxes(boxes: Any, frame_size: tuple[int, int], name: str = "box",
                 batch: bool = False) -> np.ndarray:
-    """Validate [x, y, w, h] boxes against a frame of size (H, W): finite, w, h > 0, and
-    overlapping the frame (a positive-area intersection). Returns (4,) float64, or (K, 4) with
+    """Validate [x, y, w, h] boxes against a frame of size (H, W): finite, w, h > 0,
+    overlapping the frame (a positive-area intersection) and at most MAX_BOX_TO_FRAME times its
+    width and height. Returns (4,) float64, or (K, 4) with
     K >= 1 when batch=True. ValueError/TypeError naming `name` (and the row for batches)."""
     if isinstance(boxes, torch.Tensor):
         boxes = boxes.detach().cpu().numpy()
@@ -85,6 +90,11 @@ def check_boxes(boxes: Any, frame_size: tuple[int, int], name: str = "box",
             raise ValueError(f"{label} is empty: width and height must be > 0, got w={w}, h={h}")
         if x >= W or y >= H or x + w <= 0 or y + h <= 0:
             raise ValueError(f"{label} = {[x, y, w, h]} lies outside the {W}x{H} frame")
+        # A box may stick out of the frame (a target entering it) but not dwarf it: a 1e9-wide
+        # box is a unit or typing mistake, and would make every crop of it a blur.
+        if w > MAX_BOX_TO_FRAME * W or h > MAX_BOX_TO_FRAME * H:
+            raise ValueError(f"{label} = {[x, y, w, h]} is more than {MAX_BOX_TO_FRAME}x the "
+                             f"{W}x{H} frame (width x height)")
     return arr
 
 

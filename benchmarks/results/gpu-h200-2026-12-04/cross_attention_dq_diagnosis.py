@@ -10,9 +10,9 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 from fasttrack.ops import reference as R
 from _oracle import row_err
-from kernels import cross_attention as CA, attention as A
+from fasttrack.kernels import cross_attention as CA, attention as A
 EXACT = os.environ.get('EXACT', '1') == '1'
-from kernels._common import attention_config, pad, device_arch, dot_precision, launch, check_grid
+from fasttrack.kernels._common import attention_config, pad, device_arch, dot_precision, launch, check_grid
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 F16, BF16 = torch.float16, torch.bfloat16

@@ -1,6 +1,5 @@
-"""Diff-Tracker (seed 000) on fasttrack: `DiffTracker`, plus the pieces DINTR shares
-(sd: loading Stable Diffusion components; boxes: maps to boxes; maps: patched / unpatched map
-reading; prompt_learning; serialization)."""
+"""Diff-Tracker (Zhang et al., ECCV 2024) on fasttrack: `DiffTracker` (tracker.py), its online
+prompt updater (updater.py, resnet.py). What it shares with DINTR is in ../diffusion/."""
 from .tracker import DiffTracker
 
 __all__ = ["DiffTracker"]

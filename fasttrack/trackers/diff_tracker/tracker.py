@@ -21,12 +21,12 @@ from __future__ import annotations
 import torch
 
 from ..base import Tracker
-from .boxes import box_masks, maps_to_boxes, mass_inside, normalize_maps, upsample_maps
-from .maps import MapReader
-from .prompt_learning import initial_prompt, insert_prompt, normalized_mse
-from .prompt_learning import learn_prompt as adam_prompt
-from .sd import SDComponents, add_noise, diffusion_target, preprocess
-from .serialization import SerializationMixin, load_module_state, write_tracker_folder
+from ..diffusion.boxes import box_masks, maps_to_boxes, mass_inside, normalize_maps, upsample_maps
+from ..diffusion.maps import MapReader
+from ..diffusion.prompt_learning import initial_prompt, insert_prompt, normalized_mse
+from ..diffusion.prompt_learning import learn_prompt as adam_prompt
+from ..diffusion.sd import SDComponents, add_noise, diffusion_target, preprocess
+from ..diffusion.serialization import SerializationMixin, load_module_state, write_tracker_folder
 from .updater import PromptUpdater, UpdaterConfig, crop_boxes
 
 __all__ = ["DiffTracker"]

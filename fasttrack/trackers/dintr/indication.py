@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..diff_tracker.boxes import (box_masks, gaussian_masks, maps_to_boxes, maps_to_points,
+from ..diffusion.boxes import (box_masks, gaussian_masks, maps_to_boxes, maps_to_points,
                                   masks_to_boxes, mass_inside, normalize_maps, upsample_maps)
 
 __all__ = ["INDICATIONS", "check_indication", "check_masks", "indicator_maps", "extract"]

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from ..base import Tracker, check_image
-from ..diff_tracker.boxes import masks_to_boxes
-from ..diff_tracker.maps import MapReader
-from ..diff_tracker.prompt_learning import initial_prompt, insert_prompt, learn_prompt, normalized_mse
-from ..diff_tracker.sd import SDComponents, preprocess
-from ..diff_tracker.serialization import SerializationMixin, write_tracker_folder
+from ..diffusion.boxes import masks_to_boxes
+from ..diffusion.maps import MapReader
+from ..diffusion.prompt_learning import initial_prompt, insert_prompt, learn_prompt, normalized_mse
+from ..diffusion.sd import SDComponents, preprocess
+from ..diffusion.serialization import SerializationMixin, write_tracker_folder
 from .indication import check_indication, check_masks, extract, indicator_maps
 from .interpolation import OFFSETS, interpolate, interpolation_timesteps
 

@@ -11,7 +11,7 @@ import torch
 def device_facts(device=None) -> dict:
     """Device name, library versions and build facts: what makes a timing comparable."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    from . import CUDA_EXT_ERROR, HAS_CUDA_EXT, __version__
+    from .. import CUDA_EXT_ERROR, HAS_CUDA_EXT, __version__
     try:
         import triton
         triton_version = triton.__version__

@@ -7,8 +7,9 @@ top latent resolution, then the harmonized map at that resolution (DESIGN 1.1-1.
 
   unrecorded  the patched UNet without a recorder: the floor;
   fasttrack   fasttrack.AttentionRecorder, forward + harmonized();
-  eager       Prompt-to-Prompt style: diffusers' unfused AttnProcessor, every (B*H, N, Nk) map
-              kept, explicit resizing, dense S_bar^T C_bar. On CUDA at 64 x 64 it holds
+  eager       Prompt-to-Prompt style (fasttrack.recorder.EagerRecorder): diffusers' unfused
+              AttnProcessor math, every (B, H, N, Nk) map materialized, explicit resizing,
+              dense S_bar^T C_bar. On CUDA at 64 x 64 it holds
               2 x 5 x 4096^2 fp16 per top self layer (335 MB each) and may run out of memory:
               that is a result (ms = NaN, error column).
 
@@ -31,10 +32,9 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
-from .recorder import AttentionRecorder
-from .utils import time_fn
+from ..recorder import AttentionRecorder, EagerRecorder
+from .harness import time_fn
 
 SD21_CONFIG = dict(
     in_channels=4, out_channels=4, layers_per_block=2, sample_size=64,
@@ -95,70 +95,10 @@ def _stdout_to_devnull():
             os.close(fd)
 
 
-class EagerRecorder:
-    """Prompt-to-Prompt-style baseline: full maps from an unfused processor, dense resizing.
-
-    Records every cross layer and the self layers in `self_names`; harmonized(alpha) -> (B, T, R, R)."""
-
-    def __init__(self, model, self_names, grid):
-        self.model, self.self_names, self.grid = model, set(self_names), grid
-        self.cross_maps, self.self_maps = [], []
-
-    def __enter__(self):
-        from diffusers.models.attention_processor import Attention
-        self.saved = {}
-        for name, mod in self.model.named_modules():
-            if isinstance(mod, Attention):
-                self.saved[name] = mod.processor
-                mod.set_processor(_EagerProcessor(self, name))
-        return self
-
-    def __exit__(self, *exc):
-        for name, mod in self.model.named_modules():
-            if name in self.saved:
-                mod.set_processor(self.saved[name])
-
-    def add(self, name, probs, is_cross):
-        """probs (B, N, Nk): the head-mean map of one layer call, on a square grid."""
-        b, n, nk = probs.shape
-        r = math.isqrt(n)
-        if is_cross:
-            img = probs.transpose(1, 2).reshape(b, nk, r, r).float()
-            self.cross_maps.append(F.interpolate(img, size=self.grid, mode="bilinear", align_corners=False))
-        elif name in self.self_names:
-            m = self.grid[0] * self.grid[1]
-            keys = F.interpolate(probs.reshape(b * n, 1, r, r).float(), size=self.grid, mode="bilinear",
-                                 align_corners=False).reshape(b, r, r, m).permute(0, 3, 1, 2)
-            self.self_maps.append(F.interpolate(keys, size=self.grid, mode="nearest").reshape(b, m, m))
-
-    def harmonized(self, alpha=0.5):
-        c = torch.stack(self.cross_maps).mean(0)
-        b, t = c.shape[:2]
-        s_t = torch.stack(self.self_maps).mean(0)  # (B, keys, queries): already S_bar^T
-        sc = torch.bmm(s_t, c.reshape(b, t, -1).transpose(1, 2)).transpose(1, 2).reshape(c.shape)
-        return alpha * c + (1 - alpha) * sc
-
-
-class _EagerProcessor:
-    def __init__(self, rec, name):
-        self.rec, self.name = rec, name
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        b, n, _ = hidden_states.shape
-        ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        h = attn.heads
-        q, k, v = (x.reshape(b, x.shape[1], h, -1).transpose(1, 2)
-                   for x in (attn.to_q(hidden_states), attn.to_k(ctx), attn.to_v(ctx)))
-        probs = torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)  # (B, H, N, Nk)
-        self.rec.add(self.name, probs.mean(1), encoder_hidden_states is not None)
-        out = (probs @ v).transpose(1, 2).reshape(b, n, -1)
-        return attn.to_out[1](attn.to_out[0](out))
-
-
 def _setup(device, quick):
     from diffusers import UNet2DConditionModel
 
-    from .patch import patch
+    from ..patch import patch
 
     cuda = device.type == "cuda"
     cfg, latent = (SD21_CONFIG, 64) if cuda else (SD21_TOP_CONFIG, 24 if quick else 48)
@@ -176,19 +116,11 @@ def _setup(device, quick):
     return unet, latent, (sample, t, ctx), f"{'SD2.1' if cuda else 'SD2.1-top'} {latent}x{latent}"
 
 
-def _top_self_names(unet, latent):
-    """Self-attention layers at the top latent resolution, by block position in the SD layout."""
-    n_top = len(unet.config.block_out_channels) - 1
-    return [n for n, m in unet.named_modules() if n.endswith(".attn1")
-            and (n.startswith("down_blocks.0.") or n.startswith(f"up_blocks.{n_top}."))]
-
-
 def make_steps(device, quick: bool = True):
     """(shape label, {impl: step}) for the rows of the module docstring; each step runs one
     recorded UNet call (no grad) and returns its output or harmonized map."""
     unet, latent, (sample, t, ctx), shape = _setup(device, quick)
     grid = (latent, latent)
-    names = _top_self_names(unet, latent)
 
     @torch.no_grad()
     def unrecorded():
@@ -202,7 +134,7 @@ def make_steps(device, quick: bool = True):
 
     @torch.no_grad()
     def eager_step():
-        with EagerRecorder(unet, names, grid) as rec:
+        with EagerRecorder(unet, resolution=grid, self_layers=(latent,)) as rec:
             unet(sample, t, encoder_hidden_states=ctx)
         return rec.harmonized()
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .integrations.diffusers_attention import is_diffusers_attention
+from ..integrations.diffusers_attention import is_diffusers_attention
 
 __all__ = ["Layer", "Selector", "find_layers", "parse_selector", "SpatialTracker", "format_hw"]
 

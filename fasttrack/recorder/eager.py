@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...recorder_resize import as_grid
-from ...recorder_select import SpatialTracker, find_layers, parse_indices, parse_selector
+from .resize import as_grid
+from .layers import SpatialTracker, find_layers, parse_indices, parse_selector
 
 __all__ = ["EagerRecorder", "EagerMapProcessor"]
 

@@ -5,7 +5,7 @@
     ms_per_frame       median latency of `update` at batch 1 (the host copy of the box included,
                        which also synchronizes the device)
     peak_mem_mb        peak memory above the start of the row's timed runs (weights excluded):
-                       CUDA allocator peak, CPU sampled RSS (fasttrack.utils.PeakMemory)
+                       CUDA allocator peak, CPU sampled RSS (fasttrack.bench.harness.PeakMemory)
     tfps_1/8/64        target-frames per second tracking 1, 8, 64 targets with update_batch
     gflops             FLOPs of one step at batch 1 (torch.utils.flop_counter; 2 per MAC)
 plus a row "<model> flops" with the FLOP count of DeTrack256 (meta tensors, any device) next to
@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from fasttrack.utils import PeakMemory
+from fasttrack.bench.harness import PeakMemory
 
 __all__ = ["run", "count_step_flops", "PAPER_GFLOPS"]
 
@@ -33,7 +33,7 @@ def count_step_flops(name: str = "detrack256", targets: int = 1) -> int:
     embedding for the memory) of DeTrack.<name>(), counted on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .tracker import DeTrack
+    from ..trackers.detrack.tracker import DeTrack
 
     tracker = getattr(DeTrack, name)(device="meta")
     cfg, net = tracker.config, tracker.net
@@ -116,7 +116,7 @@ def run(device="cpu", quick: bool = True, threads: int | None = None) -> list[di
 
 
 def _run(device: torch.device, quick: bool) -> list[dict]:
-    from .tracker import DeTrack
+    from ..trackers.detrack.tracker import DeTrack
 
     models = ["tiny"] if device.type == "cpu" else (["detrack256"] if quick else ["detrack256", "detrack384"])
     iters, warmup = (5, 2) if quick else (30, 5)

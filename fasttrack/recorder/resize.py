@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import ops
+from .. import ops
 
 __all__ = ["as_grid", "resize_cross", "nearest_index", "pool", "bilinear_colsum", "self_cross_entry"]
 

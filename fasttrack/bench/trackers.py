@@ -8,7 +8,7 @@
                     frames with the online prompt updater active
     fps             targets x frames per second (= 1000 K / ms_per_frame)
     peak_mem_mb     peak memory during the timed updates above the level at their start:
-                    CUDA max_memory_allocated, CPU peak RSS increase (fasttrack.utils.PeakMemory)
+                    CUDA max_memory_allocated, CPU peak RSS increase (fasttrack.bench.harness.PeakMemory)
     init_ms         `init_batch` time: the first-frame prompt learning (Diff-Tracker,
                     `prompt_steps` Adam steps) or token learning (DINTR, `init_steps`)
     init_peak_mem_mb  the same memory measure during init (backward through the maps)
@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from ..utils.memory import PeakMemory
+from .harness import PeakMemory
 
 __all__ = ["run", "build", "frames_and_boxes"]
 
@@ -56,9 +56,9 @@ def build(tracker: str, model: str, device, *, dtype=torch.float32, patched: boo
           backend: str = "auto", quick: bool = True, components=None, **settings):
     """A benchmark tracker: tracker "diff_tracker" or "dintr"; model "tiny" (tiny(seed=0)) or
     "sd2.1" (random SD 2.1 weights; pass `components` to reuse one copy of the model)."""
-    from .diff_tracker import DiffTracker
-    from .diff_tracker.sd import random_components
-    from .dintr import DINTR
+    from ..trackers.diff_tracker import DiffTracker
+    from ..trackers.diffusion.sd import random_components
+    from ..trackers.dintr import DINTR
 
     cls = {"diff_tracker": DiffTracker, "dintr": DINTR}[tracker]
     if model == "tiny":
@@ -116,7 +116,7 @@ def run(device="cpu", quick: bool = True) -> list[dict]:
     target_counts = (1, 4) if quick else (1, 4, 8)
     components = None
     if on_gpu:
-        from .diff_tracker.sd import random_components
+        from ..trackers.diffusion.sd import random_components
 
         components = random_components("sd2.1", seed=0, device=device, dtype=dtype)
     rows = []

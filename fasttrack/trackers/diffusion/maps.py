@@ -4,7 +4,7 @@
 - patched (default): `fasttrack.patch(unet, backend=...)` and `fasttrack.AttentionRecorder`:
   fused attention, no N x N map, backward through the fused kernels;
 - unpatched: the model's own diffusers processors and `EagerRecorder`, the materializing
-  Prompt-to-Prompt-style path (fasttrack.trackers.diff_tracker.eager).
+  Prompt-to-Prompt-style path (fasttrack.recorder.eager).
 Both record the same layers at the same output grid and return the same maps up to rounding.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 import fasttrack
 
-from .eager import EagerRecorder
+from ...recorder.eager import EagerRecorder
 
 __all__ = ["MapReader"]
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .patch import is_patched, patch, unpatch
-from .integrations.diffusers_attention import FasttrackAttnProcessor
-from .recorder_resize import as_grid, resize_cross, self_cross_entry
-from .recorder_select import SpatialTracker, find_layers, format_hw, parse_indices, parse_selector
+from ..patch import is_patched, patch, unpatch
+from ..integrations.diffusers_attention import FasttrackAttnProcessor
+from .resize import as_grid, resize_cross, self_cross_entry
+from .layers import SpatialTracker, find_layers, format_hw, parse_indices, parse_selector
 
 __all__ = ["AttentionRecorder"]
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import ops
-from .ops import reference as R
-from .utils import PeakMemory, time_fn
+from .. import ops
+from ..ops import reference as R
+from .harness import PeakMemory, time_fn
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def _backends(device) -> list[str]:
     names = ["torch"]
     if device.type == "cuda":
         names.append("triton")
-        from . import HAS_CUDA_EXT
+        from .. import HAS_CUDA_EXT
         if HAS_CUDA_EXT:
             names.append("cuda")
     return names
