@@ -9,11 +9,20 @@ to undo it) and how to undo it (`restore`). Two kinds of rules exist:
 - in-place rules (`register_rule`): the module stays, something on it changes (a diffusers
   `Attention` gets a fasttrack processor); `unpatch` restores exactly what it had.
 
-Every patched model carries `model._fasttrack_patches`, a list of (parent, name, rule, state)
-records. Patching twice changes nothing: a module already patched is skipped, and a fused twin
-never matches a rule. Rules are registered by the modules that define fused layers
-(`fasttrack.integrations.*`, `fasttrack.trackers.*`), imported lazily through
-`_load_builtin_rules` so that `import fasttrack` stays light.
+What is patched is recorded on the patched slot itself: the module that now sits there (the
+fused twin, or the module an in-place rule changed) carries a `_PatchRecord` (parent, name,
+rule, state). So the tree tells its own state wherever it is reached from: `is_patched` and
+`unpatch` work on the model that was patched, on any module containing it, and on any part of
+it. Patching twice changes nothing: a recorded slot is skipped, and a fused twin never matches a
+rule.
+
+Trackers: every fasttrack tracker is plain PyTorch until `patch(tracker)`. A tracker that is an
+nn.Module (DeTrack) is walked like any module; one that holds its models (DiffTracker, DINTR)
+names them with `_patch_roots()`, and patch / unpatch / is_patched act on those.
+
+Rules are registered by the modules that define fused layers (`fasttrack.integrations.*`,
+`fasttrack.trackers.*`), imported lazily through `_load_builtin_rules` so that `import fasttrack`
+stays light.
 """
 from __future__ import annotations
 
@@ -25,9 +34,10 @@ import torch.nn as nn
 
 from .ops.dispatch import BACKENDS
 
-__all__ = ["patch", "unpatch", "is_patched", "register_rule", "register_swap", "PatchRule"]
+__all__ = ["patch", "unpatch", "is_patched", "patched_modules", "register_rule", "register_swap",
+           "PatchRule"]
 
-_PATCHES_ATTR = "_fasttrack_patches"
+_RECORD_ATTR = "_fasttrack_patch"
 _BACKENDS = ("auto",) + BACKENDS
 
 
@@ -109,66 +119,119 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
 
 
-def patch(model: nn.Module, *, backend: str = "auto") -> nn.Module:
+@dataclass
+class _PatchRecord:
+    """What sits at a patched slot, stored on the module there: undone by rule.restore(parent,
+    name, state)."""
+
+    parent: nn.Module
+    name: str
+    rule: PatchRule
+    state: Any
+
+
+def _record_of(module: nn.Module) -> _PatchRecord | None:
+    return module.__dict__.get(_RECORD_ATTR)
+
+
+def _roots(obj, what: str) -> list[nn.Module]:
+    """The module trees that patch / unpatch / is_patched act on for `obj`."""
+    if isinstance(obj, nn.Module):
+        return [obj]
+    get = getattr(obj, "_patch_roots", None)
+    if callable(get):
+        roots = list(get())
+        if all(isinstance(r, nn.Module) for r in roots):
+            return roots
+    raise TypeError(f"{what} takes a torch.nn.Module or a fasttrack tracker, got {type(obj).__name__}")
+
+
+def _patched_slots(root: nn.Module) -> list[tuple[nn.Module, str, nn.Module, _PatchRecord]]:
+    """(parent, name, module, record) of every patched slot in root's tree, depth first (a
+    patched module's own children are not searched: rules never nest)."""
+    out, seen = [], set()
+
+    def visit(parent: nn.Module) -> None:
+        if id(parent) in seen:  # a module shared by two parents is visited once
+            return
+        seen.add(id(parent))
+        for name, child in parent._modules.items():
+            if child is None:
+                continue
+            rec = _record_of(child)
+            if rec is not None and rec.parent is parent and rec.name == name:
+                out.append((parent, name, child, rec))
+            else:
+                visit(child)
+
+    visit(root)
+    return out
+
+
+def patch(model, *, backend: str = "auto"):
     """Swap fasttrack's fused kernels into `model` in place and return it.
 
     Every registered rule is applied to every matching submodule (depth first; a module that a
     rule takes is not descended into). Outputs stay within the dtype's tolerance of the
-    unpatched model. Patching an already patched model changes nothing; `unpatch` restores it.
+    unpatched model. Patching an already patched model changes nothing (to change the backend,
+    `unpatch` first); `unpatch` restores it.
 
     Args:
-        model: any nn.Module (a diffusers UNet, a fasttrack tracker, a module containing them).
+        model: any nn.Module (a diffusers UNet, a DeTrack, a module containing them) or a
+            fasttrack tracker (DiffTracker, DINTR: their models are patched).
         backend: "auto", "cuda", "triton" or "torch": which kernels the fused layers call.
     Raises:
-        TypeError: `model` is not an nn.Module.
+        TypeError: `model` is neither an nn.Module nor a tracker.
         ValueError: unknown backend.
         ImportError: a matching module needs an optional dependency that is not installed.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    roots = _roots(model, "patch")
     _check_backend(backend)
     _load_builtin_rules()
-    records = getattr(model, _PATCHES_ATTR, None)
-    if records is None:
-        records = []
-        # object.__setattr__ keeps the list out of nn.Module's attribute routing and state_dict.
-        object.__setattr__(model, _PATCHES_ATTR, records)
-    # What sits at each patched slot now: the fused twin of a swap, or the module an in-place
-    # rule changed. Either way it must not be patched again.
-    patched_ids = {id(getattr(parent, name, None)) for parent, name, _, _ in records}
 
     def visit(parent: nn.Module) -> None:
-        for attr, child in list(parent._modules.items()):
-            if child is None:
+        for name, child in list(parent._modules.items()):
+            if child is None or _record_of(child) is not None:
                 continue
             rule = next((r for r in _RULES if r.matches(child)), None)
             if rule is None:
                 visit(child)
                 continue
-            if id(child) in patched_ids:
-                continue
             if rule.requires is not None:
                 rule.requires()
-            state = rule.apply(parent, attr, child, backend)
-            records.append((parent, attr, rule, state))
+            state = rule.apply(parent, name, child, backend)
+            # The module now at the slot carries the record (in __dict__: not a submodule, not in
+            # state_dict, even when `state` holds the original module).
+            parent._modules[name].__dict__[_RECORD_ATTR] = _PatchRecord(parent, name, rule, state)
 
-    visit(model)
+    for root in roots:
+        visit(root)
     return model
 
 
-def unpatch(model: nn.Module) -> nn.Module:
-    """Undo every `patch` on `model`, in reverse order, restoring the exact original modules
-    and processors. A model that was never patched is returned unchanged."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    records = getattr(model, _PATCHES_ATTR, None) or []
-    for parent, attr, rule, state in reversed(records):
-        rule.restore(parent, attr, state)
-    if hasattr(model, _PATCHES_ATTR):
-        object.__delattr__(model, _PATCHES_ATTR)
+def unpatch(model):
+    """Undo every patch found in `model` (the model that was patched, a module containing it or
+    a tracker), restoring the exact original modules and processors. A model without patches is
+    returned unchanged."""
+    for root in _roots(model, "unpatch"):
+        for parent, name, module, rec in reversed(_patched_slots(root)):
+            rec.rule.restore(parent, name, rec.state)
+            module.__dict__.pop(_RECORD_ATTR, None)
     return model
 
 
-def is_patched(model: nn.Module) -> bool:
-    """True when `patch` has swapped at least one module of `model`."""
-    return bool(getattr(model, _PATCHES_ATTR, None))
+def is_patched(model) -> bool:
+    """True when some module of `model` (an nn.Module or a tracker) is patched."""
+    return any(_patched_slots(root) for root in _roots(model, "is_patched"))
+
+
+def patched_modules(model) -> list[tuple[str, str]]:
+    """(qualified name, rule name) of every patched slot of `model`, in module order (for a
+    tracker holding several models, names are relative to each model)."""
+    out = []
+    for root in _roots(model, "patched_modules"):
+        names = {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
+        for parent, name, _, rec in _patched_slots(root):
+            prefix = names.get(id(parent), "")
+            out.append((f"{prefix}.{name}" if prefix else name, rec.rule.name))
+    return out

@@ -221,7 +221,7 @@ def test_empty_batch_and_bad_inputs(rng):
 
 
 def test_patch_swaps_box_branches_and_unpatch_restores(rng):
-    from fasttrack.patch import is_patched, patch, unpatch
+    from fasttrack.patch import is_patched, patch, patched_modules, unpatch
 
     holder = torch.nn.ModuleDict({"a": _module(48, 3, 2.5, 40, torch.float32, rng),
                                   "b": torch.nn.Sequential(_module(48, 3, 2.5, 40, torch.float32, rng))})
@@ -232,7 +232,7 @@ def test_patch_swaps_box_branches_and_unpatch_restores(rng):
     assert type(holder["a"]) is FusedBoxBranch and type(holder["b"][0]) is FusedBoxBranch
     assert list(holder.state_dict()) == keys
     patch(holder, backend="torch")  # idempotent
-    assert len(holder._fasttrack_patches) == 2
+    assert patched_modules(holder) == [("a", "DeTrack BoxBranch"), ("b.0", "DeTrack BoxBranch")]
     unpatch(holder)
     assert (holder["a"], holder["b"][0]) == originals
 

@@ -240,7 +240,9 @@ def test_eager_recorder_matches_fused_recorder(tmp_path, rng):
 # ---------------------------------------------------------------- the tracker
 @pytest.fixture(scope="module")
 def tracker():
-    return DiffTracker.tiny(0, backend="torch", threshold=0.8, update_from=3)
+    tr = DiffTracker.tiny(0, threshold=0.8, update_from=3)
+    assert not fasttrack.is_patched(tr) and not tr.patched     # plain PyTorch until patched
+    return fasttrack.patch(tr, backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -251,12 +253,13 @@ def seq():
 def test_patched_and_unpatched_give_the_same_boxes(tracker, seq):
     runs = {}
     for patched in (True, False):
-        tracker.set_patched(patched)
+        (fasttrack.patch(tracker, backend="torch") if patched else fasttrack.unpatch(tracker))
+        assert tracker.patched == patched == fasttrack.is_patched(tracker)
         boxes, spf = tracker.track(seq.frames, seq.gt[0], progress=False)
         runs[patched] = (boxes, tracker.loss_history.clone(), tracker.prompt.clone())
         assert boxes.dtype == np.float32 and boxes.shape == (5, 4) and spf > 0
         assert 0.0 <= tracker.score <= 1.0
-    tracker.set_patched(True)
+    fasttrack.patch(tracker, backend="torch")
     assert np.all(iou(runs[True][0], runs[False][0]) >= 0.99)
     # boxes move (the test is not comparing two constant answers)
     assert len({tuple(b) for b in runs[True][0][1:].tolist()}) > 2
@@ -292,7 +295,7 @@ def test_batch_equals_single_runs(tracker, seq):
 def test_save_and_load(tracker, tmp_path):
     sd.tiny_folder(tmp_path, seed=0)
     tracker.save_pretrained(tmp_path)
-    loaded = DiffTracker.from_pretrained(tmp_path, backend="torch", alpha=0.25)
+    loaded = DiffTracker.from_pretrained(tmp_path, alpha=0.25)
     assert loaded.threshold == 0.8 and loaded.update_from == 3 and loaded.alpha == 0.25
     for (n, p), (_, q) in zip(tracker.updater.state_dict().items(), loaded.updater.state_dict().items()):
         assert torch.equal(p, q), n
@@ -301,7 +304,7 @@ def test_save_and_load(tracker, tmp_path):
 
 
 def test_train_updater_changes_weights(seq):
-    tr = DiffTracker.tiny(1, backend="torch", update_from=2)
+    tr = DiffTracker.tiny(1, update_from=2)
     before = {n: p.clone() for n, p in tr.updater.named_parameters()}
     losses = tr.train_updater([seq], epochs=1, prompt_steps=1, max_frames=4, progress=False)
     assert len(losses) == 2 and all(np.isfinite(losses))
@@ -311,7 +314,7 @@ def test_train_updater_changes_weights(seq):
 
 
 def test_bad_input(tracker, seq):
-    fresh = DiffTracker.tiny(2, backend="torch", prompt_steps=0)
+    fresh = DiffTracker.tiny(2, prompt_steps=0)
     with pytest.raises(NotInitializedError, match="init"):
         fresh.update(seq[0])
     img = seq[0]
@@ -339,10 +342,10 @@ def test_cuda_patched_equals_unpatched_and_no_sync_inside_a_frame(seq):
     tr = DiffTracker.tiny(0, device="cuda", threshold=0.8, update_from=2)
     runs = {}
     for patched in (True, False):
-        tr.set_patched(patched)
+        (fasttrack.patch(tr) if patched else fasttrack.unpatch(tr))
         runs[patched], _ = tr.track(seq.frames, seq.gt[0], progress=False)
     assert np.all(iou(runs[True], runs[False]) >= 0.99)
-    tr.set_patched(True)
+    fasttrack.patch(tr)
     tr.init(seq[0], seq.gt[0])
     tr.update(seq[1])
     frame = torch.from_numpy(seq[2]).cuda()        # already on the device: no upload

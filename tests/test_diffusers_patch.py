@@ -14,6 +14,7 @@ from diffusers.models.attention_processor import (  # noqa: E402
     Attention, AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor)
 
 import fasttrack  # noqa: E402
+from fasttrack.patch import patched_modules  # noqa: E402
 from fasttrack.integrations.diffusers_attention import FasttrackAttnProcessor  # noqa: E402
 from _oracle import rel_err  # noqa: E402
 from unet_fixtures import CONFIGS, make_unet, unet_inputs  # noqa: E402
@@ -62,9 +63,10 @@ def test_unpatch_restores_and_patch_twice_is_a_no_op(rng):
     before = _processors(unet)
     fasttrack.patch(unet)
     once = _processors(unet)
-    n_records = len(unet._fasttrack_patches)
+    n_records = len(patched_modules(unet))
+    assert n_records == len(before)
     fasttrack.patch(unet, backend="torch")
-    assert len(unet._fasttrack_patches) == n_records
+    assert len(patched_modules(unet)) == n_records
     assert all(once[n] is p for n, p in _processors(unet).items())
     assert fasttrack.is_patched(unet)
     fasttrack.unpatch(unet)

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+import fasttrack
+
 from fasttrack.data.synthetic import synthetic_sequence
 from fasttrack.eval.metrics import iou
 from fasttrack.trackers import DINTR, NotInitializedError
@@ -105,7 +107,9 @@ def test_check_masks():
 # ---------------------------------------------------------------- the tracker
 @pytest.fixture(scope="module")
 def tracker():
-    return DINTR.tiny(0, backend="torch", threshold=0.8, num_steps=2)
+    tr = DINTR.tiny(0, threshold=0.8, num_steps=2)
+    assert not fasttrack.is_patched(tr) and not tr.patched     # plain PyTorch until patched
+    return fasttrack.patch(tr, backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +120,12 @@ def seq():
 def test_patched_and_unpatched_give_the_same_boxes(tracker, seq):
     runs = {}
     for patched in (True, False):
-        tracker.set_patched(patched)
+        (fasttrack.patch(tracker, backend="torch") if patched else fasttrack.unpatch(tracker))
+        assert tracker.patched == patched == fasttrack.is_patched(tracker)
         boxes, spf = tracker.track(seq.frames, seq.gt[0], progress=False)
         runs[patched] = (boxes, tracker.loss_history.clone(), tracker.tokens.clone())
         assert boxes.shape == (4, 4) and boxes.dtype == np.float32 and spf > 0
-    tracker.set_patched(True)
+    fasttrack.patch(tracker, backend="torch")
     assert np.all(iou(runs[True][0], runs[False][0]) >= 0.99)
     assert len({tuple(b) for b in runs[True][0][1:].tolist()}) > 1
     assert torch.allclose(runs[True][1], runs[False][1], rtol=1e-5)
@@ -140,12 +145,12 @@ def test_batch_equals_single_runs(tracker, seq):
 
 
 def test_point_and_mask_indications(seq):
-    point = DINTR.tiny(0, backend="torch", indication="point", num_steps=2)
+    point = DINTR.tiny(0, indication="point", num_steps=2)
     point.init(seq[0], seq.gt[0])
     b = point.update(seq[1])
     assert np.allclose(b[2:], seq.gt[0][2:])                       # point tracking keeps the size
     assert np.allclose(b[:2] + b[2:] / 2, point.points[0].numpy())
-    masker = DINTR.tiny(0, backend="torch", indication="mask", num_steps=2, threshold=0.8)
+    masker = DINTR.tiny(0, indication="mask", num_steps=2, threshold=0.8)
     m0 = np.zeros(seq[0].shape[:2], bool)
     x, y, w, h = seq.gt[0].astype(int)
     m0[y:y + h, x:x + w // 2] = True
@@ -159,13 +164,13 @@ def test_point_and_mask_indications(seq):
 def test_save_and_load(tracker, tmp_path):
     sd.tiny_folder(tmp_path, seed=0)
     tracker.save_pretrained(tmp_path)
-    loaded = DINTR.from_pretrained(tmp_path, backend="torch", indication="point")
+    loaded = DINTR.from_pretrained(tmp_path, indication="point")
     assert loaded.threshold == 0.8 and loaded.num_steps == 2 and loaded.indication == "point"
     assert loaded.init_steps == tracker.init_steps
 
 
 def test_bad_input(tracker, seq):
-    fresh = DINTR.tiny(1, backend="torch", init_steps=0, num_steps=1)
+    fresh = DINTR.tiny(1, init_steps=0, num_steps=1)
     with pytest.raises(NotInitializedError, match="init"):
         fresh.update(seq[0])
     with pytest.raises(ValueError, match="boxes"):
@@ -194,10 +199,10 @@ def test_cuda_patched_equals_unpatched_and_no_sync_inside_a_frame(seq):
     tr = DINTR.tiny(0, device="cuda", threshold=0.8, num_steps=2)
     runs = {}
     for patched in (True, False):
-        tr.set_patched(patched)
+        (fasttrack.patch(tr) if patched else fasttrack.unpatch(tr))
         runs[patched], _ = tr.track(seq.frames, seq.gt[0], progress=False)
     assert np.all(iou(runs[True], runs[False]) >= 0.99)
-    tr.set_patched(True)
+    fasttrack.patch(tr)
     tr.init_batch(seq[0], np.stack([seq.gt[0], [70.0, 8.0, 30.0, 24.0]]))
     frame = torch.from_numpy(seq[1]).cuda()
     torch.cuda.synchronize()

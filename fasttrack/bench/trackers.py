@@ -25,6 +25,8 @@ import time
 import numpy as np
 import torch
 
+import fasttrack
+
 from .harness import PeakMemory
 
 __all__ = ["run", "build", "frames_and_boxes"]
@@ -62,14 +64,18 @@ def build(tracker: str, model: str, device, *, dtype=torch.float32, patched: boo
 
     cls = {"diff_tracker": DiffTracker, "dintr": DINTR}[tracker]
     if model == "tiny":
-        return cls.tiny(0, device=device, dtype=dtype, patched=patched, backend=backend, **settings)
-    if model != "sd2.1":
+        tr = cls.tiny(0, device=device, dtype=dtype, **settings)
+    elif model == "sd2.1":
+        if components is None:
+            components = random_components("sd2.1", seed=0, device=device, dtype=dtype)
+        defaults = (dict(prompt_steps=5 if quick else 50) if tracker == "diff_tracker"
+                    else dict(init_steps=5 if quick else 20, num_steps=5))
+        tr = cls(components, **{**defaults, **settings})
+    else:
         raise ValueError(f"model must be 'tiny' or 'sd2.1', got {model!r}")
-    if components is None:
-        components = random_components("sd2.1", seed=0, device=device, dtype=dtype)
-    defaults = (dict(prompt_steps=5 if quick else 50) if tracker == "diff_tracker"
-                else dict(init_steps=5 if quick else 20, num_steps=5))
-    return cls(components, patched=patched, backend=backend, **{**defaults, **settings})
+    # Shared components may come patched from an earlier build (with another backend).
+    fasttrack.unpatch(tr)
+    return fasttrack.patch(tr, backend=backend) if patched else tr
 
 
 def _learning_steps(tr) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .common import add_tracker_args, default_device, make_tracker, run_sequence
 
-__all__ = ["register", "run", "set_patched"]
+__all__ = ["register", "run"]
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -31,17 +31,10 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def set_patched(tracker, on: bool):
-    """Switch a tracker between fasttrack's kernels (True) and plain PyTorch (False) in place."""
-    if hasattr(tracker, "set_patched"):
-        return tracker.set_patched(on)
-    import fasttrack
-
-    return fasttrack.patch(tracker) if on else fasttrack.unpatch(tracker)
-
-
 def run(args) -> int:
     """Run `fasttrack demo`; returns the exit status."""
+    import fasttrack
+
     from ..data import synthetic_sequence
     from ..eval import iou, metrics
 
@@ -56,7 +49,7 @@ def run(args) -> int:
           f"{seq.size[1]}x{seq.size[0]}, {default_device(args.device)}")
     runs = {}
     for label, on in (("plain PyTorch", False), ("fasttrack", True)):
-        set_patched(tracker, on)
+        (fasttrack.patch if on else fasttrack.unpatch)(tracker)
         if args.warmup:
             run_sequence(tracker, seq, seq.gt[0], progress=False, limit=args.warmup + 1)
         runs[label] = run_sequence(tracker, seq, seq.gt[0], desc=label)

@@ -11,6 +11,10 @@ A subclass implements two hooks and inherits the whole public API, its checks an
         def _advance(self, image):           # same frame size as at start (checked)
             return boxes, scores             # (K, 4) and (K,) array-likes
 
+Images: RGB HWC uint8 numpy arrays, torch tensors (any device) or PIL images (converted once on
+entry; the got10k toolkit passes PIL). Every tracker is plain PyTorch until
+`fasttrack.patch(tracker)`; `fasttrack.unpatch` and `fasttrack.is_patched` work on it too.
+
 Public API (got10k style): `init(image, box)`, `update(image) -> box` ((4,) float32 ndarray,
 [x, y, w, h] in pixels, 0-based, never truncated), the last confidence in `tracker.score`;
 `init_batch(image, boxes)` / `update_batch(image)` for many targets in one forward ((K, 4)
@@ -33,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Tracker", "NotInitializedError", "check_image", "check_boxes"]
+__all__ = ["Tracker", "NotInitializedError", "as_image", "check_image", "check_boxes", "MAX_BOX_TO_FRAME"]
 
 
 # The largest box width / height accepted, in multiples of the frame's width / height.
@@ -44,16 +48,26 @@ class NotInitializedError(ValueError, RuntimeError):
     """`update` / `update_batch` / `track(image)` before `init` / `init_batch`."""
 
 
-def check_image(image: Any, name: str = "image") -> tuple[int, int]:
-    """Validate an RGB HWC uint8 image (numpy array or torch tensor, any device) and return
-    (H, W). TypeError for a wrong type or dtype, ValueError for a wrong shape."""
+def _from_pil(image: Any) -> Any:
+    """A PIL image as an RGB (H, W, 3) uint8 array (grayscale and RGBA converted: the got10k
+    toolkit passes PIL images); anything else unchanged. PIL is not imported for this."""
+    if type(image).__module__.startswith("PIL.") and hasattr(image, "convert"):
+        return np.array(image.convert("RGB"))  # a writable copy (torch.from_numpy warns on views)
+    return image
+
+
+def as_image(image: Any, name: str = "image") -> tuple[Any, tuple[int, int]]:
+    """Validate an RGB HWC uint8 image (numpy array, torch tensor on any device, or PIL image,
+    converted once to an array) and return (image, (H, W)). TypeError for a wrong type or
+    dtype, ValueError for a wrong shape."""
+    image = _from_pil(image)
     if isinstance(image, np.ndarray):
         dtype_ok = image.dtype == np.uint8
     elif isinstance(image, torch.Tensor):
         dtype_ok = image.dtype == torch.uint8
     else:
-        raise TypeError(f"{name} must be an RGB (H, W, 3) uint8 numpy array or torch tensor, got "
-                        f"{type(image).__name__}")
+        raise TypeError(f"{name} must be an RGB (H, W, 3) uint8 numpy array, torch tensor or PIL "
+                        f"image, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"{name} must have shape (H, W, 3) (RGB, channels last), got "
                          f"{tuple(image.shape)}")
@@ -62,7 +76,12 @@ def check_image(image: Any, name: str = "image") -> tuple[int, int]:
     h, w = int(image.shape[0]), int(image.shape[1])
     if h < 1 or w < 1:
         raise ValueError(f"{name} must not be empty, got shape {tuple(image.shape)}")
-    return h, w
+    return image, (h, w)
+
+
+def check_image(image: Any, name: str = "image") -> tuple[int, int]:
+    """(H, W) of a valid image (see `as_image`), or TypeError / ValueError naming `name`."""
+    return as_image(image, name)[1]
 
 
 def check_boxes(boxes: Any, frame_size: tuple[int, int], name: str = "box",
@@ -125,25 +144,28 @@ class Tracker(abc.ABC):
         """One step on the validated frame: returns boxes (K, 4) and scores (K,)."""
 
     # -- checks -----------------------------------------------------------------------------
-    def _check_frame(self, image) -> None:
-        size = check_image(image)
+    def _check_frame(self, image):
+        """The validated frame (PIL converted) of an update: the init frame's size."""
+        image, size = as_image(image)
         if self.frame_size is None:
             raise NotInitializedError(f"{type(self).__name__}: call init(image, box) (or "
                                       "init_batch) before update")
         if size != self.frame_size:
             raise ValueError(f"image must have the init frame's size {self.frame_size} (H, W), "
                              f"got {size}")
+        return image
 
     # -- got10k-style API -------------------------------------------------------------------
     def init(self, image, box) -> None:
-        """Start tracking one target. image: (H, W, 3) uint8 RGB; box: [x, y, w, h]."""
-        size = check_image(image)
+        """Start tracking one target. image: (H, W, 3) uint8 RGB (array, tensor or PIL image);
+        box: [x, y, w, h]."""
+        image, size = as_image(image)
         arr = check_boxes(box, size, "box")
         self._begin(image, size, arr[None])
 
     def init_batch(self, image, boxes) -> None:
         """Start tracking K targets in one frame. boxes: (K, 4) [x, y, w, h] rows."""
-        size = check_image(image)
+        image, size = as_image(image)
         arr = check_boxes(boxes, size, "boxes", batch=True)
         if self.max_targets is not None and arr.shape[0] > self.max_targets:
             raise ValueError(f"boxes holds {arr.shape[0]} targets; {type(self).__name__} tracks "
@@ -164,7 +186,7 @@ class Tracker(abc.ABC):
 
     def update_batch(self, image) -> np.ndarray:
         """Track one frame for all targets; returns (K, 4) float32 boxes."""
-        self._check_frame(image)
+        image = self._check_frame(image)
         boxes, scores = self._advance(image)
         boxes = np.asarray(boxes, dtype=np.float32).reshape(self._num_targets, 4)
         self.scores = np.asarray(scores, dtype=np.float32).reshape(self._num_targets)

@@ -11,8 +11,8 @@ DeTrack loads a checkpoint file written by `DeTrack.save` (`DeTrack.from_checkpo
 Diff-Tracker and DINTR load a local Stable Diffusion folder in the diffusers layout
 (`from_pretrained`; the tracker's own learned parts are read from its subfolder when present).
 
-`patched=True` swaps in fasttrack's fused kernels (`fasttrack.patch` for DeTrack, the fused map
-path for the diffusion trackers); `patched=False` gives the plain PyTorch model. Tracker modules
+`patched=True` swaps in fasttrack's fused kernels (`fasttrack.patch(tracker)`, for every
+tracker); `patched=False` gives the plain PyTorch model. Tracker modules
 are imported only when built, so listing names stays cheap. Errors are ValueErrors naming the
 argument (an unknown name lists the choices; a missing or unreadable weights path names it).
 """
@@ -29,7 +29,7 @@ __all__ = ["TRACKERS", "TrackerEntry", "build_tracker", "tracker_names"]
 @dataclass(frozen=True)
 class TrackerEntry:
     """One registered tracker: a one-line description, what --weights means for it, and the
-    builder (weights or None, patched, seed, device) -> Tracker."""
+    builder (weights or None, seed, device) -> the plain (unpatched) Tracker."""
 
     description: str
     weights: str
@@ -44,7 +44,7 @@ def _first_sentence(exc: BaseException) -> str:
     return text.splitlines()[0].split(". ")[0].rstrip(".")
 
 
-def _detrack(weights, patched: bool, seed: int, device: str):
+def _detrack(weights, seed: int, device: str):
     from .detrack import DeTrack
 
     if weights is None:
@@ -59,16 +59,11 @@ def _detrack(weights, patched: bool, seed: int, device: str):
             # what torch.load raises for files that are not torch checkpoints
             raise ValueError(f"weights {weights!r} is not a readable DeTrack checkpoint "
                              f"(torch.load: {type(exc).__name__}: {_first_sentence(exc)})") from None
-    tracker.eval()
-    if patched:
-        import fasttrack
-
-        fasttrack.patch(tracker)
-    return tracker
+    return tracker.eval()
 
 
 def _diffusion(module: str, cls_name: str):
-    def build(weights, patched: bool, seed: int, device: str):
+    def build(weights, seed: int, device: str):
         import importlib
 
         cls = getattr(importlib.import_module(module), cls_name)
@@ -83,7 +78,7 @@ def _diffusion(module: str, cls_name: str):
             except OSError as exc:  # diffusers: missing or broken config / weight files
                 raise ValueError(f"weights {weights!r}: cannot load a Stable Diffusion folder "
                                  f"({_first_sentence(exc)})") from None
-        return tracker.set_patched(bool(patched))
+        return tracker
     return build
 
 
@@ -125,4 +120,9 @@ def build_tracker(name: str, weights=None, *, patched: bool = True, seed: int = 
         weights = os.fspath(weights)
         if not os.path.exists(weights):
             raise ValueError(f"weights {weights!r}: no such file or folder")
-    return TRACKERS[name].build(weights, patched, int(seed), str(device))
+    tracker = TRACKERS[name].build(weights, int(seed), str(device))
+    if patched:
+        import fasttrack
+
+        fasttrack.patch(tracker)
+    return tracker

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import torch
 
-from ..base import Tracker
 from ..diffusion.boxes import box_masks, maps_to_boxes, mass_inside, normalize_maps, upsample_maps
-from ..diffusion.maps import MapReader
 from ..diffusion.prompt_learning import initial_prompt, insert_prompt, normalized_mse
 from ..diffusion.prompt_learning import learn_prompt as adam_prompt
 from ..diffusion.sd import SDComponents, add_noise, diffusion_target, preprocess
-from ..diffusion.serialization import SerializationMixin, load_module_state, write_tracker_folder
+from ..diffusion.serialization import load_module_state, write_tracker_folder
+from ..diffusion.tracker import DiffusionTracker
 from .updater import PromptUpdater, UpdaterConfig, crop_boxes
 
 __all__ = ["DiffTracker"]
@@ -40,14 +39,13 @@ _TINY_UPDATER = dict(prompt_dim=32, num_tokens=1, width=8, dim=32, heads=2, hist
 _TINY_SETTINGS = dict(prompt_steps=3)
 
 
-class DiffTracker(SerializationMixin, Tracker):
-    """Diff-Tracker. Build with `from_pretrained(sd_folder)` or `tiny(seed)`.
+class DiffTracker(DiffusionTracker):
+    """Diff-Tracker. Build with `from_pretrained(sd_folder)` or `tiny(seed)`; plain PyTorch
+    until `fasttrack.patch(tracker)` (fasttrack.trackers.diffusion.tracker).
 
     Args:
         components: SDComponents (VAE, UNet, empty-prompt context, schedule).
         updater: PromptUpdater or None (None: a fresh, identity-initialized one is built).
-        patched: fused fasttrack path (True) or unpatched materializing path (False).
-        backend: fasttrack backend of the patched path.
         resolution: map grid R (default: the latent size, 64 for SD 2.1 at 512 px).
         cross_layers, self_layers: recorded layers (default SLiMe's choice).
         alpha: harmonization weight of the cross map (0.5).
@@ -62,20 +60,18 @@ class DiffTracker(SerializationMixin, Tracker):
         seed: seeds the noise generator (same seed, same boxes, patched or not).
     """
 
-    max_targets = None
     _config_keys = ("resolution", "cross_layers", "self_layers", "alpha", "timestep", "num_tokens",
                     "prompt_steps", "lr", "dm_weight", "threshold", "use_updater", "update_from", "seed")
     _folder = "fasttrack_diff_tracker"
 
     def __init__(self, components: SDComponents, *, updater: PromptUpdater | None = None,
-                 patched: bool = True, backend: str = "auto", resolution: int | None = None,
+                 resolution: int | None = None,
                  cross_layers=SLIME_CROSS, self_layers=SLIME_SELF, alpha: float = 0.5,
                  timestep: int = 100, num_tokens: int = 1, prompt_steps: int = 50, lr: float = 5e-3,
                  dm_weight: float = 1.0, threshold: float = 0.5, use_updater: bool = True,
                  update_from: int = 5, seed: int = 0):
-        super().__init__()
-        if not isinstance(components, SDComponents):
-            raise TypeError(f"components must be SDComponents, got {type(components).__name__}")
+        super().__init__(components, resolution=resolution, cross_layers=cross_layers,
+                         self_layers=self_layers, tokens=range(1, 1 + int(num_tokens)))
         n_train = components.alphas_cumprod.shape[0]
         if not isinstance(timestep, int) or not 0 <= timestep < n_train:
             raise ValueError(f"timestep must be an int in [0, {n_train}), got {timestep!r}")
@@ -85,17 +81,10 @@ class DiffTracker(SerializationMixin, Tracker):
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
         if not isinstance(update_from, int) or update_from < 1:
             raise ValueError(f"update_from must be an int >= 1, got {update_from!r}")
-        self.sd = components
-        self.device, self.dtype = components.device, components.dtype
-        self.resolution = int(resolution or components.latent_size)
-        self.cross_layers, self.self_layers = cross_layers, self_layers
         self.alpha, self.timestep, self.num_tokens = float(alpha), timestep, int(num_tokens)
         self.prompt_steps, self.lr, self.dm_weight = int(prompt_steps), float(lr), float(dm_weight)
         self.threshold, self.use_updater, self.update_from = float(threshold), bool(use_updater), update_from
         self.seed = int(seed)
-        self.reader = MapReader(components.unet, resolution=self.resolution, cross_layers=cross_layers,
-                                self_layers=self_layers, tokens=range(1, 1 + self.num_tokens),
-                                patched=patched, backend=backend)
         D = int(components.unet.config.cross_attention_dim)
         if updater is None:
             updater = PromptUpdater(prompt_dim=D, num_tokens=self.num_tokens)
@@ -129,15 +118,6 @@ class DiffTracker(SerializationMixin, Tracker):
             for last in (updater.fusion[-1], updater.blend[-1]):
                 last.weight.normal_(0.0, 0.05)
         write_tracker_folder(path, cls._folder, _TINY_SETTINGS, {"updater": updater})
-
-    @property
-    def patched(self) -> bool:
-        return self.reader.patched
-
-    def set_patched(self, patched: bool, backend: str | None = None) -> "DiffTracker":
-        """Switch between the fused (True) and the unpatched materializing (False) path."""
-        self.reader.set_patched(patched, backend)
-        return self
 
     # ------------------------------------------------------------------ one frame
     def _encode(self, image) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,11 +204,6 @@ class DiffTracker(SerializationMixin, Tracker):
         self._boxes = boxes
         return boxes, scores
 
-    def _advance(self, image):
-        boxes, scores = self._step(image)
-        out = torch.cat([boxes, scores[:, None]], 1).cpu()   # the frame's only host sync
-        return out[:, :4].numpy(), out[:, 4].numpy()
-
     def _boxes_from_maps(self, maps: torch.Tensor):
         up = upsample_maps(maps, self._image_size)
         boxes, _ = maps_to_boxes(normalize_maps(up), self.threshold, self._boxes)
@@ -253,7 +228,7 @@ class DiffTracker(SerializationMixin, Tracker):
         """
         from tqdm.auto import tqdm
 
-        from ..base import check_boxes, check_image
+        from ..base import as_image, check_boxes
 
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
@@ -270,15 +245,16 @@ class DiffTracker(SerializationMixin, Tracker):
             for _ in range(epochs):
                 for frames, gts in tqdm(seqs, disable=not progress, desc="train_updater"):
                     n = len(frames) if max_frames is None else min(len(frames), max_frames)
-                    size = check_image(frames[0], "frames[0]")
+                    first, size = as_image(frames[0], "frames[0]")
                     b0 = check_boxes(gts[0], size, "boxes[0]")
                     saved, self.prompt_steps = self.prompt_steps, steps
                     try:
-                        self._start(frames[0], b0[None])
+                        self._start(first, b0[None])
                     finally:
                         self.prompt_steps = saved
                     for k in range(1, n):
-                        losses += self._train_frame(opt, frames[k], gts[k])
+                        image, _ = as_image(frames[k], f"frames[{k}]")
+                        losses += self._train_frame(opt, image, gts[k])
         finally:
             self.updater.requires_grad_(False).eval()
             self.use_updater = was

@@ -1,19 +1,19 @@
-"""One UNet pass with recorded attention maps, patched or unpatched: what both trackers share.
+"""One UNet pass with recorded attention maps, fused or eager: what both trackers share.
 
-`MapReader` owns the choice between the two paths of the same model:
-- patched (default): `fasttrack.patch(unet, backend=...)` and `fasttrack.AttentionRecorder`:
-  fused attention, no N x N map, backward through the fused kernels;
-- unpatched: the model's own diffusers processors and `EagerRecorder`, the materializing
-  Prompt-to-Prompt-style path (fasttrack.recorder.eager).
-Both record the same layers at the same output grid and return the same maps up to rounding.
+`MapReader` records the same layers at the same output grid on either path of one model, chosen
+by the model's state at each call:
+- the UNet is patched (`fasttrack.patch(tracker)` or `fasttrack.patch(unet)`, any backend):
+  `fasttrack.AttentionRecorder`: fused attention, no N x N map, backward through the fused kernels;
+- it is not: `fasttrack.recorder.EagerRecorder` on the model's own processors: the
+  materializing, Prompt-to-Prompt-style path.
+Both return the same maps up to rounding.
 """
 from __future__ import annotations
 
 import torch
 
-import fasttrack
-
-from ...recorder.eager import EagerRecorder
+from ...patch import is_patched
+from ...recorder import AttentionRecorder, EagerRecorder
 
 __all__ = ["MapReader"]
 
@@ -26,50 +26,50 @@ class MapReader:
         resolution: output grid R of the maps.
         cross_layers, self_layers: layer selectors (see fasttrack.AttentionRecorder).
         tokens: token positions kept from the cross maps (the prompt tokens).
-        patched: fused path (True) or eager materializing path (False).
-        backend: fasttrack backend of the patched path ("auto", "cuda", "triton", "torch").
     """
 
-    def __init__(self, unet, *, resolution: int, cross_layers, self_layers, tokens, patched: bool = True,
-                 backend: str = "auto"):
+    def __init__(self, unet, *, resolution: int, cross_layers, self_layers, tokens):
         self.unet = unet
         self.kw = dict(resolution=resolution, cross_layers=cross_layers, self_layers=self_layers,
                        tokens=list(tokens))
-        self.backend = backend
-        self.set_patched(patched)
+        self._recorders: dict[bool, object] = {}
+        self._active = None
 
-    def set_patched(self, patched: bool, backend: str | None = None) -> None:
-        """Switch the UNet between the fused and the unpatched path (in place)."""
-        if backend is not None:
-            self.backend = backend
-        if patched:
-            if fasttrack.is_patched(self.unet):
-                fasttrack.unpatch(self.unet)
-            fasttrack.patch(self.unet, backend=self.backend)
-            self.recorder = fasttrack.AttentionRecorder(self.unet, **self.kw)
-        else:
-            if fasttrack.is_patched(self.unet):
-                fasttrack.unpatch(self.unet)
-            self.recorder = EagerRecorder(self.unet, **self.kw)
-        self.patched = bool(patched)
+    @property
+    def patched(self) -> bool:
+        """Whether the next recording takes the fused path (the UNet is patched)."""
+        return is_patched(self.unet)
+
+    def _recorder(self):
+        """The recorder of the UNet's current path (built once per path), reset."""
+        fused = self.patched
+        rec = self._recorders.get(fused)
+        if rec is None:
+            rec = self._recorders[fused] = (AttentionRecorder if fused else EagerRecorder)(self.unet, **self.kw)
+        rec.reset()
+        self._active = rec
+        return rec
 
     def run(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor):
         """One recorded UNet call. latents (B, C, h, w); timestep 0-d tensor; context (B, L, D).
         Returns the UNet output (B, C, h, w); maps are read with `harmonized` / `self_cross`."""
-        self.recorder.reset()
-        with self.recorder:
+        with self._recorder():
             return self.unet(latents, timestep, encoder_hidden_states=context).sample
 
     def start(self):
         """Start a recording spanning several UNet calls (DINTR's averages over steps): returns
         the recorder context; call `self.unet(...)` inside it."""
-        self.recorder.reset()
-        return self.recorder
+        return self._recorder()
+
+    def _results(self):
+        if self._active is None:
+            raise ValueError("nothing recorded yet: call run() or record inside start() first")
+        return self._active
 
     def harmonized(self, alpha: float) -> torch.Tensor:
         """(B, R, R): the prompt tokens' harmonized maps, averaged over those tokens."""
-        return self.recorder.harmonized(alpha).mean(1)
+        return self._results().harmonized(alpha).mean(1)
 
     def self_cross(self) -> torch.Tensor:
         """(B, R, R): the prompt tokens' S^T C maps, averaged over those tokens."""
-        return self.recorder.self_cross().mean(1)
+        return self._results().self_cross().mean(1)

@@ -23,12 +23,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..base import Tracker, check_image
+from ..base import as_image
 from ..diffusion.boxes import masks_to_boxes
-from ..diffusion.maps import MapReader
 from ..diffusion.prompt_learning import initial_prompt, insert_prompt, learn_prompt, normalized_mse
 from ..diffusion.sd import SDComponents, preprocess
-from ..diffusion.serialization import SerializationMixin, write_tracker_folder
+from ..diffusion.serialization import write_tracker_folder
+from ..diffusion.tracker import DiffusionTracker
 from .indication import check_indication, check_masks, extract, indicator_maps
 from .interpolation import OFFSETS, interpolate, interpolation_timesteps
 
@@ -37,8 +37,9 @@ __all__ = ["DINTR"]
 _TINY_SETTINGS = dict(init_steps=3, num_steps=3)
 
 
-class DINTR(SerializationMixin, Tracker):
-    """DINTR. Build with `from_pretrained(sd_folder)` (any Stable Diffusion) or `tiny(seed)`.
+class DINTR(DiffusionTracker):
+    """DINTR. Build with `from_pretrained(sd_folder)` (any Stable Diffusion) or `tiny(seed)`;
+    plain PyTorch until `fasttrack.patch(tracker)` (fasttrack.trackers.diffusion.tracker).
 
     Args:
         components: SDComponents (VAE, UNet, empty-prompt context, schedule).
@@ -51,13 +52,10 @@ class DINTR(SerializationMixin, Tracker):
         cross_layers, self_layers: recorded layers (default: all of them).
         init_steps, lr: Adam steps and learning rate of the init-frame token learning.
         threshold: activation threshold of the normalized map (box and mask).
-        patched: fused fasttrack path (True) or unpatched materializing path (False).
-        backend: fasttrack backend of the patched path.
     After each step: `scores` (K,), `points` (K, 2) [x, y] (indication "point") and `masks`
     (K, H, W) bool device tensor (indication "mask").
     """
 
-    max_targets = None
     _folder = "fasttrack_dintr"
     _config_keys = ("indication", "num_steps", "max_timestep", "offset", "resolution", "cross_layers",
                     "self_layers", "init_steps", "lr", "threshold")
@@ -65,10 +63,9 @@ class DINTR(SerializationMixin, Tracker):
     def __init__(self, components: SDComponents, *, indication: str = "box", num_steps: int = 5,
                  max_timestep: int = 250, offset: str = "anchor", resolution: int | None = None,
                  cross_layers="all", self_layers="all", init_steps: int = 20, lr: float = 5e-3,
-                 threshold: float = 0.5, patched: bool = True, backend: str = "auto"):
-        super().__init__()
-        if not isinstance(components, SDComponents):
-            raise TypeError(f"components must be SDComponents, got {type(components).__name__}")
+                 threshold: float = 0.5):
+        super().__init__(components, resolution=resolution, cross_layers=cross_layers,
+                         self_layers=self_layers, tokens=[1])
         self.indication = check_indication(indication)
         if offset not in OFFSETS:
             raise ValueError(f"offset must be one of {OFFSETS}, got {offset!r}")
@@ -80,14 +77,8 @@ class DINTR(SerializationMixin, Tracker):
             raise ValueError(f"init_steps must be an int >= 0, got {init_steps!r}")
         if not 0.0 < float(threshold) <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-        self.sd = components
-        self.device, self.dtype = components.device, components.dtype
         self.num_steps, self.max_timestep, self.offset = num_steps, max_timestep, offset
-        self.resolution = int(resolution or components.latent_size)
-        self.cross_layers, self.self_layers = cross_layers, self_layers
         self.init_steps, self.lr, self.threshold = init_steps, float(lr), float(threshold)
-        self.reader = MapReader(components.unet, resolution=self.resolution, cross_layers=cross_layers,
-                                self_layers=self_layers, tokens=[1], patched=patched, backend=backend)
         self._t = [torch.tensor(t, device=self.device) for t in self._timesteps]
         self.tokens = None
         self.points = self.masks = None
@@ -97,20 +88,11 @@ class DINTR(SerializationMixin, Tracker):
     def _tiny_setup(cls, path, seed):
         write_tracker_folder(path, cls._folder, _TINY_SETTINGS, {})
 
-    @property
-    def patched(self) -> bool:
-        return self.reader.patched
-
-    def set_patched(self, patched: bool, backend: str | None = None) -> "DINTR":
-        """Switch between the fused (True) and the unpatched materializing (False) path."""
-        self.reader.set_patched(patched, backend)
-        return self
-
     # ------------------------------------------------------------------ public extras
     def init_masks(self, image, masks) -> None:
         """Start tracking K targets given by masks (K, H, W) (or one (H, W) mask): their boxes
         are the masks' bounding boxes; with indication "mask" the masks themselves are injected."""
-        size = check_image(image)
+        image, size = as_image(image)
         m = check_masks(masks, size)
         boxes, _ = masks_to_boxes(m > 0)
         self._init_masks = m
@@ -172,8 +154,3 @@ class DINTR(SerializationMixin, Tracker):
         self.points = out.get("points")
         self.masks = out.get("masks")
         return out["boxes"], out["scores"]
-
-    def _advance(self, image):
-        boxes, scores = self._step(image)
-        host = torch.cat([boxes, scores[:, None]], 1).cpu()   # the frame's only host sync
-        return host[:, :4].numpy(), host[:, 4].numpy()

@@ -1,0 +1,58 @@
+"""`DiffusionTracker`: what Diff-Tracker and DINTR share as trackers.
+
+Both hold Stable Diffusion components (`SDComponents`), read attention maps of their UNet at an
+R x R grid through one `MapReader`, and end every frame with one device-to-host copy of the
+(K, 5) boxes and scores. Like every fasttrack tracker they are plain PyTorch until
+`fasttrack.patch(tracker, backend=...)`, which patches their models (`_patch_roots`: the VAE, the
+UNet and the tracker's learned modules); the map reader then records through the fused kernels
+(`fasttrack.AttentionRecorder`) instead of materializing every map (`EagerRecorder`), with the
+same maps up to rounding. `fasttrack.unpatch(tracker)` switches back, `fasttrack.is_patched`
+(or `tracker.patched`) tells which path runs.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..base import Tracker
+from .maps import MapReader
+from .sd import SDComponents
+from .serialization import SerializationMixin
+
+__all__ = ["DiffusionTracker"]
+
+
+class DiffusionTracker(SerializationMixin, Tracker):
+    """Base of the diffusion trackers. Subclasses call `__init__(components, resolution,
+    cross_layers, self_layers, tokens)` and implement `_start` and `_step(image) -> (boxes (K, 4),
+    scores (K,))` as device tensors."""
+
+    max_targets = None
+
+    def __init__(self, components: SDComponents, *, resolution: int | None, cross_layers,
+                 self_layers, tokens):
+        super().__init__()
+        if not isinstance(components, SDComponents):
+            raise TypeError(f"components must be SDComponents, got {type(components).__name__}")
+        self.sd = components
+        self.device, self.dtype = components.device, components.dtype
+        self.resolution = int(resolution or components.latent_size)
+        self.cross_layers, self.self_layers = cross_layers, self_layers
+        self.reader = MapReader(components.unet, resolution=self.resolution, cross_layers=cross_layers,
+                                self_layers=self_layers, tokens=tokens)
+
+    def _patch_roots(self) -> list[torch.nn.Module]:
+        """The models `fasttrack.patch(tracker)` acts on."""
+        return [self.sd.vae, self.sd.unet, *self._modules_to_save().values()]
+
+    @property
+    def patched(self) -> bool:
+        """Whether the UNet runs fasttrack's fused kernels (`fasttrack.patch(tracker)`)."""
+        return self.reader.patched
+
+    def _step(self, image) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _advance(self, image):
+        boxes, scores = self._step(image)
+        host = torch.cat([boxes, scores[:, None]], 1).cpu()   # the frame's only host sync
+        return host[:, :4].numpy(), host[:, 4].numpy()
