@@ -1,4 +1,4 @@
-"""Diff-Tracker (Zhang et al., ECCV 2024, arXiv 2407.08394; seed 000, DESIGN 1.5) on fasttrack.
+"""Diff-Tracker (Zhang et al., ECCV 2024, arXiv 2407.08394; DESIGN 1.5) on fasttrack.
 
 Per frame: image -> square S x S input -> VAE latents z -> z_t = sqrt(abar) z + sqrt(1 - abar) eps
 (seeded generator) -> UNet(z_t, t, context with the prompt) with maps recorded -> attention

@@ -1,4 +1,4 @@
-"""Diff-Tracker's online prompt updater (seed 000, "Online Prompt Updater"; DESIGN 1.5).
+"""Diff-Tracker's online prompt updater (the paper's "Online Prompt Updater"; DESIGN 1.5).
 
     m_S = CrossAttn(Q = template, KV = MotionEnc_S(frame_k, frame_{k-1}))
     m_L = CrossAttn(Q = template, KV = MotionEnc_L(frame_k, ..., frame_{k-T}))

@@ -1,4 +1,4 @@
-"""DINTR's indications: how a target is injected and what its map is turned into (seed 001,
+"""DINTR's indications: how a target is injected and what its map is turned into (DINTR paper,
 Eq. 3 and Eq. 12; "point", "box" and "mask" of the paper's five representations).
 
 Injection. The seed's extractor phi is "a Gaussian kernel for point, pooling layer for bounding

@@ -1,4 +1,4 @@
-"""DINTR's interpolation process between consecutive frame latents (seed 001, section 4.3 and
+"""DINTR's interpolation process between consecutive frame latents (DINTR paper, section 4.3 and
 appendix C), with the offset operator (2d).
 
 The seed's text lost its equations; what follows is the reading that matches its prose, stated

@@ -1,4 +1,4 @@
-"""DINTR: tracking via diffusion-based interpolation (Nguyen et al., NeurIPS 2024; seed 001,
+"""DINTR: tracking via diffusion-based interpolation (Nguyen et al., NeurIPS 2024;
 DESIGN 1.5) on fasttrack.
 
 Init frame: each target's indication (point, box or mask, indication.py) becomes a ground-truth
