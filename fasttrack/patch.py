@@ -32,13 +32,12 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from .ops.dispatch import BACKENDS
+from .ops.dispatch import check_backend
 
 __all__ = ["patch", "unpatch", "is_patched", "patched_modules", "register_rule", "register_swap",
            "PatchRule"]
 
 _RECORD_ATTR = "_fasttrack_patch"
-_BACKENDS = ("auto",) + BACKENDS
 
 
 @dataclass
@@ -114,11 +113,6 @@ def _load_builtin_rules() -> None:
     _builtins_loaded = True
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-
-
 @dataclass
 class _PatchRecord:
     """What sits at a patched slot, stored on the module there: undone by rule.restore(parent,
@@ -186,7 +180,7 @@ def patch(model, *, backend: str = "auto"):
         ImportError: a matching module needs an optional dependency that is not installed.
     """
     roots = _roots(model, "patch")
-    _check_backend(backend)
+    check_backend(backend)
     _load_builtin_rules()
 
     def visit(parent: nn.Module) -> None:

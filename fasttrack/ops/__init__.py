@@ -17,11 +17,7 @@ import torch
 from . import checks, reference
 from . import _library as _lib
 from .dispatch import BACKENDS, BackendUnavailable, available
-
-
-def _check_backend(backend) -> None:
-    if not isinstance(backend, str) or backend not in ("auto",) + BACKENDS:
-        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+from .dispatch import check_backend as _check_backend
 
 __all__ = ["attention", "self_cross", "harmonize", "cross_attention", "reference",
            "BACKENDS", "BackendUnavailable", "available"]

@@ -24,6 +24,7 @@ from types import ModuleType
 log = logging.getLogger("fasttrack.dispatch")
 
 BACKENDS = ("cuda", "triton", "torch")
+BACKEND_CHOICES = ("auto",) + BACKENDS  # what a `backend=` argument may say
 _MODULES = {
     "cuda": "fasttrack.ops.cuda_backend",
     "triton": "fasttrack.ops.triton_backend",
@@ -79,19 +80,26 @@ def reasons(name: str, op: str, *tensors, auto: bool = False) -> list[str]:
     return out
 
 
+def check_backend(backend, what: str = "backend") -> str:
+    """`backend` if it is "auto" or a name of BACKENDS; TypeError / ValueError naming `what`
+    otherwise. The one check of backend names (ops, patch, fused modules, FASTTRACK_BACKEND)."""
+    if not isinstance(backend, str):
+        raise TypeError(f"{what} must be a string, got {type(backend).__name__}")
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"{what} must be one of {BACKEND_CHOICES}, got {backend!r}")
+    return backend
+
+
 def select(op: str, backend: str, *tensors) -> str:
     """The backend that will run `op`: a name from BACKENDS.
 
     Raises ValueError for an unknown backend name and BackendUnavailable when the forced
     backend refuses (or, under "auto", when every backend does)."""
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    check_backend(backend)
     if backend == "auto":
         env = os.environ.get("FASTTRACK_BACKEND", "").strip().lower()
-        if env and env != "auto":
-            if env not in BACKENDS:
-                raise ValueError(f"FASTTRACK_BACKEND must be one of {('auto',) + BACKENDS}, got {env!r}")
-            backend = env
+        if env:
+            backend = check_backend(env, "FASTTRACK_BACKEND")
     if backend == "auto":
         why = {}
         for name in BACKENDS:
@@ -101,8 +109,6 @@ def select(op: str, backend: str, *tensors) -> str:
                 return name
             why[name] = r
         raise BackendUnavailable(_format(op, why))
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
     r = reasons(backend, op, *tensors)
     if r:
         raise BackendUnavailable(_format(op, {backend: r}))

@@ -53,9 +53,7 @@ class FusedBoxBranch(BoxBranch):
     def from_reference(cls, ref: BoxBranch, backend: str = "auto") -> "FusedBoxBranch":
         if not isinstance(ref, BoxBranch):
             raise TypeError(f"ref must be a BoxBranch, got {type(ref).__name__}")
-        names = ("auto",) + dispatch.BACKENDS
-        if backend not in names:
-            raise ValueError(f"backend must be one of {names}, got {backend!r}")
+        dispatch.check_backend(backend)
         fused = cls.__new__(cls)
         torch.nn.Module.__init__(fused)
         for name, child in ref.named_children():
