@@ -36,7 +36,7 @@ from .. import ops
 from ..ops.dispatch import select
 from ..patch import PatchRule, register_rule
 
-__all__ = ["FasttrackAttnProcessor", "RULE", "is_diffusers_attention"]
+__all__ = ["FasttrackAttnProcessor", "RULE", "is_diffusers_attention", "flatten_input", "finish_output"]
 
 # Processor classes whose math FasttrackAttnProcessor reproduces exactly, and how they scale the
 # logits: AttnProcessor2_0 leaves the scale to SDPA (D ** -0.5, ignoring attn.scale) and applies
@@ -59,6 +59,32 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
     return mask.to(dtype)
+
+
+def flatten_input(attn, hidden_states, temb=None):
+    """The start every diffusers attention processor shares: spatial_norm, then a 4-D input
+    (B, C, h, w) flattened to (B, h w, C). Returns (hidden_states (B, N, C), residual (the
+    input), spatial: the (B, C, h, w) size to restore, or None for 3-D input)."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    spatial = None
+    if hidden_states.ndim == 4:
+        spatial = hidden_states.shape
+        b, c, h, w = spatial
+        hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+    return hidden_states, residual, spatial
+
+
+def finish_output(attn, hidden_states, residual, spatial):
+    """The end every diffusers attention processor shares: output projection and dropout, the
+    4-D shape back, residual_connection and rescale_output_factor. hidden_states (B, N, C)."""
+    hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+    if spatial is not None:
+        hidden_states = hidden_states.transpose(-1, -2).reshape(spatial)
+    if attn.residual_connection:
+        hidden_states = hidden_states + residual
+    return hidden_states / attn.rescale_output_factor
 
 
 class FasttrackAttnProcessor:
@@ -86,15 +112,8 @@ class FasttrackAttnProcessor:
         """hidden_states (B, N, C) or (B, C, h, w); encoder_hidden_states (B, T, Dc) or None
         (self-attention); attention_mask broadcastable to (B, T) / (B, 1, T) or (B, N, T) as
         diffusers passes it. Returns the layer output with hidden_states' shape."""
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        hw = None
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hw = (height, width)
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        hidden_states, residual, spatial = flatten_input(attn, hidden_states, temb)
+        hw = None if spatial is None else tuple(spatial[2:])
 
         is_self = encoder_hidden_states is None
         batch_size, sequence_length, _ = hidden_states.shape if is_self else encoder_hidden_states.shape
@@ -136,13 +155,7 @@ class FasttrackAttnProcessor:
             out = self._recorded(call, q, k, v, attention_mask, scale, sdpa_scale)
 
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(q.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return finish_output(attn, hidden_states, residual, spatial)
 
     def _recorded(self, call, q, k, v, mask, scale, sdpa_scale):
         """Attention of a recorded layer; hands (q, k, lse) or the head-mean probs to `call`.

@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .resize import as_grid
-from .layers import SpatialTracker, find_layers, parse_indices, parse_selector
+from ..integrations.diffusers_attention import finish_output, flatten_input
+from .base import Recorder
+from .layers import SpatialTracker
 
 __all__ = ["EagerRecorder", "EagerMapProcessor"]
 
@@ -36,15 +37,8 @@ class EagerMapProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, *args, **kwargs):
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        hw = None
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hw = (height, width)
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        hidden_states, residual, spatial = flatten_input(attn, hidden_states, temb)
+        hw = None if spatial is None else tuple(spatial[2:])
         batch_size, sequence_length, _ = (hidden_states.shape if encoder_hidden_states is None
                                           else encoder_hidden_states.shape)
         attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
@@ -61,12 +55,7 @@ class EagerMapProcessor:
         probs = attn.get_attention_scores(query, key, attention_mask)     # (B*H, N, Nk)
         self.sink(probs.view(batch_size, attn.heads, *probs.shape[1:]).mean(1), hw)
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return finish_output(attn, hidden_states, residual, spatial)
 
 
 def _nearest_rows(hw, grid, device) -> torch.Tensor:
@@ -87,28 +76,14 @@ def resize_self_map(s: torch.Tensor, hw, grid, renormalize: bool) -> torch.Tenso
     return s
 
 
-class EagerRecorder:
-    """Materializing attention recorder for unpatched models (same API as AttentionRecorder).
-
-    Args: model, resolution (R or (Rh, Rw)), cross_layers, self_layers ("all", None, int
-    resolutions, name globs, or a list), tokens (cross-map token indices kept, None: all),
-    batch (batch entries kept, None: all), renormalize (DiffSeg row renormalization).
-    """
+class EagerRecorder(Recorder):
+    """Materializing attention recorder for unpatched models (same arguments and results as
+    AttentionRecorder: see `fasttrack.recorder.base.Recorder`)."""
 
     def __init__(self, model: nn.Module, *, resolution=64, cross_layers="all", self_layers=None,
                  tokens=None, batch=None, renormalize=False):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
-        self.grid = as_grid(resolution)
-        self._layers = find_layers(model)
-        if not self._layers:
-            raise ValueError(f"{type(model).__name__} contains no diffusers Attention module to record")
-        self._sel = {k: parse_selector(spec, f"{k}_layers", self._layers, k)
-                     for k, spec in (("cross", cross_layers), ("self", self_layers))}
-        self.tokens = parse_indices(tokens, "tokens")
-        self.batch = parse_indices(batch, "batch")
-        self.renormalize = bool(renormalize)
+        super().__init__(model, resolution=resolution, cross_layers=cross_layers,
+                         self_layers=self_layers, tokens=tokens, batch=batch, renormalize=renormalize)
         self._spatial = SpatialTracker()
         self._saved = []
         self.reset()
@@ -117,10 +92,6 @@ class EagerRecorder:
         self._cross_sum = self._self_sum = None
         self._cross_count = self._self_count = 0
         self._calls: dict[str, int] = {}
-
-    @property
-    def num_calls(self) -> int:
-        return max(self._calls.values(), default=0)
 
     def __enter__(self) -> "EagerRecorder":
         active = [l for l in self._layers if not self._sel[l.kind].empty]
@@ -175,9 +146,3 @@ class EagerRecorder:
         s = self._self_sum / self._self_count                                  # (B', M, M)
         y = torch.bmm(s.transpose(1, 2), c.reshape(b, t, -1).transpose(1, 2))  # (B', M, T')
         return y.transpose(1, 2).reshape(b, t, *self.grid)
-
-    def harmonized(self, alpha: float = 0.5) -> torch.Tensor:
-        """alpha * cross() + (1 - alpha) * self_cross()."""
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
-        return alpha * self.cross() + (1.0 - alpha) * self.self_cross()

@@ -26,8 +26,9 @@ import torch.nn as nn
 
 from ..patch import is_patched, patch, unpatch
 from ..integrations.diffusers_attention import FasttrackAttnProcessor
-from .resize import as_grid, resize_cross, self_cross_entry
-from .layers import SpatialTracker, find_layers, format_hw, parse_indices, parse_selector
+from .resize import resize_cross, self_cross_entry
+from .base import Recorder
+from .layers import SpatialTracker, format_hw
 
 __all__ = ["AttentionRecorder"]
 
@@ -93,36 +94,18 @@ class _Call:
             self.rec._add_cross(self, probs)
 
 
-class AttentionRecorder:
-    """Records averaged attention maps of a model containing diffusers Attention layers.
-
-    Args:
-        model: a diffusers UNet or any nn.Module containing diffusers Attention modules. It is
-            patched on entry when needed (and unpatched on exit if this recorder patched it).
-        resolution: output grid, int R (R x R) or (Rh, Rw); at least every recorded layer's size.
-        cross_layers, self_layers: which layers to record: "all", None, int resolutions (a layer's
-            longer side), name globs ("up_blocks.3.*"), or a list mixing them.
-        tokens: token indices kept from the cross maps (None: all T).
-        batch: batch entries kept (None: all), e.g. [1] for the conditional half of a CFG batch.
-        renormalize: renormalize every row of each resized self map to sum 1 (DiffSeg).
+class AttentionRecorder(Recorder):
+    """Records averaged attention maps of a model containing diffusers Attention layers, through
+    fasttrack's fused kernels. The model is patched on entry when needed (and unpatched on exit
+    if this recorder patched it). Arguments: see `fasttrack.recorder.base.Recorder`.
     Results: cross(), self_cross(), harmonized(alpha) -> (B', T', Rh, Rw) float32 (float64 for
     float64 models); num_calls; reset().
     """
 
     def __init__(self, model: nn.Module, *, resolution=64, cross_layers="all", self_layers=None,
                  tokens=None, batch=None, renormalize=False):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
-        self.grid = as_grid(resolution)
-        self._layers = find_layers(model)
-        if not self._layers:
-            raise ValueError(f"{type(model).__name__} contains no diffusers Attention module to record")
-        self._sel = {"cross": parse_selector(cross_layers, "cross_layers", self._layers, "cross"),
-                     "self": parse_selector(self_layers, "self_layers", self._layers, "self")}
-        self.tokens = parse_indices(tokens, "tokens")
-        self.batch = parse_indices(batch, "batch")
-        self.renormalize = bool(renormalize)
+        super().__init__(model, resolution=resolution, cross_layers=cross_layers,
+                         self_layers=self_layers, tokens=tokens, batch=batch, renormalize=renormalize)
         self._spatial = SpatialTracker()
         self._handles = []
         self._patched_here = False
@@ -186,11 +169,6 @@ class AttentionRecorder:
         self._self_entries = []
         self._calls: dict[str, int] = {}
         self._seen: dict[str, tuple] = {}  # layer name -> (kind, hw) of layers that ran
-
-    @property
-    def num_calls(self) -> int:
-        """Forward calls recorded: the most calls any recorded layer has seen."""
-        return max(self._calls.values(), default=0)
 
     def _plan(self, layer, is_self, n, hw_hint, batch_size, masked):
         kind = "self" if is_self else "cross"
@@ -280,9 +258,3 @@ class AttentionRecorder:
             y = self_cross_entry(q, k, lse, scale, flat, hw, self.grid, self.renormalize, backend)
             total = y if total is None else total + y
         return total / len(self._self_entries)
-
-    def harmonized(self, alpha: float = 0.5) -> torch.Tensor:
-        """(B', T', Rh, Rw): alpha * C_bar + (1 - alpha) * S_bar^T C_bar (Diff-Tracker, DESIGN 1.1)."""
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
-        return alpha * self.cross() + (1.0 - alpha) * self.self_cross()

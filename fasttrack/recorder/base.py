@@ -1,0 +1,64 @@
+"""What both recorders share: the arguments, their checks, the call count and the harmonized
+product (DESIGN 1.1-1.2). `AttentionRecorder` (fused.py) and `EagerRecorder` (eager.py) differ
+only in how they obtain and keep the maps."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .layers import find_layers, parse_indices, parse_selector
+from .resize import as_grid
+
+__all__ = ["Recorder"]
+
+
+class Recorder:
+    """Base of the recorders: a model containing diffusers Attention layers and what to record.
+
+    Args:
+        model: a diffusers UNet or any nn.Module containing diffusers Attention modules.
+        resolution: output grid, int R (R x R) or (Rh, Rw); at least every recorded layer's size.
+        cross_layers, self_layers: which layers to record: "all", None, int resolutions (a layer's
+            longer side), name globs ("up_blocks.3.*"), or a list mixing them.
+        tokens: token indices kept from the cross maps (None: all T).
+        batch: batch entries kept (None: all), e.g. [1] for the conditional half of a CFG batch.
+        renormalize: renormalize every row of each resized self map to sum 1 (DiffSeg).
+    Subclasses implement reset(), cross() and self_cross() -> (B', T', Rh, Rw) and count the
+    calls of each recorded layer in `self._calls`.
+    """
+
+    def __init__(self, model: nn.Module, *, resolution=64, cross_layers="all", self_layers=None,
+                 tokens=None, batch=None, renormalize=False):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.grid = as_grid(resolution)
+        self._layers = find_layers(model)
+        if not self._layers:
+            raise ValueError(f"{type(model).__name__} contains no diffusers Attention module to record")
+        self._sel = {kind: parse_selector(spec, f"{kind}_layers", self._layers, kind)
+                     for kind, spec in (("cross", cross_layers), ("self", self_layers))}
+        self.tokens = parse_indices(tokens, "tokens")
+        self.batch = parse_indices(batch, "batch")
+        self.renormalize = bool(renormalize)
+        self._calls: dict[str, int] = {}
+
+    @property
+    def num_calls(self) -> int:
+        """Forward calls recorded: the most calls any recorded layer has seen."""
+        return max(self._calls.values(), default=0)
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def cross(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def self_cross(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def harmonized(self, alpha: float = 0.5) -> torch.Tensor:
+        """(B', T', Rh, Rw): alpha * C_bar + (1 - alpha) * S_bar^T C_bar (Diff-Tracker, DESIGN 1.1)."""
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
+        return alpha * self.cross() + (1.0 - alpha) * self.self_cross()
