@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .layers import find_layers, parse_indices, parse_selector
+from .layers import SpatialTracker, find_layers, parse_indices, parse_selector
 from .resize import as_grid
 
 __all__ = ["Recorder"]
@@ -23,8 +23,8 @@ class Recorder:
         tokens: token indices kept from the cross maps (None: all T).
         batch: batch entries kept (None: all), e.g. [1] for the conditional half of a CFG batch.
         renormalize: renormalize every row of each resized self map to sum 1 (DiffSeg).
-    Subclasses implement reset(), cross() and self_cross() -> (B', T', Rh, Rw) and count the
-    calls of each recorded layer in `self._calls`.
+    Subclasses implement _init_state(), reset(), cross() and self_cross() -> (B', T', Rh, Rw) and
+    count the calls of each recorded layer in `self._calls`.
     """
 
     def __init__(self, model: nn.Module, *, resolution=64, cross_layers="all", self_layers=None,
@@ -41,7 +41,13 @@ class Recorder:
         self.tokens = parse_indices(tokens, "tokens")
         self.batch = parse_indices(batch, "batch")
         self.renormalize = bool(renormalize)
+        self._spatial = SpatialTracker()   # layer name -> spatial size, learnt from the forwards
         self._calls: dict[str, int] = {}
+        self._init_state()
+        self.reset()
+
+    def _init_state(self) -> None:
+        """Subclasses: set up what the recorder keeps besides the maps (hooks, saved state)."""
 
     @property
     def num_calls(self) -> int:

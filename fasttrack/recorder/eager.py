@@ -18,12 +18,10 @@ num_calls. Gradients flow (prompt learning) through the materialized maps.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from ..integrations.diffusers_attention import finish_output, flatten_input
 from .base import Recorder
-from .layers import SpatialTracker
 
 __all__ = ["EagerRecorder", "EagerMapProcessor"]
 
@@ -80,13 +78,8 @@ class EagerRecorder(Recorder):
     """Materializing attention recorder for unpatched models (same arguments and results as
     AttentionRecorder: see `fasttrack.recorder.base.Recorder`)."""
 
-    def __init__(self, model: nn.Module, *, resolution=64, cross_layers="all", self_layers=None,
-                 tokens=None, batch=None, renormalize=False):
-        super().__init__(model, resolution=resolution, cross_layers=cross_layers,
-                         self_layers=self_layers, tokens=tokens, batch=batch, renormalize=renormalize)
-        self._spatial = SpatialTracker()
+    def _init_state(self) -> None:
         self._saved = []
-        self.reset()
 
     def reset(self) -> None:
         self._cross_sum = self._self_sum = None

@@ -22,13 +22,12 @@ Recording is skipped during backward (activation checkpointing recomputes forwar
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
 from ..patch import is_patched, patch, unpatch
 from ..integrations.diffusers_attention import FasttrackAttnProcessor
 from .resize import resize_cross, self_cross_entry
 from .base import Recorder
-from .layers import SpatialTracker, format_hw
+from .layers import format_hw
 
 __all__ = ["AttentionRecorder"]
 
@@ -102,14 +101,9 @@ class AttentionRecorder(Recorder):
     float64 models); num_calls; reset().
     """
 
-    def __init__(self, model: nn.Module, *, resolution=64, cross_layers="all", self_layers=None,
-                 tokens=None, batch=None, renormalize=False):
-        super().__init__(model, resolution=resolution, cross_layers=cross_layers,
-                         self_layers=self_layers, tokens=tokens, batch=batch, renormalize=renormalize)
-        self._spatial = SpatialTracker()
+    def _init_state(self) -> None:
         self._handles = []
         self._patched_here = False
-        self.reset()
 
     # ------------------------------------------------------------------ context manager
     def __enter__(self) -> "AttentionRecorder":
