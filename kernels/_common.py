@@ -17,6 +17,7 @@ import triton.language as tl
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
+from fasttrack.ops.checks import check_tensor as _check_tensor  # noqa: E402
 from fasttrack.ops.limits import MAX_GRID_YZ, MAX_HEAD_DIM, MAX_TOKENS, SUPPORTED_DTYPES  # noqa: E402
 
 
@@ -49,13 +50,9 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def check_tensor(name: str, t: torch.Tensor, ndim: int) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+def check_tensor(name: str, t: torch.Tensor, ndim: int, dims: str) -> None:
+    """fasttrack.ops.checks.check_tensor with the dtypes the Triton kernels take."""
+    _check_tensor(name, t, ndim, dims, SUPPORTED_DTYPES)
 
 
 def check_head_dims(**dims: int) -> None:

@@ -219,8 +219,8 @@ def _attention_bwd_dq_kernel(
 
 
 def _check_qk(q, k):
-    check_tensor("q", q, 4)
-    check_tensor("k", k, 4)
+    check_tensor("q", q, 4, "(B, H, Nq, D)")
+    check_tensor("k", k, 4, "(B, H, Nk, D)")
     if k.dtype != q.dtype:
         raise TypeError(f"k must have the dtype of q ({q.dtype}), got {k.dtype}")
     if k.device != q.device:
@@ -233,7 +233,7 @@ def _check_qk(q, k):
 
 
 def _check_v(q, k, v):
-    check_tensor("v", v, 4)
+    check_tensor("v", v, 4, "(B, H, Nk, Dv)")
     if v.dtype != q.dtype:
         raise TypeError(f"v must have the dtype of q ({q.dtype}), got {v.dtype}")
     if v.device != q.device:

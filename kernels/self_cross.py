@@ -271,7 +271,7 @@ def _self_cross_bwd_dk_kernel(
 
 def _check_inputs(q, k, cross, lse):
     _check_qk(q, k)
-    check_tensor("cross", cross, 3)
+    check_tensor("cross", cross, 3, "(B, Nq, T)")
     B, H, Nq, D = q.shape
     if cross.shape[:2] != (B, Nq) or not 1 <= cross.shape[2] <= MAX_TOKENS:
         raise ValueError(f"cross must have shape (B, Nq, T) = ({B}, {Nq}, T) with "

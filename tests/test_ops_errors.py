@@ -28,7 +28,7 @@ def test_good_inputs_pass():
     (lambda q, k, v, c: ops.attention(q, k, v[:, :, :3]), ValueError, "key count Nk mismatch: k has 5, v has 3"),
     (lambda q, k, v, c: ops.attention(torch.cat([q, q]), k, v), ValueError, "batch size B"),
     (lambda q, k, v, c: ops.attention(q.half(), k, v), TypeError, "dtype mismatch: q is torch.float16, k is"),
-    (lambda q, k, v, c: ops.attention(q.int(), k, v), TypeError, "q must be float16"),
+    (lambda q, k, v, c: ops.attention(q.int(), k, v), TypeError, "q must be one of float16, bfloat16, float32, float64, got torch.int32"),
     (lambda q, k, v, c: ops.attention(q.numpy(), k, v), TypeError, "q must be a torch.Tensor"),
     (lambda q, k, v, c: ops.attention(q, k.to("meta"), v), ValueError, "mixed devices: q is on cpu, k is on meta"),
     (lambda q, k, v, c: ops.attention(q[:, :, :0], k, v), ValueError, "q has an empty dimension"),

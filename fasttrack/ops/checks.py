@@ -14,14 +14,16 @@ from .limits import TORCH
 SUPPORTED_DTYPES = TORCH.dtypes  # what any op accepts at all (the torch backend's dtypes)
 
 
-def check_tensor(name: str, x, ndim: int, dims: str) -> None:
-    """Type, rank, dtype and emptiness of one tensor argument."""
+def check_tensor(name: str, x, ndim: int, dims: str, dtypes=SUPPORTED_DTYPES) -> None:
+    """Type, rank, dtype (one of `dtypes`) and emptiness of one tensor argument, shaped `dims`
+    (e.g. "(B, H, Nq, D)"). The one tensor check of the ops and of the kernel launchers."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {dims}, got {type(x).__name__}")
     if x.dim() != ndim:
         raise ValueError(f"{name} must have rank {ndim} with shape {dims}, got shape {tuple(x.shape)}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if x.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must be one of {names}, got {x.dtype}")
     if x.numel() == 0:
         raise ValueError(f"{name} has an empty dimension: shape {tuple(x.shape)} {dims}")
 
