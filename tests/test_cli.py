@@ -1,49 +1,22 @@
-"""The `fasttrack` command line: track, eval (single, --workers, --distributed over gloo), demo,
-dataset synth, the tracker registry, and one-line user errors. Tiny DeTrack, few frames."""
+"""The `fasttrack` command line: parsing (negative --box values), track, demo, dataset synth,
+the tracker registry, the checked --device, the --threads default, and one-line user errors.
+Tiny DeTrack, few frames. `fasttrack eval` is tested in test_cli_eval.py."""
 
 import json
-import os
-import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_helpers import FRAMES, run_cli, write_synth
 from PIL import Image
 
-from fasttrack.cli import main
+from fasttrack.cli import build_parser, main
 from fasttrack.data import load_got10k, read_boxes, synthetic_sequence
-from fasttrack.eval import pool_metrics
-
-FRAMES = 5
-
-
-def run_cli(capsys, *argv):
-    """main(argv) -> (status, stdout, stderr)."""
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """3 synthetic sequences of FRAMES frames in GOT-10k layout, written by the CLI."""
-    root = tmp_path_factory.mktemp("synth")
-    assert main(["dataset", "synth", str(root), "--num", "3", "--frames", str(FRAMES),
-                 "--seed", "4"]) == 0
-    return root
-
-
-@pytest.fixture(scope="module")
-def single(data, tmp_path_factory):
-    """Single-process `fasttrack eval` of `data`: the output folder."""
-    out = tmp_path_factory.mktemp("eval-single")
-    assert main(["eval", str(data), "--tracker", "detrack", "--out", str(out)]) == 0
-    return out
-
-
-def result_files(out: Path, names) -> dict:
-    return {n: (out / "detrack" / n / f"{n}_001.txt").read_text() for n in names}
+    return write_synth(tmp_path_factory.mktemp("synth"))
 
 
 def test_help_on_every_subcommand(capsys):
@@ -69,105 +42,6 @@ def test_dataset_synth_writes_exact_got10k_layout(data):
     np.testing.assert_array_equal(seqs[1].gt, ref.gt)
     for i in (0, FRAMES - 1):
         np.testing.assert_array_equal(seqs[1][i], ref[i])
-
-
-def test_eval_writes_toolkit_layout_and_metrics(data, single, capsys):
-    from fasttrack.commands.common import run_sequence
-    from fasttrack.trackers.registry import build_tracker
-
-    seqs = load_got10k(data)
-    tracker = build_tracker("detrack")
-    pairs = []
-    for s in seqs:
-        boxes = read_boxes(single / "detrack" / s.name / f"{s.name}_001.txt")
-        times = np.loadtxt(single / "detrack" / s.name / f"{s.name}_time.txt")
-        assert boxes.shape == (FRAMES, 4) and times.shape == (FRAMES,) and (times > 0).all()
-        np.testing.assert_array_equal(boxes[0], s.gt[0])
-        direct, _ = run_sequence(tracker, s, s.gt[0], progress=False)
-        np.testing.assert_allclose(boxes, direct, atol=6e-4)
-        pairs.append((boxes, s.eval_gt))
-    summary = json.loads((single / "detrack_metrics.json").read_text())
-    expect = pool_metrics(pairs, average="frame", skip_first=True)
-    for k in ("ao", "sr50", "success_auc", "precision"):
-        assert summary["overall"][k] == pytest.approx(expect[k], abs=2e-3), k
-    assert summary["overall"]["num_frames"] == 3 * (FRAMES - 1)
-    for plot in ("detrack_success.png", "detrack_precision.png"):
-        assert (single / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_eval_prints_table(data, tmp_path, capsys):
-    rc, out, err = run_cli(capsys, "eval", data, "--tracker", "detrack", "--out", tmp_path,
-                           "--frames", 3, "--name", "short")
-    assert rc == 0
-    assert "SR0.5" in out and "synthetic-5" in out and "FPS" in out
-    assert read_boxes(tmp_path / "short" / "synthetic-4" / "synthetic-4_001.txt").shape == (3, 4)
-    overall = json.loads((tmp_path / "short_metrics.json").read_text())["overall"]
-    assert f"AO {overall['ao']:.3f}" in out and overall["num_frames"] == 3 * 2
-
-
-def test_eval_workers_match_single(data, single, tmp_path):
-    assert main(["eval", str(data), "--tracker", "detrack", "--out", str(tmp_path),
-                 "--workers", "2"]) == 0
-    names = (data / "list.txt").read_text().split()
-    assert result_files(tmp_path, names) == result_files(single, names)
-
-
-def _dist_rank(rank, world_size, port, argv):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from fasttrack.cli import main as cli_main
-
-    assert cli_main(argv) == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_eval_distributed_gloo_matches_single(data, single, tmp_path):
-    argv = ["eval", str(data), "--tracker", "detrack", "--out", str(tmp_path), "--distributed",
-            "--device", "cpu", "--timeout-min", "5"]
-    torch.multiprocessing.spawn(_dist_rank, args=(2, _free_port(), argv), nprocs=2, join=True)
-    names = (data / "list.txt").read_text().split()
-    assert result_files(tmp_path, names) == result_files(single, names)
-    dist = json.loads((tmp_path / "detrack_metrics.json").read_text())
-    ref = json.loads((single / "detrack_metrics.json").read_text())
-    assert dist["overall"] == ref["overall"]
-    assert [r["name"] for r in dist["sequences"]] == names
-
-
-def test_distributed_sharding_and_env_errors():
-    from fasttrack.commands.distributed import env_config, shard
-
-    assert shard("abcde", 1, 2) == [(1, "b"), (3, "d")]
-    assert shard("abcde", 0, 2) == [(0, "a"), (2, "c"), (4, "e")]
-    env = dict(RANK="1", WORLD_SIZE="2", MASTER_ADDR="h", MASTER_PORT="29500")
-    assert env_config(env) == (1, 2)
-    with pytest.raises(ValueError, match="missing: MASTER_PORT"):
-        env_config({k: v for k, v in env.items() if k != "MASTER_PORT"})
-    with pytest.raises(ValueError, match="RANK < WORLD_SIZE"):
-        env_config({**env, "RANK": "2"})
-
-
-def write_otb(root: Path, name: str, seq) -> None:
-    (root / name / "img").mkdir(parents=True)
-    for i in range(len(seq)):
-        Image.fromarray(seq[i]).save(root / name / "img" / f"{i + 1:04d}.png")
-    np.savetxt(root / name / "groundtruth_rect.txt", seq.gt, fmt="%d", delimiter="\t")
-
-
-def test_eval_otb_layout(tmp_path, capsys):
-    write_otb(tmp_path / "otb", "Car", synthetic_sequence(4, seed=1))
-    write_otb(tmp_path / "otb", "Dog", synthetic_sequence(4, seed=2))
-    rc, out, _ = run_cli(capsys, "eval", tmp_path / "otb", "--tracker", "detrack",
-                         "--out", tmp_path / "res")
-    assert rc == 0 and "success" in out and "prec@20" in out
-    for name in ("Car", "Dog"):
-        assert read_boxes(tmp_path / "res" / "detrack" / f"{name}.txt").shape == (4, 4)
-        assert np.loadtxt(tmp_path / "res" / "detrack" / "times" / f"{name}_time.txt").shape == (4,)
 
 
 def test_track_sequence_folder_writes_boxes_and_frames(data, tmp_path, capsys):
@@ -245,39 +119,157 @@ def test_registry():
     assert not fasttrack.is_patched(build_tracker("detrack", patched=False))
 
 
+def test_negative_box_values_parse():
+    """argparse alone reads "--box -10,..." as a missing value: fasttrack's parser takes it."""
+    from fasttrack.commands.common import parse_box
+
+    parser = build_parser()
+    for argv in (["--box", "-10,-10,30,30"], ["--box=-10,-10,30,30"], ["--box", "-1e1,-10,30,30"],
+                 ["--box", "-10 -10 30 30"]):
+        args = parser.parse_args(["track", "s", "--tracker", "detrack", *argv])
+        assert parse_box(args.box) == [-10, -10, 30, 30], argv
+    assert parser.parse_args(["track", "s", "--box", "10,20,30,40", "--tracker", "detrack",
+                              "--seed", "-3"]).box == "10,20,30,40"
+    with pytest.raises(SystemExit) as exc:  # an option name is still no value
+        parser.parse_args(["track", "s", "--box", "--tracker", "detrack"])
+    assert exc.value.code == 2
+
+
+def test_track_box_partly_outside_the_frame(data, tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "track", data / "synthetic-4", "--tracker", "detrack", "--box",
+                           "-10,-10,40,40", "--frames", 3, "--no-annotate", "--out", tmp_path)
+    assert rc == 0, err
+    boxes = read_boxes(tmp_path / "synthetic-4.txt")
+    assert boxes.shape == (3, 4) and boxes[0].tolist() == [-10, -10, 40, 40]
+
+
+def test_track_sets_the_default_threads(data, tmp_path, capsys, monkeypatch):
+    """Without --threads, track runs on default_threads() (here 2: 4 CPUs faked), not on
+    torch's current count, and says so in its summary line."""
+    import os
+
+    from fasttrack.commands.common import default_device, default_threads, run_label
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc, out, err = run_cli(capsys, "track", data / "synthetic-4", "--tracker", "detrack",
+                               "--frames", 2, "--no-annotate", "--out", tmp_path)
+        threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert rc == 0 and threads == default_threads() == 2
+    assert f"(fasttrack kernels, {run_label(default_device(None), 2)})" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["track", "{seq}", "--tracker", "detrack", "--out", "{tmp}/out"],
+    ["eval", "{data}", "--tracker", "detrack", "--out", "{tmp}/out"],
+    ["eval", "{data}", "--tracker", "detrack", "--out", "{tmp}/out", "--workers", "2"],
+    ["eval", "{data}", "--tracker", "detrack", "--out", "{tmp}/out", "--distributed"],
+    ["demo"],
+])
+@pytest.mark.parametrize("device, needle", [
+    ("foo", "--device 'foo' is not a torch device"), ("cuda", "--device cuda: no CUDA device"),
+])
+def test_device_checked_before_anything(argv, device, needle, data, tmp_path, capsys, monkeypatch):
+    """A bad --device (or CUDA on a machine without it) is one line and status 2 before
+    anything is read, built, spawned or written."""
+    import fasttrack.data
+    import fasttrack.trackers.registry
+
+    def untouchable(*args, **kwargs):
+        raise AssertionError("used before --device was checked")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for module, name in ((fasttrack.data, "open_sequences"), (fasttrack.data, "synthetic_sequence"),
+                         (fasttrack.trackers.registry, "build_tracker")):
+        monkeypatch.setattr(module, name, untouchable)
+    fill = dict(tmp=tmp_path, seq=data / "synthetic-4", data=data)
+    rc, out, err = run_cli(capsys, *[a.format(**fill) for a in argv], "--device", device)
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"fasttrack {argv[0]}: error: {needle}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_synth_video_without_pyav_writes_nothing(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
+    rc, out, err = run_cli(capsys, "dataset", "synth", tmp_path / "x", "--num", 1, "--frames", 2,
+                           "--video")
+    assert rc == 2 and err.splitlines() == [
+        "fasttrack dataset: error: --video (writing mp4) needs PyAV: pip install av (or pip "
+        "install fasttrack[video])"]
+    assert not (tmp_path / "x").exists()
+
+
+# needle: a string, or a tuple of strings, that the one error line must contain
 @pytest.mark.parametrize("argv, needle", [
-    (["track", "{tmp}/nope", "--tracker", "detrack"], "nope"),
-    (["track", "{seq}", "--tracker", "detrack", "--box", "1,2,3"], "--box"),
-    (["track", "{seq}", "--tracker", "detrack", "--box", "900,9,5,5"], "--box 900,9,5,5 lies outside"),
+    (["track", "{tmp}/nope", "--tracker", "detrack"], "nope: no such file or folder"),
+    (["eval", "{tmp}/nope", "--tracker", "detrack"], "nope: no such file or folder"),
+    (["track", "{seq}", "--tracker", "detrack", "--box", "1,2,3"], "--box must be 4 numbers"),
+    (["track", "{seq}", "--tracker", "detrack", "--box", "900,9,5,5"],
+     ("--box", "lies outside the 160x128 frame")),
+    (["track", "{seq}", "--tracker", "detrack", "--box", "0,0,1e9,10"],
+     ("--box", "more than 4x the 160x128 frame")),
+    (["track", "{seq}", "--tracker", "detrack", "--box", "-10,-10,5,5"],
+     ("--box", "lies outside")),
+    (["track", "{seq}", "--tracker", "detrack", "--threads", "0"], "--threads must be an int >= 1"),
     (["track", "{seq}", "--tracker", "detrack", "--weights", "{tmp}/bad.pt"], "bad.pt"),
+    (["track", "{seq}", "--tracker", "detrack", "--weights", "{tmp}"],
+     "is a folder; DeTrack expects a checkpoint FILE"),
+    (["track", "{seq}", "--tracker", "detrack", "--weights", "{tmp}/none.pt"],
+     "none.pt': no such file or folder (detrack expects a checkpoint file"),
+    (["track", "{seq}", "--tracker", "dintr", "--weights", "{tmp}/bad.pt"],
+     "bad.pt' is a file; DINTR expects a FOLDER"),
     (["track", "{seq}", "--tracker", "dintr", "--weights", "{tmp}"], "not a diffusers"),
+    (["track", "{seq}", "--tracker", "detrack", "--out", "{tmp}/bad.pt"],
+     "--out {tmp}/bad.pt is a file; expected a folder"),
     (["track", "{data}", "--tracker", "detrack"], "holds 3 sequences"),
     (["track", "{tmp}/imgs", "--tracker", "detrack"], "pass --box"),
     (["track", "{tmp}/imgs", "--tracker", "detrack", "--box", "1,1,4,4", "--no-annotate"],
      "cannot read image"),
     (["eval", "{tmp}/imgs", "--tracker", "detrack"], "no ground truth"),
     (["eval", "{tmp}/badgt", "--tracker", "detrack"], "groundtruth.txt:2"),
+    (["eval", "{tmp}/gtdir", "--tracker", "detrack"],
+     ("cannot read ground truth", "groundtruth.txt: is a folder")),
+    (["eval", "{tmp}/badlist", "--tracker", "detrack"],
+     ("names 'missing'", "missing: no such folder")),
+    (["eval", "{data}", "--tracker", "detrack", "--out", "{tmp}/bad.pt"],
+     "--out {tmp}/bad.pt is a file; expected a folder"),
     (["eval", "{data}", "--tracker", "detrack", "--workers", "0"], "--workers"),
     (["eval", "{data}", "--tracker", "detrack", "--distributed"], "RANK"),
     (["eval", "{data}", "--tracker", "detrack", "--workers", "2", "--weights", "{tmp}/bad.pt"],
      "bad.pt' is not a readable DeTrack checkpoint"),
     (["dataset", "synth", "{tmp}/x", "--size", "big"], "--size"),
+    (["dataset", "synth", "{tmp}/bad.pt"], "OUT {tmp}/bad.pt is a file; expected a folder"),
 ])
 def test_user_errors_are_one_line(argv, needle, data, tmp_path, capsys, monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
+    black = np.zeros((16, 16, 3), np.uint8)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     (tmp_path / "imgs").mkdir()
-    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "imgs" / "1.png")
+    Image.fromarray(black).save(tmp_path / "imgs" / "1.png")
     (tmp_path / "imgs" / "2.png").write_bytes(b"broken")
-    (tmp_path / "badgt" / "s").mkdir(parents=True)
-    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "badgt" / "s" / "1.png")
-    (tmp_path / "badgt" / "s" / "groundtruth.txt").write_text("1,1,4,4\n1,2\n")
+    for name, gt in (("badgt", "1,1,4,4\n1,2\n"), ("gtdir", None), ("badlist", "1,1,4,4\n")):
+        (tmp_path / name / "s").mkdir(parents=True)
+        Image.fromarray(black).save(tmp_path / name / "s" / "1.png")
+        if gt is None:  # groundtruth.txt is a folder
+            (tmp_path / name / "s" / "groundtruth.txt").mkdir()
+            (tmp_path / name / "list.txt").write_text("s\n")
+        else:
+            (tmp_path / name / "s" / "groundtruth.txt").write_text(gt)
+    (tmp_path / "badlist" / "list.txt").write_text("s\nmissing\n")
     fill = dict(tmp=tmp_path, seq=data / "synthetic-4", data=data)
     rc, out, err = run_cli(capsys, *[a.format(**fill) for a in argv])
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert rc == 2 and lines, err
-    assert lines[-1].startswith(f"fasttrack {argv[0]}: error: ") and needle in lines[-1]
+    assert rc == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"fasttrack {argv[0]}: error: ")
+    for part in (needle,) if isinstance(needle, str) else needle:
+        assert part.format(**fill) in lines[0]
     assert "Traceback" not in err
 
 

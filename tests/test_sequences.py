@@ -94,8 +94,36 @@ def test_unreadable_image_names_file(tmp_path):
     (tmp_path / "00000002.png").write_bytes(b"not an image")
     seq = load_folder(tmp_path)
     np.testing.assert_array_equal(seq[0], colour(0))
-    with pytest.raises(ValueError, match=r"cannot read image .*00000002\.png"):
+    with pytest.raises(ValueError, match=r"cannot read image .*00000002\.png: not an image file"):
         seq[1]
+    (tmp_path / "00000002.png").unlink()  # gone after listing (a file removed mid-run)
+    with pytest.raises(ValueError, match=r"cannot read image .*00000002\.png: no such file$"):
+        seq[1]
+
+
+def test_path_errors_name_the_kind(tmp_path):
+    """Each reader says what is wrong with a path in the same words: "no such file", "is a
+    folder", "no such folder", "is a file" (fasttrack.data.sequences.path_problem)."""
+    from fasttrack.data import load_video, read_image
+    from fasttrack.data.sequences import path_problem
+
+    (tmp_path / "f.txt").write_text("1,2,3,4\n")
+    assert path_problem(tmp_path / "f.txt", "file") is None and path_problem(tmp_path, "folder") is None
+    with pytest.raises(ValueError, match=r"cannot read image .*gone\.png: no such file$"):
+        read_image(tmp_path / "gone.png")
+    with pytest.raises(ValueError, match=r"cannot read image .*: is a folder$"):
+        read_image(tmp_path)
+    with pytest.raises(ValueError, match=r"cannot read ground truth .*: is a folder$"):
+        read_boxes(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"gone: no such folder$"):
+        load_got10k(tmp_path / "gone")
+    with pytest.raises(NotADirectoryError, match=r"f\.txt is a file; expected a folder$"):
+        load_lasot(tmp_path / "f.txt")
+    with pytest.raises(FileNotFoundError, match=r"gone: no such file or folder"):
+        open_sequences(tmp_path / "gone")
+    pytest.importorskip("av")
+    with pytest.raises(ValueError, match=r"cannot read video .*: is a folder$"):
+        load_video(tmp_path)
 
 
 def test_load_folder_natural_order(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-__all__ = ["COMMAND_MODULES", "USER_ERRORS", "register_all", "run_command"]
+__all__ = ["COMMAND_MODULES", "USER_ERRORS", "register_all", "run_command", "one_line"]
 
 # subcommand modules, in the order `fasttrack --help` lists them
 COMMAND_MODULES = ("bench", "info", "track", "evaluate", "demo", "dataset")
@@ -25,6 +25,20 @@ def register_all(sub) -> None:
         importlib.import_module(f"{__name__}.{name}").register(sub)
 
 
+def one_line(exc: BaseException) -> str:
+    """`exc` as one line: a user error (:data:`USER_ERRORS`) by its message; any other exception
+    (a bug, or a failure inside a library) by its type, message and the file:line it was raised
+    at, since no traceback comes with it."""
+    msg = " ".join(str(exc).split())
+    if isinstance(exc, USER_ERRORS):
+        return msg or type(exc).__name__
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {msg}{where}" if msg else f"{type(exc).__name__}{where}"
+
+
 def run_command(args) -> int:
     """Call ``args.func(args)``; user errors become one stderr line and status 2."""
     if not getattr(args, "catch_user_errors", False):
@@ -32,6 +46,5 @@ def run_command(args) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as exc:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"fasttrack {args.command}: error: {msg}", file=sys.stderr)
+        print(f"fasttrack {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -59,8 +59,9 @@ def _codec(av) -> str:
 
 def video_rate(path, default: float = 30.0) -> Fraction:
     """Average frame rate of a video file's first video stream (default when unknown)."""
-    import av
+    from ..data.video import require_av
 
+    av = require_av()
     try:
         with av.open(str(path)) as container:
             rate = container.streams.video[0].average_rate
@@ -76,12 +77,9 @@ class Mp4Writer:
     are padded by one pixel, replicating the edge)."""
 
     def __init__(self, path, rate=30):
-        try:
-            import av
-        except ImportError as exc:
-            raise ImportError("writing mp4 needs PyAV: pip install fasttrack[video] "
-                              "(or pip install av)") from exc
-        self._av = av
+        from ..data.video import require_av
+
+        self._av = av = require_av("writing mp4")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rate = Fraction(rate).limit_denominator(1001)

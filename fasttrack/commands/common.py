@@ -1,5 +1,11 @@
-"""Pieces the `fasttrack` subcommands share: tracker options, the box argument, the timed
-per-frame loop and the result-file format.
+"""Pieces the `fasttrack` subcommands share: tracker options, the checked --device and the
+--threads default, the box argument, the output folder, the timed per-frame loop and the
+result-file format.
+
+Every command that computes (track, eval, demo) starts with ``default_device(args.device)``
+(so that a bad --device fails in one line before anything is read, built or written), then
+``set_threads(args.threads, workers)``, and builds its tracker from :func:`tracker_options`
+with :func:`make_tracker`.
 
 Result files hold one box per frame, ``x,y,w,h`` with 3 decimals (the GOT-10k / OTB toolkit
 format); time files one per-frame time in seconds per line.
@@ -13,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_tracker_args", "make_tracker", "parse_box", "run_sequence", "write_boxes",
-           "write_times", "default_device", "default_threads", "set_threads"]
+__all__ = ["add_tracker_args", "tracker_options", "make_tracker", "parse_box", "out_folder",
+           "run_sequence", "write_boxes", "write_times", "default_device", "default_threads",
+           "set_threads", "run_label"]
 
 
 def add_tracker_args(parser: argparse.ArgumentParser, default: str | None = None,
@@ -96,20 +103,47 @@ def set_threads(threads: int | None, workers: int = 1) -> int:
     return int(threads)
 
 
-def make_tracker(args, patched: bool | None = None):
-    """Build the tracker the parsed options ask for (patched unless --no-patch), after
-    applying --threads."""
-    from ..trackers.registry import build_tracker
+def run_label(device: str, threads: int, workers: int = 1) -> str:
+    """Where a run computes, for the one-line summaries: "cpu, 4 threads" or "cuda, 2 workers
+    x 1 thread"."""
+    per = f"{threads} thread" + ("s" if threads != 1 else "")
+    return f"{device}, {workers} workers x {per}" if workers > 1 else f"{device}, {per}"
 
-    set_threads(args.threads)
+
+def tracker_options(args, device: str, patched: bool | None = None) -> dict:
+    """The picklable options :func:`make_tracker` builds a tracker from (they travel to --workers
+    processes): --tracker, --weights, --seed, the checked `device`, and `patched` (default: not
+    --no-patch)."""
     if patched is None:
         patched = not args.no_patch
-    return build_tracker(args.tracker, args.weights, patched=patched, seed=args.seed,
-                         device=default_device(args.device))
+    return {"tracker": args.tracker, "weights": args.weights, "patched": bool(patched),
+            "seed": args.seed, "device": device}
+
+
+def make_tracker(opts: dict):
+    """Build the tracker of :func:`tracker_options` `opts` in this process (torch threads are
+    the caller's: :func:`set_threads`)."""
+    from ..trackers.registry import build_tracker
+
+    return build_tracker(opts["tracker"], opts["weights"], patched=opts["patched"],
+                         seed=opts["seed"], device=opts["device"])
+
+
+def out_folder(path, arg: str = "--out") -> Path:
+    """`path` as the output folder of option `arg`, checked before anything is computed:
+    ValueError naming `arg` when it exists and is not a folder. Creates nothing."""
+    from ..data.sequences import path_problem
+
+    problem = path_problem(path, "folder")
+    if problem and problem != "no such folder":  # a missing folder is created when written
+        raise ValueError(f"{arg} {path} {problem}; expected a folder (created if missing)")
+    return Path(path)
 
 
 def parse_box(text: str, arg: str = "--box") -> list[float]:
-    """Parse "x,y,w,h" (commas or spaces) into 4 finite floats with w, h > 0."""
+    """Parse "x,y,w,h" (commas or spaces; negative x, y allowed) into 4 finite floats.
+    ValueError naming `arg` otherwise. Whether the box fits a frame is
+    fasttrack.trackers.base.check_boxes's to say."""
     parts = [p for p in str(text).replace(",", " ").split() if p]
     try:
         box = [float(p) for p in parts]
@@ -117,8 +151,6 @@ def parse_box(text: str, arg: str = "--box") -> list[float]:
         box = []
     if len(box) != 4 or not all(math.isfinite(v) for v in box):
         raise ValueError(f"{arg} must be 4 numbers x,y,w,h (pixels, 0-based), got {text!r}")
-    if box[2] <= 0 or box[3] <= 0:
-        raise ValueError(f"{arg} must have width and height > 0, got {text!r}")
     return box
 
 

@@ -10,7 +10,6 @@ a textured sprite on a smooth background, exact ground truth) in the GOT-10k lay
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
@@ -61,19 +60,24 @@ def write_synthetic(out, num: int, frames: int, size=(128, 160), seed: int = 0,
     """Write `num` synthetic sequences into `out` (GOT-10k layout, plus <seq>.mp4 files when
     `video`); returns their names.
 
+    Everything is checked before the first file is written: the counts, `out` (a folder or
+    nothing), and with `video` that PyAV imports (ImportError saying how to install it).
     The sprite is a quarter of the frame's height and a fifth of its width (at least 4 px).
     """
     from PIL import Image
 
     from ..data import synthetic_sequence
+    from .common import out_folder
 
     if num < 1:
         raise ValueError(f"--num must be >= 1, got {num}")
     if frames < 1:
         raise ValueError(f"--frames must be >= 1, got {frames}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"OUT {out} exists and is not a folder")
+    out = out_folder(out, "OUT")
+    if video:
+        from ..data.video import require_av
+
+        require_av("--video (writing mp4)")
     sprite = (max(4, size[0] // 4), max(4, size[1] // 5))
     names = []
     for i in range(num):

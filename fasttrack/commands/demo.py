@@ -10,7 +10,8 @@ import argparse
 
 import numpy as np
 
-from .common import add_tracker_args, default_device, make_tracker, run_sequence
+from .common import (add_tracker_args, default_device, make_tracker, run_label, run_sequence,
+                     set_threads, tracker_options)
 
 __all__ = ["register", "run"]
 
@@ -38,15 +39,17 @@ def run(args) -> int:
     from ..data import synthetic_sequence
     from ..eval import iou, metrics
 
+    device = default_device(args.device)
     if args.frames < 2:
         raise ValueError(f"--frames must be >= 2, got {args.frames}")
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    threads = set_threads(args.threads)
     seq = synthetic_sequence(args.frames, seed=args.seed)
-    tracker = make_tracker(args, patched=False)
+    tracker = make_tracker(tracker_options(args, device, patched=False))
     kind = "tiny, random weights" if args.weights is None else f"weights {args.weights}"
     print(f"demo: {args.tracker} ({kind}) on a synthetic sequence of {len(seq)} frames "
-          f"{seq.size[1]}x{seq.size[0]}, {default_device(args.device)}")
+          f"{seq.size[1]}x{seq.size[0]}, {run_label(device, threads)}")
     runs = {}
     for label, on in (("plain PyTorch", False), ("fasttrack", True)):
         (fasttrack.patch if on else fasttrack.unpatch)(tracker)

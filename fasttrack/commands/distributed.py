@@ -6,16 +6,19 @@ torch.distributed (gloo), one process per rank, as torchrun starts them:
 
 Each rank reads RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT from the environment (LOCAL_RANK,
 when set, picks its GPU), joins the "gloo" process group, tracks the sequences i with
-i % WORLD_SIZE == RANK, and the per-sequence results are gathered with
-``dist.all_gather_object``; rank 0 writes and prints them. A rank that fails still takes part
-in the gather (with its error), so the others never wait for it; rank 0 then reports the error.
+i % WORLD_SIZE == RANK (writing each sequence's result files as it finishes), and the
+per-sequence results are gathered with ``dist.all_gather_object``; rank 0 writes them all and
+prints the metrics. A sequence that fails is a result too (with its error). A rank that cannot
+build its tracker still takes part in a first gather (with its error), so the others never wait
+for it, and every rank then stops with that error (see fasttrack.commands.evaluate_track).
 """
 from __future__ import annotations
 
 import datetime
 import os
 
-__all__ = ["ENV_VARS", "DistributedContext", "env_config", "shard", "gather"]
+__all__ = ["ENV_VARS", "DistributedContext", "env_config", "shard", "gather", "local_device",
+           "local_world_size"]
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -49,6 +52,17 @@ def local_device(device: str | None) -> str | None:
     if torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     return None
+
+
+def local_world_size() -> int:
+    """How many ranks share this machine (torchrun's LOCAL_WORLD_SIZE; 1 when unset): they
+    share its CPUs, so each takes default_threads(local_world_size()) torch threads."""
+    try:
+        n = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        raise ValueError(f"LOCAL_WORLD_SIZE must be an integer, got "
+                         f"{os.environ['LOCAL_WORLD_SIZE']!r}") from None
+    return max(1, n)
 
 
 class DistributedContext:
@@ -85,8 +99,8 @@ def shard(items, rank: int, world_size: int) -> list:
     return [(i, x) for i, x in enumerate(items) if i % world_size == rank]
 
 
-def gather(local: dict, world_size: int) -> list[dict]:
-    """all_gather_object of each rank's `local` dict; returns the list indexed by rank."""
+def gather(local, world_size: int) -> list:
+    """all_gather_object of each rank's picklable `local`; returns the list indexed by rank."""
     import torch.distributed as dist
 
     out = [None] * world_size

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from .common import add_tracker_args, default_device, make_tracker, parse_box, run_sequence, write_boxes
+from .common import (add_tracker_args, default_device, make_tracker, out_folder, parse_box,
+                     run_label, run_sequence, set_threads, tracker_options, write_boxes)
 
 __all__ = ["register", "run"]
 
@@ -22,6 +21,7 @@ EXAMPLES = """examples:
   fasttrack track clip.mp4 --box 120,80,40,60 --tracker detrack --out runs/clip
   fasttrack track data/GOT-10k/val/GOT-10k_Val_000001 --tracker detrack   # box from groundtruth.txt
   fasttrack track frames/ --box 10,20,30,40 --tracker dintr --weights ~/models/sd-2-1
+  fasttrack track clip.mp4 --box -10,40,60,60 --tracker detrack   # a target entering the frame
 """
 
 
@@ -35,8 +35,9 @@ def register(sub) -> argparse.ArgumentParser:
                    help="a video file, a folder of images, or one GOT-10k / LaSOT / OTB sequence "
                         "folder")
     p.add_argument("--box", default=None, metavar="X,Y,W,H",
-                   help="the target in the first frame, in pixels (0-based); default: the first "
-                        "ground-truth box of a sequence folder")
+                   help="the target in the first frame, in pixels (0-based); it may stick out of "
+                        "the frame (negative x, y) but must overlap it and be at most 4x its "
+                        "size; default: the first ground-truth box of a sequence folder")
     add_tracker_args(p)
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output folder (default: fasttrack-out/<sequence name>)")
@@ -60,17 +61,17 @@ def _open_source(source: str):
 
 
 def _first_box(seq, text: str | None):
+    """The box to start from: --box, else the sequence's first ground-truth box, checked against
+    the first frame by the trackers' own check_boxes (the one home of box validation)."""
+    from ..trackers.base import check_boxes
+
+    where = seq.meta.get("path", seq.name)
     if text is not None:
-        box = parse_box(text)
-        H, W = seq.size
-        x, y, w, h = box
-        if x >= W or y >= H or x + w <= 0 or y + h <= 0:
-            raise ValueError(f"--box {text} lies outside the {W}x{H} (width x height) first frame")
-        return box
-    if seq.gt is not None and np.isfinite(seq.gt[0]).all() and (seq.gt[0, 2:] > 0).all():
-        return [float(v) for v in seq.gt[0]]
-    raise ValueError(f"SOURCE {seq.meta.get('path', seq.name)} has no ground-truth box for "
-                     "frame 1: pass --box x,y,w,h")
+        return check_boxes(parse_box(text), seq.size, name="--box")
+    if seq.gt is None:
+        raise ValueError(f"SOURCE {where} has no ground truth: pass --box x,y,w,h")
+    return check_boxes(seq.gt[0], seq.size, name=f"the first ground-truth box of SOURCE {where} "
+                                                  "(pass --box x,y,w,h to choose one)")
 
 
 def _annotator(seq, out: Path, name: str):
@@ -89,13 +90,15 @@ def _annotator(seq, out: Path, name: str):
 
 def run(args) -> int:
     """Run `fasttrack track`; returns the exit status."""
+    device = default_device(args.device)
     if args.frames is not None and args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    threads = set_threads(args.threads)
     seq = _open_source(args.source)
-    box = _first_box(seq, args.box)
     name = seq.name
-    out = Path(args.out) if args.out else Path("fasttrack-out") / name
-    tracker = make_tracker(args)
+    out = out_folder(args.out if args.out else Path("fasttrack-out") / name)
+    box = _first_box(seq, args.box)
+    tracker = make_tracker(tracker_options(args, device))
     writer, on_frame = (None, None) if args.no_annotate else _annotator(seq, out, name)
     try:
         boxes, times = run_sequence(tracker, seq, box, on_frame=on_frame, limit=args.frames)
@@ -106,8 +109,8 @@ def run(args) -> int:
     n, total = len(boxes), float(times.sum())
     mode = "fasttrack kernels" if not args.no_patch else "plain PyTorch"
     print(f"tracked {n} frames of {name} with {args.tracker} ({mode}, "
-          f"{default_device(args.device)}): {n / total:.1f} FPS ({1000 * total / n:.1f} ms/frame, "
-          f"init included)")
+          f"{run_label(device, threads)}): {n / total:.1f} FPS ({1000 * total / n:.1f} ms/frame, "
+          "init included)")
     print(f"boxes: {path}")
     if writer is not None:
         print(f"annotated {'video' if writer.path.suffix == '.mp4' else 'frames'}: {writer.path}")

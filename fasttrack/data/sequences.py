@@ -7,7 +7,10 @@ Images are read with Pillow.
 
 Errors (all ``ValueError`` naming the file, and the line for ground-truth syntax): an image that
 cannot be read (raised when the frame is accessed), missing ground truth where the layout requires
-it, ground truth whose length disagrees with the frame count, a malformed ground-truth line.
+it, ground truth whose length disagrees with the frame count, a malformed ground-truth line. A
+path that does not exist or is of the wrong kind is named with :func:`path_problem`'s words
+("no such file", "is a folder", "no such folder", "is a file"); a missing folder or data set
+path is a ``FileNotFoundError``, a file where a folder belongs a ``NotADirectoryError``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 __all__ = [
     "Sequence", "IMAGE_EXTS", "read_image", "read_boxes", "list_images", "load_folder",
     "load_got10k", "load_lasot", "load_otb", "OTB_FRAME_RANGES", "open_sequences", "VIDEO_EXTS",
+    "path_problem",
 ]
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -29,15 +33,34 @@ VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg",
                         ".flv"})
 
 
+def path_problem(path, want: str) -> str | None:
+    """What keeps `path` from being an existing `want` ("file" or "folder"), in the words every
+    file-or-folder error of fasttrack uses: "no such file", "is a folder", "no such folder",
+    "is a file", "is not a regular file or folder"; None when it is one."""
+    if want not in ("file", "folder"):
+        raise ValueError(f"want must be 'file' or 'folder', got {want!r}")
+    p = Path(path)
+    if not p.exists():
+        return f"no such {want}"
+    if p.is_dir():
+        return None if want == "folder" else "is a folder"
+    if p.is_file():
+        return None if want == "file" else "is a file"
+    return "is not a regular file or folder"
+
+
 def read_image(path) -> np.ndarray:
     """Read an image file as RGB. Returns (H, W, 3) uint8; ValueError naming the file."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except UnidentifiedImageError:  # its message repeats the path
+        raise ValueError(f"cannot read image {path}: not an image file Pillow can decode") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from None
+        # the path itself is checked only here: frames are read often, and fail rarely
+        raise ValueError(f"cannot read image {path}: {path_problem(path, 'file') or exc}") from None
 
 
 def _as_rgb(arr: np.ndarray, where: str) -> np.ndarray:
@@ -142,7 +165,8 @@ def read_boxes(path) -> np.ndarray:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read ground truth {path}: {exc}") from None
+        why = path_problem(path, "file") or exc
+        raise ValueError(f"cannot read ground truth {path}: {why}") from None
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         tokens = [t for t in _SEP.split(line.strip()) if t]
@@ -171,15 +195,18 @@ def list_images(folder) -> list[Path]:
 
 def _require_dir(path) -> Path:
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"no such directory: {path}")
+    problem = path_problem(path, "folder")
+    if problem == "no such folder":
+        raise FileNotFoundError(f"{path}: no such folder")
+    if problem:
+        raise NotADirectoryError(f"{path} {problem}; expected a folder")
     return path
 
 
 def _require_gt(path: Path) -> np.ndarray:
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"missing ground truth file {path}")
-    return read_boxes(path)
+    return read_boxes(path)  # names a folder in its place
 
 
 def _check_len(gt: np.ndarray, n: int, path: Path):
@@ -232,8 +259,9 @@ def load_got10k(root, split: str | None = None) -> list[Sequence]:
     if listing.is_file():
         dirs = [root / s.strip() for s in listing.read_text().splitlines() if s.strip()]
         for d in dirs:
-            if not d.is_dir():
-                raise ValueError(f"{listing} names {d.name!r} but {d} is not a folder")
+            problem = path_problem(d, "folder")
+            if problem:
+                raise ValueError(f"{listing} names {d.name!r} but {d}: {problem}")
     else:
         dirs = sorted((d for d in root.iterdir() if d.is_dir() and list_images(d)),
                       key=_natural_key)
@@ -348,6 +376,8 @@ def open_sequences(path) -> list[Sequence]:
         list of :class:`Sequence`.
     """
     p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or folder (expected a video file or a folder)")
     if p.is_file():
         if p.suffix.lower() in VIDEO_EXTS:
             from .video import load_video

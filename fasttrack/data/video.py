@@ -10,17 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .sequences import Sequence, read_boxes
+from .sequences import Sequence, path_problem, read_boxes
 
-__all__ = ["VideoFrames", "load_video"]
+__all__ = ["VideoFrames", "load_video", "require_av"]
 
 
-def _av():
+def require_av(purpose: str = "reading videos"):
+    """The PyAV module; ImportError saying how to install it (`purpose` starts the message,
+    e.g. "writing mp4") when it cannot be imported."""
     try:
         import av
     except ImportError as exc:
-        raise ImportError("reading videos needs PyAV: pip install fasttrack[video] "
-                          "(or pip install av)") from exc
+        raise ImportError(f"{purpose} needs PyAV: pip install av (or pip install "
+                          "fasttrack[video])") from exc
     return av
 
 
@@ -48,9 +50,10 @@ class VideoFrames:
         self._len = n
 
     def _open(self):
-        av = _av()
-        if not self.path.is_file():
-            raise ValueError(f"cannot read video {self.path}: no such file")
+        av = require_av()
+        problem = path_problem(self.path, "file")
+        if problem:
+            raise ValueError(f"cannot read video {self.path}: {problem}")
         try:
             container = av.open(str(self.path))
         except (av.FFmpegError, OSError) as exc:
@@ -77,7 +80,7 @@ class VideoFrames:
             return self._last
         if self._decoder is None or i < self._next:
             self._restart()
-        av = _av()
+        av = require_av()
         try:
             while self._next <= i:
                 frame = next(self._decoder)

@@ -101,7 +101,8 @@ def check_boxes(boxes: Any, frame_size: tuple[int, int], name: str = "box",
             not batch and arr.shape != (4,)):
         raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
     H, W = frame_size
-    for i, (x, y, w, h) in enumerate(arr.reshape(-1, 4)):
+    for i, row in enumerate(arr.reshape(-1, 4)):
+        x, y, w, h = (float(v) for v in row)  # plain floats: messages read [0.0, ...], not np.float64
         label = f"{name}[{i}]" if batch else name
         if not np.all(np.isfinite([x, y, w, h])):
             raise ValueError(f"{label} must be finite, got {[x, y, w, h]}")

@@ -51,8 +51,10 @@ def _detrack(weights, seed: int, device: str):
         tracker = DeTrack.tiny(seed=seed, device=device)
     else:
         if not os.path.isfile(weights):
-            raise ValueError(f"weights {weights!r}: no such file (DeTrack expects a checkpoint "
-                             "written by DeTrack.save)")
+            given = "is a folder" if os.path.isdir(weights) else "is not a regular file"
+            raise ValueError(f"weights {weights!r} {given}; DeTrack expects a checkpoint FILE "
+                             "written by DeTrack.save (a Stable Diffusion folder goes with "
+                             "--tracker diff-tracker or dintr)")
         try:
             tracker = DeTrack.from_checkpoint(weights, map_location=device)
         except (RuntimeError, OSError, EOFError, KeyError, pickle.UnpicklingError) as exc:
@@ -71,8 +73,10 @@ def _diffusion(module: str, cls_name: str):
             tracker = cls.tiny(seed=seed, device=device)
         else:
             if not os.path.isdir(weights):
-                raise ValueError(f"weights {weights!r}: no such folder ({cls_name} expects a local "
-                                 "Stable Diffusion folder in the diffusers layout)")
+                given = "is a file" if os.path.isfile(weights) else "is not a folder"
+                raise ValueError(f"weights {weights!r} {given}; {cls_name} expects a FOLDER: a "
+                                 "local Stable Diffusion model in the diffusers layout (a DeTrack "
+                                 "checkpoint file goes with --tracker detrack)")
             try:
                 tracker = cls.from_pretrained(weights, device=device)
             except OSError as exc:  # diffusers: missing or broken config / weight files
@@ -119,7 +123,8 @@ def build_tracker(name: str, weights=None, *, patched: bool = True, seed: int = 
             raise TypeError(f"weights must be a path, got {type(weights).__name__}")
         weights = os.fspath(weights)
         if not os.path.exists(weights):
-            raise ValueError(f"weights {weights!r}: no such file or folder")
+            raise ValueError(f"weights {weights!r}: no such file or folder ({name} expects "
+                             f"{TRACKERS[name].weights})")
     tracker = TRACKERS[name].build(weights, int(seed), str(device))
     if patched:
         import fasttrack
