@@ -19,7 +19,8 @@ pytest.importorskip("diffusers")
 from diffusers.models.attention_processor import Attention  # noqa: E402
 
 import fasttrack  # noqa: E402
-from fasttrack.bench.recorder import SD21_TOP_CONFIG, allocated_peak_mb  # noqa: E402
+from fasttrack.bench.harness import peak_allocated_mb as allocated_peak_mb  # noqa: E402
+from fasttrack.bench.recorder import SD21_TOP_CONFIG  # noqa: E402
 from _oracle import rel_err  # noqa: E402
 from unet_fixtures import EagerRecorder, attention_layer_names, make_unet, unet_inputs  # noqa: E402
 
