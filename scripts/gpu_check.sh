@@ -138,8 +138,8 @@ declare -A CMD=(
   [pytest-triton]="\"\$PYTHON\" -m pytest -m 'not gpu' -q -rfEs$PYTEST_EXTRA --junitxml \"$OUTDIR/pytest-triton.xml\" -k 'triton or box_branch' tests/test_triton_kernels.py tests/test_box_branch_kernel.py tests/test_ops.py tests/test_detrack.py"
   [compile-report]="\"\$PYTHON\" -m fasttrack.kernels.compile_report --arch $ARCH_ARG --json \"$OUTDIR/compile_report.json\""
   [sanitize]="bash scripts/sanitize.sh"
-  [bench-ops]="\"\$PYTHON\" -m fasttrack.cli bench --sections ops --out \"$OUTDIR/bench-ops.json\""
-  [bench-rest]="\"\$PYTHON\" -m fasttrack.cli bench --sections recorder,detrack,trackers --quick --out \"$OUTDIR/bench-rest.json\""
+  [bench-ops]="\"\$PYTHON\" -m fasttrack.cli bench --sections ops --out \"$OUTDIR/bench-ops\""
+  [bench-rest]="\"\$PYTHON\" -m fasttrack.cli bench --sections recorder,detrack,trackers --quick --out \"$OUTDIR/bench-rest\""
 )
 
 if [[ $DRY -eq 1 ]]; then

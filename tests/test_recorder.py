@@ -19,7 +19,8 @@ pytest.importorskip("diffusers")
 from diffusers.models.attention_processor import Attention  # noqa: E402
 
 import fasttrack  # noqa: E402
-from fasttrack.bench.recorder import SD21_TOP_CONFIG, allocated_peak_mb  # noqa: E402
+from fasttrack.bench.harness import peak_allocated_mb  # noqa: E402
+from fasttrack.bench.recorder import SD21_TOP_CONFIG  # noqa: E402
 from _oracle import rel_err  # noqa: E402
 from unet_fixtures import EagerRecorder, attention_layer_names, make_unet, unet_inputs  # noqa: E402
 
@@ -361,8 +362,8 @@ def _sd21_memory_check(unet, latent, device, batch=None):
 
     with torch.no_grad():
         unet(s, t, encoder_hidden_states=c)  # warm-up: one-time allocations out of the way
-        _, plain = allocated_peak_mb(lambda: unet(s, t, encoder_hidden_states=c), device)
-        _, with_rec = allocated_peak_mb(recorded, device)
+        _, plain = peak_allocated_mb(lambda: unet(s, t, encoder_hidden_states=c), device)
+        _, with_rec = peak_allocated_mb(recorded, device)
         watch = _SquareWatch(latent * latent)
         rec.reset()
         with watch:

@@ -1,36 +1,40 @@
-"""DeTrack benchmarks: per-frame latency, multi-target throughput, FLOPs (`fasttrack bench`).
+"""Bench section "detrack": the DeTrack tracker step and its box branch block.
 
-`run(device, quick=True)` returns one row per variant:
-    name               "<model> eager" | "<model> compile" | "<model> patched(<backend>)"
-    ms_per_frame       median latency of `update` at batch 1 (the host copy of the box included,
-                       which also synchronizes the device)
-    peak_mem_mb        peak memory above the start of the row's timed runs (weights excluded):
-                       CUDA allocator peak, CPU sampled RSS (fasttrack.bench.harness.PeakMemory)
-    tfps_1/8/64        target-frames per second tracking 1, 8, 64 targets with update_batch
-    gflops             FLOPs of one step at batch 1 (torch.utils.flop_counter; 2 per MAC)
-plus a row "<model> flops" with the FLOP count of DeTrack256 (meta tensors, any device) next to
-the paper's 53.0 G. CPU: the `tiny` model (quick: ~30 s on 2 cores); GPU: detrack256 (and
-detrack384 when quick=False). torch.compile on CPU takes minutes on small machines, so with
-quick=True it is skipped there (the row says so).
+`cases(device, quick)`:
+  "<model> eager" | "<model> compile" | "<model> patched(<backend>)", for K = 1, 8, 64 targets:
+      unit "frame", one `update_batch` of K targets (ends with the host copy of the boxes, which
+      also synchronizes the device); K = 1 rows give frames/s, K > 1 rows target-frames/s.
+      FLOPs: one step of K targets counted by torch.utils.flop_counter on the meta device
+      (2 per MAC; search embedding, denoising ViT, refiner, mapping, template embedding).
+      The reference is eager; torch.compile of the reference network is "other". torch.compile
+      on the CPU takes minutes on small machines: with quick=True it is skipped there.
+  "box branch block C=<C>", impl reference / torch / triton (GPU), K = 1 and 64 targets:
+      unit "call", one block of the box branch (BoxBranch vs FusedBoxBranch).
+  "detrack256 flops": an untimed row, the FLOP count of a DeTrack256 step next to the paper's
+      53.0 G (GMACs too).
+CPU: the `tiny` model on 120 x 160 frames; GPU: detrack256 (and detrack384 when quick=False)
+on 480 x 640 frames.
 """
 from __future__ import annotations
 
-import statistics
-import time
+import functools
+import itertools
 
 import numpy as np
 import torch
 
-from fasttrack.bench.harness import PeakMemory
+from .harness import Case
 
-__all__ = ["run", "count_step_flops", "PAPER_GFLOPS"]
+__all__ = ["cases", "count_step_flops", "PAPER_GFLOPS"]
 
 PAPER_GFLOPS = {"detrack256": 53.0, "detrack384": 117.1}
+TARGETS = (1, 8, 64)
 
 
 def count_step_flops(name: str = "detrack256", targets: int = 1) -> int:
     """FLOPs of one tracker step (search embedding, denoising ViT, refiner, mapping, template
-    embedding for the memory) of DeTrack.<name>(), counted on the meta device."""
+    embedding for the memory) of DeTrack.<name>() for `targets` targets, counted on the meta
+    device."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from ..trackers.detrack.tracker import DeTrack
@@ -64,105 +68,92 @@ def _boxes(k: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.stack([x, y, w, h], 1)
 
 
-def _time_updates(tracker, frames, boxes, iters: int, warmup: int) -> list[float]:
-    tracker.init_batch(frames[0], boxes)
-    times = []
-    for i in range(warmup + iters):
-        start = time.perf_counter()
-        tracker.update_batch(frames[1 + i % (len(frames) - 1)])
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
-
-
 def _variants(device: torch.device, quick: bool):
-    """(label, setup) pairs; setup(tracker) turns the eager tracker into the variant or returns
-    a reason string to skip it."""
-    from fasttrack.patch import patch
+    """(label, role, make(tracker) turning the eager tracker into the variant, skip reason)."""
+    from ..patch import patch
 
-    def eager(tracker):
-        return None
+    # CPU: the torch backend by name; "auto" could pick Triton's interpreter (TRITON_INTERPRET=1)
+    backend = "triton" if device.type == "cuda" else "torch"
 
     def compiled(tracker):
-        if device.type == "cpu" and quick:
-            return "skipped: torch.compile of the tiny model takes minutes on a small CPU (quick)"
         tracker.net.predict = torch.compile(tracker.net.predict)
-        return None
 
     def patched(tracker):
-        patch(tracker, backend="auto")
-        return None
+        patch(tracker, backend="auto" if device.type == "cuda" else "torch")
 
-    backend = "triton" if device.type == "cuda" else "torch"
-    return [("eager", eager), ("compile", compiled), (f"patched({backend})", patched)]
-
-
-def run(device="cpu", quick: bool = True, threads: int | None = None) -> list[dict]:
-    """Benchmark rows (module docstring). device: "cpu", "cuda", "cuda:1", a torch.device.
-    threads: torch intra-op threads for the run (restored afterwards); on a small shared CPU
-    1 thread gives far steadier numbers than the default."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device is cuda but no CUDA device is available")
-    if threads is not None and (int(threads) != threads or threads < 1):
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
-    saved = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
-        return _run(device, quick)
-    finally:
-        torch.set_num_threads(saved)
+    skip_compile = ("skipped: torch.compile of the tiny model takes minutes on a small CPU (quick)"
+                    if device.type == "cpu" and quick else None)
+    return [("eager", "reference", lambda tracker: None, None),
+            ("compile", "other", compiled, skip_compile),
+            (f"patched({backend})", "fasttrack", patched, None)]
 
 
-def _run(device: torch.device, quick: bool) -> list[dict]:
+def _step_cases(device: torch.device, quick: bool) -> list[Case]:
     from ..trackers.detrack.tracker import DeTrack
 
     models = ["tiny"] if device.type == "cpu" else (["detrack256"] if quick else ["detrack256", "detrack384"])
-    iters, warmup = (5, 2) if quick else (30, 5)
-    counts = (1, 8, 64)
     height, width = (120, 160) if device.type == "cpu" else (480, 640)
     frames = [_frame(height, width, s) for s in range(4)]
-    rows = []
+    out = []
     for model in models:
-        flops = None
-        for label, setup in _variants(device, quick):
-            tracker = getattr(DeTrack, model)(seed=0).to(device).eval()
-            if flops is None:
-                flops = count_step_flops(model) if model != "tiny" else _tiny_flops(tracker)
-            row = {"name": f"{model} {label}", "device": str(device), "gflops": flops / 1e9,
-                   "threads": torch.get_num_threads()}
-            reason = setup(tracker)
-            if reason:
-                rows.append({**row, "note": reason})
-                continue
-            with PeakMemory(device) as mem:
-                lat = _time_updates(tracker, frames, _boxes(1, height, width), iters, warmup)
-                row["ms_per_frame"] = 1e3 * statistics.median(lat)
-                for k in counts:
-                    n = max(2, iters // 2) if k > 8 else iters
-                    times = _time_updates(tracker, frames, _boxes(k, height, width, k), n, 1)
-                    row[f"tfps_{k}"] = k / statistics.median(times)
-            row["peak_mem_mb"] = mem.peak_mb
-            rows.append(row)
+        for label, role, make, skip in _variants(device, quick):
+            @functools.cache
+            def tracker(model=model, make=make):  # one tracker per variant, shared by its K cases
+                tr = getattr(DeTrack, model)(seed=0).to(device).eval()
+                make(tr)
+                return tr
+
+            def setup(k, tracker=tracker):
+                tr = tracker()
+                tr.init_batch(frames[0], _boxes(k, height, width, k))
+                i = itertools.count()
+                return lambda: tr.update_batch(frames[1 + next(i) % (len(frames) - 1)])
+
+            for k in TARGETS if skip is None else TARGETS[:1]:  # a skipped variant: one row
+                out.append(Case(
+                    "detrack", {"name": f"{model} {label}"}, unit="frame", targets=k, role=role,
+                    setup=functools.partial(setup, k), skip=skip, group=(model, k),
+                    flops=functools.partial(count_step_flops, model, k),
+                    # full runs: 5 warm-up frames (CUDA graph capture), 64 targets: half the runs
+                    warmup=None if quick else 5, repeat=None if quick else (15 if k > 8 else 30)))
+    return out
+
+
+def _box_branch_cases(device: torch.device) -> list[Case]:
+    from ..trackers.detrack.box_branch import BoxBranch
+    from ..trackers.detrack.fused import FusedBoxBranch
+
+    C, H, ns = (768, 12, 256) if device.type == "cuda" else (64, 4, 64)
+
+    def setup(backend, k):
+        torch.manual_seed(0)
+        ref = BoxBranch(C, H).to(device).eval()
+        block = ref if backend == "reference" else FusedBoxBranch.from_reference(ref, backend)
+        b = torch.randn(k, 4, C, device=device)
+        key = torch.randn(k, H, ns, C // H, device=device)
+        val = torch.randn_like(key)
+        return torch.no_grad()(lambda: block(b, key, val))
+
+    out = []
+    for k in (1, 64):
+        for backend in ("reference", "torch", "triton"):
+            skip = ("skipped: the Triton interpreter is a correctness tool, not a benchmark"
+                    if backend == "triton" and device.type != "cuda" else None)
+            out.append(Case("detrack", {"name": f"box branch block C={C} Ns={ns}", "impl": backend},
+                            targets=k, setup=functools.partial(setup, backend, k), skip=skip,
+                            role="reference" if backend == "reference" else "fasttrack",
+                            group=("box branch", k)))
+    return out
+
+
+def _paper_flops(row, out) -> dict:
     gf = count_step_flops("detrack256") / 1e9
-    rows.append({"name": "detrack256 flops", "device": "meta", "gflops": gf,
-                 "gmacs": gf / 2, "paper_g": PAPER_GFLOPS["detrack256"]})
-    return rows
+    return {"gflops": gf, "gmacs": gf / 2, "paper_gflops": PAPER_GFLOPS["detrack256"]}
 
 
-def _tiny_flops(tracker) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    cfg, net = tracker.config, tracker.net
-    dev = tracker.device
-    z = torch.zeros(1, cfg.n_templates, cfg.template_tokens, cfg.dim, device=dev)
-    x_img = torch.zeros(1, 3, cfg.search_size, cfg.search_size, device=dev)
-    z_img = torch.zeros(1, 3, cfg.template_size, cfg.template_size, device=dev)
-    prior = torch.tensor([[0.375, 0.375, 0.625, 0.625]], device=dev)
-    traj = prior[:, None].repeat(1, cfg.traj_len, 1)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        net.predict(z, net.embed_search(x_img), prior, traj)
-        net.embed_template(z_img)
-    return int(counter.get_total_flops())
+def cases(device, quick: bool = False) -> list[Case]:
+    """The section's cases (module docstring)."""
+    device = torch.device(device)
+    return (_step_cases(device, quick) + _box_branch_cases(device)
+            + [Case("detrack", {"name": "detrack256 flops (meta device)"}, unit=None, role="other",
+                    check=_paper_flops)])

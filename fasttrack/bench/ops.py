@@ -1,8 +1,12 @@
-"""The op comparison behind `fasttrack bench` and benchmarks/bench_ops.py.
+"""Bench section "ops": the attention-map ops against the eager reference and map-free SDPA.
+
+`cases(device, quick)` gives one case per (shape, pass, op, implementation); unit "call" (one
+op call, with its backward for pass "fwd+bwd"), FLOPs known.
 
 Shapes (DESIGN / issue 2): SD-64 (B=2, H=5, N=4096, D=64, T=77), SD-96 (N=9216),
-SD-128 (B=1, H=10, N=16384). On a CUDA device all three run; on the CPU, SD-64 only (the
-reference materializes 2 x 5 x 4096^2 floats there: 670 MB per map).
+SD-128 (B=1, H=10, N=16384). On a CUDA device all three run (quick: SD-64). On the CPU the full
+table runs at SD-32 and the headline case (self_cross forward) at SD-64, where the reference
+materializes 2 x 5 x 4096^2 floats (670 MB per map); quick: the `tiny` shape.
 
 Implementations compared, per op:
   reference  fasttrack.ops.reference: the eager, materializing PyTorch code users write today;
@@ -15,14 +19,15 @@ self_cross 2BHN^2 D + 2BN^2 T (the heads share C), x3 for forward + backward.
 """
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
 from .. import ops
 from ..ops import reference as R
-from .harness import PeakMemory, time_fn
+from .harness import Case
 
 
 @dataclass(frozen=True)
@@ -63,21 +68,18 @@ def default_plan(device: torch.device, quick: bool) -> list[tuple[Shape, tuple, 
 
 
 def make_inputs(s: Shape, device, dtype, seed: int = 0, requires_grad: bool = False):
+    """The op inputs of shape `s`: a namespace with q, k, v (B, H, N, D), cross (B, N, T)
+    probabilities, tk, tv (B, H, T, D) text keys / values."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    q = torch.randn(s.B, s.H, s.N, s.D, generator=g).to(device, dtype)
-    k = torch.randn(s.B, s.H, s.N, s.D, generator=g).to(device, dtype)
-    v = torch.randn(s.B, s.H, s.N, s.D, generator=g).to(device, dtype)
-    cross = torch.softmax(torch.randn(s.B, s.N, s.T, generator=g) * 2, -1).to(device, dtype)
-    text_k = torch.randn(s.B, s.H, s.T, s.D, generator=g).to(device, dtype)
-    text_v = torch.randn(s.B, s.H, s.T, s.D, generator=g).to(device, dtype)
-    ts = [q, k, v, cross, text_k, text_v]
-    if requires_grad:
-        for t in ts:
-            t.requires_grad_(True)
-    return ts
+    sizes = dict(q=(s.B, s.H, s.N, s.D), k=(s.B, s.H, s.N, s.D), v=(s.B, s.H, s.N, s.D),
+                 cross=(s.B, s.N, s.T), tk=(s.B, s.H, s.T, s.D), tv=(s.B, s.H, s.T, s.D))
+    x = {n: torch.randn(*size, generator=g) for n, size in sizes.items()}
+    x["cross"] = torch.softmax(x["cross"] * 2, -1)
+    return SimpleNamespace(**{n: t.to(device, dtype).requires_grad_(requires_grad) for n, t in x.items()})
 
 
 def flops(op: str, s: Shape, backward: bool = False) -> float:
+    """Algorithmic FLOPs of one call of `op` at shape `s` (module docstring), x3 with backward."""
     n2 = float(s.N) ** 2
     if op == "attention":
         f = 2 * s.B * s.H * n2 * 2 * s.D
@@ -86,7 +88,7 @@ def flops(op: str, s: Shape, backward: bool = False) -> float:
     elif op == "cross_attention":
         f = 2 * s.B * s.H * s.N * s.T * 2 * s.D
     else:
-        raise ValueError(f"unknown op {op!r}")
+        raise ValueError(f"op must be one of {ALL_OPS}, got {op!r}")
     return f * (3 if backward else 1)
 
 
@@ -121,72 +123,55 @@ def _backends(device) -> list[str]:
     return names
 
 
-def _cases(s: Shape, device, dtype, backward: bool, which=ALL_OPS):
-    """(op, impl, fn) for one shape. Each fn builds fresh graphs so timings are independent."""
-    q, k, v, cross, tk, tv = make_inputs(s, device, dtype, requires_grad=backward)
-
-    def run(f):
-        if not backward:
-            return lambda: f()
-        def fb():
-            out = f()
-            out = out[0] if isinstance(out, tuple) else out
-            out.backward(torch.ones_like(out))
-        return fb
-
-    if "self_cross" in which:
-        yield "self_cross", "reference", run(lambda: R.self_cross(q, k, cross))
-        for b in _backends(device):
-            yield "self_cross", b, run(lambda b=b: ops.self_cross(q, k, cross, backend=b))
-    if "attention" in which:
-        yield "attention", "reference", run(lambda: R.attention(q, k, v))
-        for b in _backends(device):
-            yield "attention", b, run(lambda b=b: ops.attention(q, k, v, backend=b))
-        for name, fn in _peers(device).items():
-            if isinstance(fn, str):  # the reason this peer cannot run here
-                yield "attention", name + " (no maps)", fn
-            else:
-                yield "attention", name + " (no maps)", run(lambda fn=fn: fn(q, k, v))
-    if "cross_attention" in which:
-        yield "cross_attention", "reference", run(lambda: R.cross_attention(q, tk, tv))
-        for b in _backends(device):
-            yield "cross_attention", b, run(lambda b=b: ops.cross_attention(q, tk, tv, backend=b))
+# op -> fn(x) of the eager reference, and fn(x, backend) of fasttrack's op (x: make_inputs)
+_REFERENCE = {"self_cross": lambda x: R.self_cross(x.q, x.k, x.cross),
+              "attention": lambda x: R.attention(x.q, x.k, x.v),
+              "cross_attention": lambda x: R.cross_attention(x.q, x.tk, x.tv)}
+_FASTTRACK = {"self_cross": lambda x, b: ops.self_cross(x.q, x.k, x.cross, backend=b),
+              "attention": lambda x, b: ops.attention(x.q, x.k, x.v, backend=b),
+              "cross_attention": lambda x, b: ops.cross_attention(x.q, x.tk, x.tv, backend=b)}
 
 
-def run(device=None, *, quick: bool = False, dtype=None, plan=None,
-        repeat: int | None = None, progress=None) -> list[dict]:
-    """Time and measure every (shape, op, implementation) of `plan` (default_plan when None);
-    returns one dict per row.
+def _impls(device, op: str):
+    """(impl, role, fn(x) or the reason it cannot run) for one op."""
+    yield "reference", "reference", _REFERENCE[op]
+    for b in _backends(device):
+        yield b, "fasttrack", functools.partial(_FASTTRACK[op], b=b)
+    if op == "attention":
+        for name, peer in _peers(device).items():
+            fn = peer if isinstance(peer, str) else (lambda x, peer=peer: peer(x.q, x.k, x.v))
+            yield name + " (no maps)", "other", fn
 
-    Row keys: section, shape, op, impl, pass ("fwd" / "fwd+bwd"), ms, tflops, peak_mb,
-    dtype, device. A case that fails (e.g. out of memory) gets ms = NaN and an "error" key; a
-    peer that is not installed gets a row with a "note" saying why, and no timing."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+def _call(fn, x, backward: bool):
+    """The timed callable: fn(x), then (fwd+bwd) a backward of ones through its output."""
+    if not backward:
+        return lambda: fn(x)
+
+    def fwd_bwd():
+        out = fn(x)
+        out = out[0] if isinstance(out, tuple) else out
+        out.backward(torch.ones_like(out))
+    return fwd_bwd
+
+
+def cases(device, quick: bool = False, *, dtype=None, plan=None) -> list[Case]:
+    """The section's cases (module docstring) for every (shape, ops, passes) of `plan`
+    (default_plan when None). dtype: float16 on CUDA, float32 on the CPU by default. Inputs are
+    built once per (shape, pass), when its first case runs."""
+    device = torch.device(device)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    plan = plan or default_plan(device, quick)
-    repeat = repeat or (10 if device.type == "cuda" else 2)
-    rows = []
-    for s, which, passes in plan:
+    out = []
+    for s, which, passes in plan or default_plan(device, quick):
         for bwd in passes:
-            for op, impl, fn in _cases(s, device, dtype, bwd, which):
-                row = dict(section="ops", shape=s.name, op=op, impl=impl, **{"pass": "fwd+bwd" if bwd else "fwd"},
-                           dtype=str(dtype).replace("torch.", ""), device=str(device))
-                if isinstance(fn, str):
-                    row["note"] = fn
-                else:
-                    try:
-                        fn()  # warm-up: first-call dispatch, allocator growth, Triton compilation
-                        with PeakMemory(device) as m:
-                            ms = time_fn(fn, device, warmup=0, repeat=repeat)
-                        row.update(ms=ms, peak_mb=m.peak_mb, tflops=flops(op, s, bwd) / (ms * 1e-3) / 1e12)
-                    except Exception as e:  # OOM on a big reference, a kernel that fails to
-                        # compile or a refused backend: a result for this row, not the end of the run
-                        msg = (str(e).splitlines() or [""])[0][:200]
-                        row.update(ms=math.nan, peak_mb=math.nan, tflops=math.nan,
-                                   error=f"{type(e).__name__}: {msg}")
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
-                rows.append(row)
-                if progress is not None:
-                    progress(row)
-    return rows
+            inputs = functools.cache(functools.partial(make_inputs, s, device, dtype, requires_grad=bwd))
+            pass_ = "fwd+bwd" if bwd else "fwd"
+            for op in (o for o in ALL_OPS if o in which):
+                for impl, role, fn in _impls(device, op):
+                    runnable = not isinstance(fn, str)
+                    out.append(Case(
+                        "ops", {"shape": s.name, "op": op, "impl": impl, "pass": pass_},
+                        setup=(lambda fn=fn, inputs=inputs, bwd=bwd: _call(fn, inputs(), bwd)) if runnable else None,
+                        skip=None if runnable else fn, flops=flops(op, s, bwd), role=role,
+                        group=(s.name, op, pass_), info={"dtype": str(dtype).replace("torch.", "")}))
+    return out

@@ -1,40 +1,32 @@
-"""Diff-Tracker and DINTR benchmarks: per-frame time and peak memory, patched vs unpatched
-(`fasttrack bench`, section "trackers"; benchmarks/bench_trackers.py runs the same builders).
+"""Bench section "trackers": Diff-Tracker and DINTR, patched vs unpatched (the reference).
 
-`run(device, quick=True)` returns one row per (tracker, path, targets):
-    name            "<tracker> <model> patched(<backend>)" | "... unpatched"
-    ms_per_frame    median wall time of `update_batch` (the host copy of the boxes, which also
-                    synchronizes the device, included), steady state: Diff-Tracker rows time
-                    frames with the online prompt updater active
-    fps             targets x frames per second (= 1000 K / ms_per_frame)
-    peak_mem_mb     peak memory during the timed updates above the level at their start:
-                    CUDA max_memory_allocated, CPU peak RSS increase (fasttrack.bench.harness.PeakMemory)
-    init_ms         `init_batch` time: the first-frame prompt learning (Diff-Tracker,
-                    `prompt_steps` Adam steps) or token learning (DINTR, `init_steps`)
-    init_peak_mem_mb  the same memory measure during init (backward through the maps)
-    ms_per_learning_step  init_ms / steps
-CPU: the `tiny` models (quick: 2 timed frames, DINTR with 2 interpolation steps; about
-50 s of CPU time on 2 cores). CUDA: the SD 2.1 architecture with random
-weights at 512 x 512 (maps at 64 x 64, float16), built in memory (no weights are downloaded).
+`cases(device, quick)` gives, per (tracker, path, K targets), two cases named
+"<tracker> <model> patched(<backend>)" | "... unpatched":
+    phase "update"  unit "frame": one `update_batch` of K targets (ends with the host copy of
+                    the boxes, which synchronizes the device), in steady state: after warm-up
+                    frames, Diff-Tracker's online prompt updater active. K = 1 rows give
+                    frames/s, K > 1 rows target-frames/s (K x frames per second).
+    phase "init"    unit "call": one `init_batch`, the first-frame learning (Diff-Tracker:
+                    `prompt_steps` Adam steps of prompt learning; DINTR: `init_steps` of token
+                    learning, a backward through the recorded maps); learning_steps and
+                    ms_per_learning_step (ms / steps) beside it.
+CPU: the `tiny` models at 96 x 128 (quick: DINTR with 2 interpolation steps, K = 1 and 4).
+CUDA: the SD 2.1 architecture with random weights at 480 x 640 frames (maps at 64 x 64,
+float16), built in memory once (no weights are downloaded) and shared by every case.
 """
 from __future__ import annotations
 
-import statistics
-import time
+import functools
+import itertools
 
 import numpy as np
 import torch
 
 import fasttrack
 
-from .harness import PeakMemory
+from .harness import Case
 
-__all__ = ["run", "build", "frames_and_boxes"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+__all__ = ["cases", "build", "frames_and_boxes"]
 
 
 def frames_and_boxes(num_frames: int, size: tuple[int, int], targets: int, seed: int = 0):
@@ -82,50 +74,55 @@ def _learning_steps(tr) -> int:
     return int(getattr(tr, "prompt_steps", getattr(tr, "init_steps", 0)))
 
 
-def measure(tr, frames, boxes, device, *, warmup: int, iters: int) -> dict:
-    """Time init_batch, `warmup` untimed updates, then `iters` timed updates (cycling frames)."""
-    device = torch.device(device)
-    _sync(device)
-    with PeakMemory(device) as m_init:
-        t0 = time.perf_counter()
-        tr.init_batch(frames[0], boxes)
-        _sync(device)
-        init_s = time.perf_counter() - t0
-    n = len(frames) - 1
-    for i in range(warmup):
-        tr.update_batch(frames[1 + i % n])
-    times = []
-    with PeakMemory(device) as m_upd:
-        for i in range(warmup, warmup + iters):
-            t0 = time.perf_counter()
-            tr.update_batch(frames[1 + i % n])    # ends with the boxes' host copy: synchronizes
-            times.append(time.perf_counter() - t0)
-    ms = 1e3 * statistics.median(times)
-    steps = _learning_steps(tr)
-    return {"ms_per_frame": ms, "fps": 1e3 * boxes.shape[0] / ms, "peak_mem_mb": m_upd.peak_mb,
-            "init_ms": 1e3 * init_s, "init_peak_mem_mb": m_init.peak_mb, "learning_steps": steps,
-            "ms_per_learning_step": 1e3 * init_s / steps if steps else float("nan")}
+def cases(device, quick: bool = False) -> list[Case]:
+    """The section's cases (module docstring). ImportError without diffusers (the section is
+    then skipped)."""
+    import diffusers  # noqa: F401  (checked here: a missing package skips the whole section)
 
-
-def run(device="cpu", quick: bool = True) -> list[dict]:
-    """Benchmark rows (module docstring). device: "cpu", "cuda", "cuda:1" or a torch.device."""
     device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device is cuda but no CUDA device is available")
     on_gpu = device.type == "cuda"
     model = "sd2.1" if on_gpu else "tiny"
     dtype = torch.float16 if on_gpu else torch.float32
     # The fused path on CPU is the "torch" backend; "auto" could pick Triton's interpreter.
     backend = "auto" if on_gpu else "torch"
     size = (480, 640) if on_gpu else (96, 128)
-    iters = (2 if quick else 10) if not on_gpu else (5 if quick else 20)
+    # Timed calls per case (None: the harness default, 3 on the CPU). An init call is several
+    # learning steps (forward and backward through the UNet): fewer of them.
+    repeat = {"update": (5 if on_gpu else None) if quick else (20 if on_gpu else 10),
+              "init": 2 if quick else 5}
     target_counts = (1, 4) if quick else (1, 4, 8)
-    components = None
-    if on_gpu:
+
+    @functools.cache
+    def components():
+        if not on_gpu:
+            return None
         from ..trackers.diffusion.sd import random_components
 
-        components = random_components("sd2.1", seed=0, device=device, dtype=dtype)
-    rows = []
+        return random_components("sd2.1", seed=0, device=device, dtype=dtype)
+
+    def setup(tracker, patched, extra, warmup, k, phase):
+        # A tracker per case, built when the case runs: building an unpatched tracker on the
+        # shared GPU model unpatches it, so a tracker must not outlive its case.
+        tr = build(tracker, model, device, dtype=dtype, patched=patched, backend=backend,
+                   quick=quick, components=components(), **extra)
+        frames, boxes = frames_and_boxes(warmup + 2, size, k)
+        if phase == "init":
+            def init():
+                tr.init_batch(frames[0], boxes)
+                return _learning_steps(tr)  # the output of the memory run: per_step reads it
+            return init
+        tr.init_batch(frames[0], boxes)
+        for i in range(1, warmup + 1):
+            tr.update_batch(frames[i])
+        i = itertools.count()
+        return lambda: tr.update_batch(frames[1 + next(i) % (len(frames) - 1)])
+
+    def per_step(row, steps):
+        if not steps:
+            return {}
+        return {"learning_steps": steps, **({"ms_per_learning_step": row["ms"] / steps} if "ms" in row else {})}
+
+    out = []
     for tracker in ("diff_tracker", "dintr"):
         # Timed frames come after the warm-up ones; for Diff-Tracker they run the online prompt
         # updater (from frame 6 by default; quick CPU runs start it at frame 3 to save time).
@@ -134,19 +131,14 @@ def run(device="cpu", quick: bool = True) -> list[dict]:
             warmup = 2 if (quick and not on_gpu) else 6
             extra = {"update_from": warmup}
         for patched in (True, False):
-            tr = build(tracker, model, device, dtype=dtype, patched=patched, backend=backend,
-                       quick=quick, components=components, **extra)
-            label = f"patched({backend})" if patched else "unpatched"
+            name = f"{tracker} {model} {f'patched({backend})' if patched else 'unpatched'}"
+            common = dict(role="fasttrack" if patched else "reference",
+                          info={"dtype": str(dtype).replace("torch.", "")})
             for k in target_counts:
-                frames, boxes = frames_and_boxes(warmup + 2, size, k)
-                row = {"name": f"{tracker} {model} {label}", "device": str(device), "targets": k,
-                       "dtype": str(dtype).replace("torch.", "")}
-                try:
-                    row.update(measure(tr, frames, boxes, device, warmup=warmup, iters=iters))
-                except torch.cuda.OutOfMemoryError as e:
-                    row["note"] = f"out of memory: {str(e).splitlines()[0]}"
-                    torch.cuda.empty_cache()
-                rows.append(row)
-            # The unpatched build of a shared model unpatches it; the next build re-patches.
-            del tr
-    return rows
+                for phase, unit in (("update", "frame"), ("init", "call")):
+                    out.append(Case(
+                        "trackers", {"name": name, "phase": phase}, unit=unit, targets=k,
+                        setup=functools.partial(setup, tracker, patched, extra, warmup, k, phase),
+                        group=(tracker, phase, k), check=per_step if phase == "init" else None,
+                        repeat=repeat[phase], **common))
+    return out

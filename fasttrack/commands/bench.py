@@ -1,23 +1,24 @@
 """`fasttrack bench`: time and measure fasttrack against eager PyTorch on this device.
 
-Runs each section of fasttrack.bench (ops, recorder, detrack, trackers) on the device present
-(CUDA if any, else CPU), prints a table per section and writes every row as JSON, with a
-markdown / HTML report and a chart beside it. A section whose optional package is missing
-becomes a row that says so; a failing section is recorded and the others still run (exit 1).
+Runs the cases of each section of fasttrack.bench (ops, recorder, detrack, trackers) through the
+harness (fasttrack/bench/harness.py) on the device present (CUDA if any, else CPU), prints a
+table per section and writes DIR/bench.json (every row, the machine's facts) with a markdown /
+HTML report and a chart beside it (DIR/bench.md, .html, .png). A section whose optional package
+is missing becomes a row that says so; a failing section, or a case that fails for another
+reason than memory, is recorded and the rest still runs (exit status 1).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
-import math
-import os
 import sys
 import time
+from pathlib import Path
 
-__all__ = ["register", "run", "SECTIONS", "format_table", "add_ratios"]
+__all__ = ["register", "run", "SECTIONS"]
 
-# Bench sections: name -> (module, description). Each module exposes run(device, quick) -> rows.
+# Bench sections: name -> (module, description). Each module exposes cases(device, quick).
 SECTIONS = {
     "ops": ("fasttrack.bench.ops", "attention-map ops: eager reference vs fasttrack backends"),
     "recorder": ("fasttrack.bench.recorder", "diffusers UNet step with map recording"),
@@ -26,114 +27,72 @@ SECTIONS = {
 }
 
 
-def _available_sections() -> list[str]:
-    out = []
-    for name, (mod, _) in SECTIONS.items():
-        if importlib.util.find_spec(mod) is not None:
-            out.append(name)
-    return out
+def _section_rows(name: str, device, quick: bool) -> tuple[list[dict], bool]:
+    """(rows of section `name`, whether the section itself failed)."""
+    from ..bench.harness import run_cases
+    from ..bench.report import cell, row_label
 
+    def progress(row):
+        got = row.get("error") or row.get("note") or (
+            f"{cell(row.get('ms'))} ms per {row.get('unit')}, {cell(row.get('peak_allocated_mb'))} MB"
+            if "ms" in row else "")
+        print(f"  {row_label(row)}: {got}", flush=True)
 
-def _fmt(x, nd=1) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "nan"
-        if x != 0 and abs(x) < 10 ** -nd:  # an error of 3e-7 must not read as 0.0
-            return f"{x:.1e}"
-        return f"{x:.{nd}f}"
-    return str(x)
-
-
-def format_table(rows: list[dict]) -> str:
-    """A fixed-width table of bench rows; columns are the union of the rows' keys in a
-    readable order, with the measurement columns last."""
-    if not rows:
-        return "(no rows)"
-    lead = ["section", "shape", "op", "impl", "pass", "name"]
-    tail = ["ms", "tflops", "peak_mb", "speedup", "mem_ratio"]
-    keys = [k for k in lead if any(k in r for r in rows)]
-    keys += sorted({k for r in rows for k in r} - set(lead) - set(tail) - {"dtype", "device", "error"})
-    keys += [k for k in tail if any(k in r for r in rows)]
-    cells = [[_fmt(r.get(k), 3 if k == "tflops" else 1) for k in keys] for r in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    line = "  ".join(k.ljust(w) for k, w in zip(keys, widths))
-    out = [line, "-" * len(line)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
-    return "\n".join(out)
-
-
-def add_ratios(rows: list[dict]) -> None:
-    """speedup and mem_ratio of each ops row against the reference row of the same case."""
-    refs = {(r["shape"], r["op"], r["pass"]): r for r in rows
-            if r.get("section") == "ops" and r.get("impl") == "reference"}
-    for r in rows:
-        ref = refs.get((r.get("shape"), r.get("op"), r.get("pass")))
-        if ref is None or r is ref:
-            continue
-        if ref.get("ms") and r.get("ms") and not math.isnan(ref["ms"]):
-            r["speedup"] = ref["ms"] / r["ms"]
-        if ref.get("peak_mb") and r.get("peak_mb") and ref["peak_mb"] > 0:
-            r["mem_ratio"] = r["peak_mb"] / ref["peak_mb"]
+    try:
+        cases = importlib.import_module(SECTIONS[name][0]).cases(device, quick=quick)
+        return run_cases(cases, device, progress=progress), False
+    except ImportError as e:
+        # An optional dependency (diffusers for the recorder and the diffusion trackers) is
+        # missing: the section is skipped with the reason, the other sections still run.
+        return [{"section": name, "name": name, "note": f"skipped: {type(e).__name__}: {e}"}], False
+    except Exception as e:  # a failing section is a result too: record it, run the rest
+        msg = (str(e).splitlines() or [""])[0][:200]
+        return [{"section": name, "name": name, "note": f"failed: {type(e).__name__}: {msg}",
+                 "error": f"{type(e).__name__}: {e}"}], True
 
 
 def run(args) -> int:
-    import torch
-
     from ..bench.facts import device_facts
+    from ..bench.report import row_label, text_table, write_report
+    from .common import default_device, set_threads
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    available = _available_sections()
-    wanted = args.sections.split(",") if args.sections else available
+    device = default_device(args.device)  # ValueError (one line, status 2) for a bad --device
+    wanted = args.sections.split(",") if args.sections else list(SECTIONS)
     unknown = [s for s in wanted if s not in SECTIONS]
     if unknown:
-        print(f"unknown section(s) {unknown}; choose from {available}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--sections: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    set_threads(args.threads)  # before the facts, which record the thread count
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; it names the folder of the report files")
     facts = device_facts(device)
-    print(f"fasttrack bench on {facts['device_name']} ({device}), torch {facts['torch']}, "
-          f"triton {facts['triton']}, CUDA extension: {facts['has_cuda_ext']}")
+    print(f"fasttrack bench on {facts['device_name']} ({device}), torch {facts['torch']} "
+          f"({facts['torch_threads']} threads), triton {facts['triton']}, CUDA extension: {facts['has_cuda_ext']}")
     rows, failed, t0 = [], [], time.perf_counter()
     for name in wanted:
-        mod, desc = SECTIONS[name]
-        print(f"\n[{name}] {desc}", flush=True)
+        print(f"\n[{name}] {SECTIONS[name][1]}", flush=True)
         t = time.perf_counter()
-        try:
-            section_rows = importlib.import_module(mod).run(device, quick=args.quick)
-        except ImportError as e:
-            # An optional dependency (diffusers for the recorder and the diffusion trackers)
-            # is missing: the section is skipped with the reason, the other sections still run.
-            section_rows = [{"name": name, "note": f"skipped: {type(e).__name__}: {e}"}]
-        except Exception as e:  # a failing section is a result too: record it, run the rest
-            failed.append(name)
-            msg = (str(e).splitlines() or [""])[0][:200]
-            section_rows = [{"name": name, "note": f"failed: {type(e).__name__}: {msg}",
-                             "error": f"{type(e).__name__}: {e}"}]
-        for r in section_rows:
-            r.setdefault("section", name)
-        add_ratios(section_rows)
-        print(format_table(section_rows))
-        for r in section_rows:  # the table leaves the (long) error column out
-            if r.get("error"):
-                what = " ".join(str(r[k]) for k in ("shape", "op", "impl", "pass", "name") if r.get(k))
-                print(f"  error in {what}: {r['error']}")
+        section_rows, section_failed = _section_rows(name, device, args.quick)
+        print(text_table(section_rows))
         print(f"({time.perf_counter() - t:.1f} s)", flush=True)
+        if section_failed or any(r.get("error") for r in section_rows):
+            failed.append(name)
         rows += section_rows
     result = {"facts": facts, "quick": args.quick, "seconds": time.perf_counter() - t0, "rows": rows,
               "failed_sections": failed}
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1, default=str)
-    from ..bench.report import write_report
-    stem = args.out[:-5] if args.out.endswith(".json") else args.out
-    written = write_report(json.loads(json.dumps(result, default=str)), stem)
-    print(f"\nwrote {args.out} ({len(rows)} rows, {result['seconds']:.0f} s) and "
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=1, default=str)
+    (out / "bench.json").write_text(text)
+    written = write_report(json.loads(text), out / "bench")
+    print(f"\nwrote {out / 'bench.json'} ({len(rows)} rows, {result['seconds']:.0f} s) and "
           + ", ".join(str(p) for p in written))
-    if not any(str(p).endswith(".png") for p in written):
-        print("(no speed chart: matplotlib is not installed; pip install fasttrack[plot])")
+    if not any(p.suffix == ".png" for p in written):
+        print("(no chart: matplotlib is not installed; pip install fasttrack[plot])")
+    for r in rows:
+        if r.get("error"):
+            print(f"error in {row_label(r)}: {r['error']}", file=sys.stderr)
     if failed:
-        print(f"bench sections that failed: {', '.join(failed)}", file=sys.stderr)
+        print(f"bench sections with errors: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
@@ -142,11 +101,16 @@ def register(sub) -> argparse.ArgumentParser:
     """Add the `bench` subcommand to the subparsers `sub`."""
     b = sub.add_parser("bench", help="time and measure fasttrack against eager PyTorch on this device",
                        description="Runs each bench section on the device present (CUDA if any, else CPU), "
-                                   "prints a table per section and writes every row as JSON.")
+                                   "prints a table per section and writes DIR/bench.json, bench.md, "
+                                   "bench.html and bench.png.")
     b.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
     b.add_argument("--sections", default=None,
                    help="comma-separated subset of: " + ", ".join(f"{k} ({v[1]})" for k, v in SECTIONS.items()))
     b.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    b.add_argument("--out", default="fasttrack-bench.json", help="JSON output path (default: %(default)s)")
-    b.set_defaults(func=run)
+    b.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: half the CPUs, at most 8; torch's own default "
+                        "of one per core oversubscribes a small or shared machine)")
+    b.add_argument("--out", default="fasttrack-bench", metavar="DIR",
+                   help="folder of bench.json, bench.md, bench.html, bench.png (default: %(default)s)")
+    b.set_defaults(func=run, catch_user_errors=True)
     return b
