@@ -38,7 +38,6 @@ def single(data, tmp_path_factory):
 
 
 def test_eval_writes_toolkit_layout_and_metrics(data, single):
-    from fasttrack.commands.common import run_sequence
     from fasttrack.trackers.registry import build_tracker
 
     seqs = load_got10k(data)
@@ -49,7 +48,7 @@ def test_eval_writes_toolkit_layout_and_metrics(data, single):
         times = np.loadtxt(single / "detrack" / s.name / f"{s.name}_time.txt")
         assert boxes.shape == (FRAMES, 4) and times.shape == (FRAMES,) and (times > 0).all()
         np.testing.assert_array_equal(boxes[0], s.gt[0])
-        direct, _ = run_sequence(tracker, s, s.gt[0], progress=False)
+        direct, _ = tracker.run(s, s.gt[0], progress=False)
         np.testing.assert_allclose(boxes, direct, atol=6e-4)
         pairs.append((boxes, s.eval_gt))
     summary = json.loads((single / "detrack_metrics.json").read_text())
@@ -161,9 +160,9 @@ def test_eval_tracker_errors_name_the_sequence(data, tmp_path, capsys, monkeypat
     """An exception that is no user error (a tracker bug) fails only its sequence, reported by
     type, message and where it was raised; each result is on disk before the next sequence
     starts; when every sequence fails, no metrics are written."""
-    from fasttrack.commands import evaluate_track
+    from fasttrack.trackers.base import Tracker
 
-    real = evaluate_track.run_sequence
+    real = Tracker.run
     written_before = {}
 
     def flaky(tracker, seq, box, **kw):
@@ -172,7 +171,7 @@ def test_eval_tracker_errors_name_the_sequence(data, tmp_path, capsys, monkeypat
             raise RuntimeError("tracker blew up")
         return real(tracker, seq, box, **kw)
 
-    monkeypatch.setattr(evaluate_track, "run_sequence", flaky)
+    monkeypatch.setattr(Tracker, "run", flaky)
     fail_all = False
     rc, out, err = run_cli(capsys, "eval", data, "--tracker", "detrack", "--out", tmp_path,
                            "--frames", 2)

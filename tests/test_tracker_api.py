@@ -110,3 +110,19 @@ def test_patch_refuses_other_objects():
         fasttrack.patch(object())
     with pytest.raises(TypeError, match="is_patched"):
         fasttrack.is_patched("unet")
+
+
+def test_run_times_each_call_and_takes_any_iterable(seq):
+    tr = DeTrack.tiny(seed=0)
+    seen = []
+    boxes, times = tr.run((f for f in seq.frames), seq.gt[0], progress=False,
+                          on_frame=lambda i, frame, box: seen.append((i, box.copy())))
+    assert boxes.shape == (3, 4) and boxes.dtype == np.float32 and times.shape == (3,)
+    assert (times > 0).all() and np.array_equal(boxes[0], seq.gt[0].astype(np.float32))
+    assert [i for i, _ in seen] == [0, 1, 2] and all(np.array_equal(b, boxes[i]) for i, b in seen)
+    limited, t2 = tr.run(seq, seq.gt[0], limit=2, progress=False)
+    np.testing.assert_array_equal(limited, boxes[:2])
+    boxes_mean = tr.track(seq.frames, seq.gt[0], progress=False)
+    np.testing.assert_array_equal(boxes_mean[0], boxes)
+    with pytest.raises(ValueError, match="at least one image"):
+        tr.run([], seq.gt[0], progress=False)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["add_tracker_args", "tracker_options", "make_tracker", "parse_box", "out_folder",
-           "run_sequence", "write_boxes", "write_times", "default_device", "default_threads",
+           "write_boxes", "write_times", "default_device", "default_threads",
            "set_threads", "run_label"]
 
 
@@ -152,42 +152,6 @@ def parse_box(text: str, arg: str = "--box") -> list[float]:
     if len(box) != 4 or not all(math.isfinite(v) for v in box):
         raise ValueError(f"{arg} must be 4 numbers x,y,w,h (pixels, 0-based), got {text!r}")
     return box
-
-
-def run_sequence(tracker, seq, box, *, on_frame=None, progress: bool = True, desc: str | None = None,
-                 limit: int | None = None):
-    """Track `seq` (indexable frames) from `box` in frame 0.
-
-    Each `init` / `update` call is timed on its own (frame reading and `on_frame` are not).
-    Args:
-        on_frame: optional callable (index, frame, box) called after each frame.
-        progress: show a tqdm bar (on stderr, when it is a terminal). limit: track only the first `limit` frames.
-    Returns:
-        boxes (N, 4) float32 (row 0 = the init box) and times (N,) float64 seconds per frame.
-    """
-    from tqdm.auto import tqdm
-
-    n = len(seq) if limit is None else min(len(seq), int(limit))
-    if n < 1:
-        raise ValueError(f"sequence {getattr(seq, 'name', '')!r} has no frames")
-    boxes = np.empty((n, 4), np.float32)
-    times = np.empty(n, np.float64)
-    # disable=None: no bar when stderr is not a terminal (logs, pipes)
-    with tqdm(range(n), disable=None if progress else True, unit="frame", leave=False,
-              desc=desc or getattr(seq, "name", None)) as bar:
-        for i in bar:
-            frame = seq[i]
-            t0 = time.perf_counter()
-            if i == 0:
-                tracker.init(frame, box)
-                out = np.asarray(box, np.float32)
-            else:
-                out = tracker.update(frame)
-            times[i] = time.perf_counter() - t0
-            boxes[i] = out
-            if on_frame is not None:
-                on_frame(i, frame, boxes[i])
-    return boxes, times
 
 
 def write_boxes(path, boxes) -> Path:

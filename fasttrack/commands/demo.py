@@ -10,7 +10,7 @@ import argparse
 
 import numpy as np
 
-from .common import (add_tracker_args, default_device, make_tracker, run_label, run_sequence,
+from .common import (add_tracker_args, default_device, make_tracker, run_label,
                      set_threads, tracker_options)
 
 __all__ = ["register", "run"]
@@ -54,8 +54,8 @@ def run(args) -> int:
     for label, on in (("plain PyTorch", False), ("fasttrack", True)):
         (fasttrack.patch if on else fasttrack.unpatch)(tracker)
         if args.warmup:
-            run_sequence(tracker, seq, seq.gt[0], progress=False, limit=args.warmup + 1)
-        runs[label] = run_sequence(tracker, seq, seq.gt[0], desc=label)
+            tracker.run(seq, seq.gt[0], progress=False, limit=args.warmup + 1)
+        runs[label] = tracker.run(seq, seq.gt[0], desc=label)
     print(f"{'run':<14} {'FPS':>7} {'ms/frame':>9} {'AO vs gt':>9}")
     for label, (boxes, times) in runs.items():
         ao = metrics(boxes, seq.gt, skip_first=True)["ao"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import one_line
-from .common import make_tracker, run_label, run_sequence, set_threads, write_boxes, write_times
+from .common import make_tracker, run_label, set_threads, write_boxes, write_times
 
 __all__ = ["result_paths", "split_resumed", "track_sequence", "track_items", "track_pool",
            "track_distributed", "progress_line"]
@@ -85,8 +85,7 @@ def track_sequence(tracker, index: int, seq, opts: dict, progress: bool = False)
     """Track one sequence from its first ground-truth box and store its result files under
     opts["root"]; a failure (reading, tracking or writing) is returned, not raised."""
     try:
-        boxes, times = run_sequence(tracker, seq, seq.gt[0], progress=progress,
-                                    limit=opts["frames"])
+        boxes, times = tracker.run(seq, seq.gt[0], progress=progress, limit=opts["frames"])
         result = {"index": index, "name": seq.name, "boxes": boxes, "times": times}
         _store(seq, opts["root"], result)
     except Exception as exc:  # noqa: BLE001 - one sequence's failure must not stop the others

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from .common import (add_tracker_args, default_device, make_tracker, out_folder, parse_box,
-                     run_label, run_sequence, set_threads, tracker_options, write_boxes)
+                     run_label, set_threads, tracker_options, write_boxes)
 
 __all__ = ["register", "run"]
 
@@ -75,7 +75,7 @@ def _first_box(seq, text: str | None):
 
 
 def _annotator(seq, out: Path, name: str):
-    """(writer, callback for run_sequence) for the annotated output of `seq`."""
+    """(writer, on_frame callback for Tracker.run) for the annotated output of `seq`."""
     from .annotate import Mp4Writer, PngWriter, draw_box, video_rate
 
     if seq.meta.get("layout") == "video":
@@ -101,7 +101,7 @@ def run(args) -> int:
     tracker = make_tracker(tracker_options(args, device))
     writer, on_frame = (None, None) if args.no_annotate else _annotator(seq, out, name)
     try:
-        boxes, times = run_sequence(tracker, seq, box, on_frame=on_frame, limit=args.frames)
+        boxes, times = tracker.run(seq, box, on_frame=on_frame, limit=args.frames)
     finally:
         if writer is not None:
             writer.close()

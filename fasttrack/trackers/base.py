@@ -194,33 +194,60 @@ class Tracker(abc.ABC):
         self.score = float(self.scores[0])
         return boxes
 
+    def run(self, frames, box, *, limit: int | None = None, on_frame=None, progress: bool = True,
+            desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Track a sequence and time every call: the one timed tracking loop (`track`, the
+        command line and the evaluation all use it).
+
+        Args:
+            frames: an iterable of images (a list, a fasttrack Sequence, a generator).
+            box: the first frame's [x, y, w, h].
+            limit: track only the first `limit` frames. on_frame: optional callable
+                (index, frame, box) after each frame. progress: a tqdm bar on stderr when it is a
+                terminal. desc: the bar's label (default: the sequence name or the class name).
+        Returns:
+            boxes (N, 4) float32 (row 0 = box) and times (N,) float64: seconds of each `init` /
+            `update` call (reading frames and `on_frame` are not timed).
+        """
+        from itertools import islice
+
+        from tqdm.auto import tqdm
+
+        n = len(frames) if hasattr(frames, "__len__") else None
+        if limit is not None:
+            n = limit if n is None else min(n, int(limit))
+        name = desc or getattr(frames, "name", None) or type(self).__name__
+        boxes, times = [], []
+        it = iter(frames) if limit is None else islice(frames, int(limit))
+        # disable=None: no bar when stderr is not a terminal (logs, pipes)
+        with tqdm(it, total=n, disable=None if progress else True, unit="frame", leave=False,
+                  desc=name) as bar:
+            for i, frame in enumerate(bar):
+                t0 = time.perf_counter()
+                if i == 0:
+                    self.init(frame, box)
+                    out = check_boxes(box, self.frame_size).astype(np.float32)
+                else:
+                    out = self.update(frame)
+                times.append(time.perf_counter() - t0)
+                boxes.append(out)
+                if on_frame is not None:
+                    on_frame(i, frame, out)
+        if not boxes:
+            raise ValueError(f"{name}: frames must hold at least one image")
+        return np.stack(boxes).astype(np.float32), np.asarray(times, np.float64)
+
     def track(self, frames, box=None, *, progress: bool = True):
         """Two uses. `track(frames, box)`: run a sequence (frames: iterable of images; box: the
         first frame's [x, y, w, h]) and return (boxes (N, 4) float32 with row 0 = box,
-        seconds_per_frame = total time / N, init included), with a tqdm bar unless
-        progress=False. `track(image)` or `track(image, info_dict)`: pytracking's step,
-        returns {"target_bbox": [x, y, w, h], "score": float}."""
+        seconds_per_frame: the mean time of the init and update calls), with a tqdm bar
+        unless progress=False (see `run`). `track(image)` or `track(image, info_dict)`:
+        pytracking's step, returns {"target_bbox": [x, y, w, h], "score": float}."""
         if box is None or isinstance(box, dict):
             out = self.update(frames)
             return {"target_bbox": [float(v) for v in out], "score": self.score}
-        from tqdm.auto import tqdm
-
-        out = []
-        start = time.perf_counter()
-        it = iter(frames)
-        try:
-            first = next(it)
-        except StopIteration:
-            raise ValueError("frames must hold at least one image") from None
-        self.init(first, box)
-        out.append(check_boxes(box, self.frame_size).astype(np.float32))
-        total = len(frames) if hasattr(frames, "__len__") else None
-        bar = tqdm(it, total=None if total is None else total - 1, disable=not progress,
-                   desc=type(self).__name__, unit="frame")
-        for frame in bar:
-            out.append(self.update(frame))
-        elapsed = time.perf_counter() - start
-        return np.stack(out).astype(np.float32), elapsed / len(out)
+        boxes, times = self.run(frames, box, progress=progress)
+        return boxes, float(times.mean())
 
     # -- pytracking adapter -----------------------------------------------------------------
     def initialize(self, image, info: dict) -> dict:
