@@ -49,9 +49,13 @@ def test_design_references_resolve():
 
 
 def test_nothing_points_outside_the_repository():
-    outside = re.compile(r"\.\./shared|shared/DESIGN|\.\./seeds|\bseeds/|\bseed 00\d\b")
+    # The folder beside a developer's checkout that users never have, and the paper summaries
+    # in it (cited as "seed" plus a number): spelled in parts so this file does not name them.
+    parent, folder = "..", "shared"
+    outside = re.compile("|".join([re.escape(f"{parent}/{folder}"), re.escape(f"{folder}/DESIGN"),
+                                   re.escape(f"{parent}/seeds"), r"\bseeds/", r"\bseed 00\d\b"]))
     bad = [f"{p.relative_to(ROOT)}:{i}: {line.strip()[:80]}"
-           for p in _tracked_text_files() if p.name != "test_docs.py"
+           for p in _tracked_text_files()
            for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
            if outside.search(line)]
     assert not bad, "\n".join(bad)

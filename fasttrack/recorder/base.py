@@ -3,6 +3,8 @@ product (DESIGN 1.1-1.2). `AttentionRecorder` (fused.py) and `EagerRecorder` (ea
 only in how they obtain and keep the maps."""
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn as nn
 
@@ -12,7 +14,7 @@ from .resize import as_grid
 __all__ = ["Recorder"]
 
 
-class Recorder:
+class Recorder(abc.ABC):
     """Base of the recorders: a model containing diffusers Attention layers and what to record.
 
     Args:
@@ -54,14 +56,17 @@ class Recorder:
         """Forward calls recorded: the most calls any recorded layer has seen."""
         return max(self._calls.values(), default=0)
 
+    @abc.abstractmethod
     def reset(self) -> None:
-        raise NotImplementedError
+        """Forget everything recorded so far (selection and settings are kept)."""
 
+    @abc.abstractmethod
     def cross(self) -> torch.Tensor:
-        raise NotImplementedError
+        """(B', T', Rh, Rw): head-mean cross maps, resized, averaged over layers and calls."""
 
+    @abc.abstractmethod
     def self_cross(self) -> torch.Tensor:
-        raise NotImplementedError
+        """(B', T', Rh, Rw): S_bar^T C_bar, the averaged resized self map applied to cross()."""
 
     def harmonized(self, alpha: float = 0.5) -> torch.Tensor:
         """(B', T', Rh, Rw): alpha * C_bar + (1 - alpha) * S_bar^T C_bar (Diff-Tracker, DESIGN 1.1)."""

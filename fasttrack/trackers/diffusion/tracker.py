@@ -11,6 +11,8 @@ same maps up to rounding. `fasttrack.unpatch(tracker)` switches back, `fasttrack
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from ..base import Tracker
@@ -49,8 +51,9 @@ class DiffusionTracker(SerializationMixin, Tracker):
         """Whether the UNet runs fasttrack's fused kernels (`fasttrack.patch(tracker)`)."""
         return self.reader.patched
 
+    @abc.abstractmethod
     def _step(self, image) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """One frame, all on the device: boxes (K, 4) and scores (K,) as device tensors."""
 
     def _advance(self, image):
         boxes, scores = self._step(image)
