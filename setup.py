@@ -140,6 +140,8 @@ def _setup() -> None:
     setup(
         packages=find_packages(include=["fasttrack", "fasttrack.*"]) + kernel_packages,
         package_dir={"fasttrack.kernels": "kernels"},
+        # the trained tiny DeTrack (DeTrack.pretrained(), about 2 MB)
+        package_data={"fasttrack.trackers.detrack": ["weights/*.pt"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
     )

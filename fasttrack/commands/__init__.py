@@ -14,7 +14,7 @@ import sys
 __all__ = ["COMMAND_MODULES", "USER_ERRORS", "register_all", "run_command", "one_line"]
 
 # subcommand modules, in the order `fasttrack --help` lists them
-COMMAND_MODULES = ("bench", "info", "track", "evaluate", "demo", "dataset")
+COMMAND_MODULES = ("bench", "info", "track", "evaluate", "demo", "dataset", "train")
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ImportError)
 

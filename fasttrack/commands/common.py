@@ -35,15 +35,17 @@ def add_tracker_args(parser: argparse.ArgumentParser, default: str | None = None
                         metavar="NAME", help=f"tracker to run: {names}"
                         + (" (default: %(default)s)" if default else ""))
     parser.add_argument("--weights", default=None, metavar="PATH",
-                        help="trained weights (see --tracker); default: the random-weight tiny "
-                             "model, for speed checks only (its boxes mean nothing)")
+                        help="trained weights (see --tracker); default: detrack uses the tiny "
+                             "model trained on synthetic sequences that ships with fasttrack, "
+                             "the diffusion trackers a random-weight tiny model (speed checks "
+                             "only: its boxes mean nothing)")
     if patch_option:
         parser.add_argument("--no-patch", action="store_true",
                             help="run the plain PyTorch model instead of fasttrack's fused kernels")
     parser.add_argument("--device", default=None,
                         help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model's weights "
-                                                            "(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a random-weight tiny "
+                                                            "model (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch CPU threads per process (default: half the CPUs, at most 8, "
                              "shared among --workers; 1 is often fastest for the tiny models)")

@@ -1,13 +1,25 @@
 """Synthetic tracking sequences with exact ground truth, in numpy (no device, no files).
 
-A textured sprite moves along a smooth (Lissajous) path over a smooth textured background. The
-sprite is pasted at integer pixel positions with an integer size, so its box [x, y, w, h] is exact:
-the sprite covers exactly the pixels ``x <= col < x + w``, ``y <= row < y + h``.
+A textured sprite moves along a smooth (Lissajous) path over a background. The sprite is pasted
+at integer pixel positions with an integer size, so its box [x, y, w, h] is exact: the sprite
+covers exactly the pixels ``x <= col < x + w``, ``y <= row < y + h``.
 
-Colour ranges keep the three layers apart, pixel by pixel: background channels lie in [40, 160];
+Colour ranges keep the layers apart, pixel by pixel: background channels lie in [40, 160];
 every sprite pixel has one channel (the same for the whole sprite) in [200, 255]; the optional
-occluder is dark (all channels in [0, 30]). So ``(frame != background).any(-1)`` is exactly the
-union of the sprite box and the occluder bar.
+occluder is dark (all channels in [0, 30]). Without distractors, ``(frame != background).any(-1)``
+is exactly the union of the sprite box and the occluder bar. Distractors are copies of the
+target's own texture (so colour alone cannot tell them apart) on their own paths, drawn under
+the target; their boxes are in ``meta["distractors"]``.
+
+Backgrounds: "waves" (smooth colour field), "texture" (blocky high-contrast noise at a random
+cell size, the hard case for a tracker that keys on edges) and "flat" (one colour plus noise).
+`speed` multiplies the path frequencies: at 1 the centre moves at most about 0.1 of the frame
+per frame over 30 frames; 2.5 is fast motion.
+
+Splits (`synthetic_split`): "train" sequences are drawn from a seed stream tagged "train",
+"val" and "test" from their own tags and frame sizes that "train" never uses, so a model
+trained on the first never saw the others. "test" is the fixed held-out set the shipped DeTrack
+weights are judged on (`fasttrack eval synthetic:test`).
 """
 
 from __future__ import annotations
@@ -16,7 +28,17 @@ import numpy as np
 
 from .sequences import Sequence
 
-__all__ = ["synthetic_sequence"]
+__all__ = ["synthetic_sequence", "random_synthetic_sequence", "synthetic_split",
+           "SPLIT_SIZES", "BACKGROUNDS"]
+
+BACKGROUNDS = ("waves", "texture", "flat")
+# Frame sizes (H, W) per split: held-out splits use sizes the train split never draws.
+SPLIT_SIZES = {
+    "train": ((96, 128), (128, 160), (160, 208), (192, 256)),
+    "val": ((112, 144), (176, 224)),
+    "test": ((120, 150), (144, 192), (184, 240)),
+}
+_SPLIT_TAGS = {"train": 101, "val": 202, "test": 303}
 
 _MAX_SCALE = 1.3
 _MIN_SCALE = 0.7
@@ -44,9 +66,20 @@ def _smooth_field(rng: np.random.Generator, h: int, w: int, waves: int = 4) -> n
     return (acc - acc.min()) / max(float(np.ptp(acc)), 1e-12)
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """(h, w, 3) uint8 with all values in [40, 160]: smooth colour field plus fine noise."""
-    field = np.stack([_smooth_field(rng, h, w) for _ in range(3)], axis=-1)
+def _background(rng: np.random.Generator, h: int, w: int, kind: str = "waves") -> np.ndarray:
+    """(h, w, 3) uint8 with all values in [40, 160]: a smooth colour field ("waves"), blocky
+    noise ("texture") or one colour ("flat"), plus fine noise."""
+    if kind == "waves":
+        field = np.stack([_smooth_field(rng, h, w) for _ in range(3)], axis=-1)
+    elif kind == "texture":
+        cell = int(rng.integers(2, 7))
+        blocks = rng.random(((h + cell - 1) // cell, (w + cell - 1) // cell, 3))
+        field = np.repeat(np.repeat(blocks, cell, 0), cell, 1)[:h, :w]
+        field = 0.6 * field + 0.4 * np.stack([_smooth_field(rng, h, w, 2) for _ in range(3)], -1)
+    elif kind == "flat":
+        field = np.broadcast_to(rng.random(3), (h, w, 3))
+    else:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {kind!r}")
     img = 45 + 105 * field + rng.uniform(-5, 5, size=(h, w, 3))
     return np.clip(np.rint(img), 40, 160).astype(np.uint8)
 
@@ -73,8 +106,21 @@ def _resize_nearest(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return img[rows][:, cols]
 
 
+def _path(rng, num_frames, H, W, hmax, wmax, speed):
+    """Centre (cx, cy) of a Lissajous path over num_frames frames, inside the frame."""
+    t = np.arange(num_frames, dtype=np.float64)
+    ax, ay = 0.45 * (W - wmax), 0.45 * (H - hmax)
+    fx, fy = rng.uniform(0.5, 1.2, size=2) * speed
+    px, py = rng.uniform(0, 2 * np.pi, size=2)
+    cx = W / 2 + ax * np.sin(2 * np.pi * fx * t / max(num_frames, 2) + px)
+    cy = H / 2 + ay * np.sin(2 * np.pi * fy * t / max(num_frames, 2) + py)
+    return cx, cy
+
+
 def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 32), seed: int = 0,
-                       occlusion: bool = False, scale_change: bool = False) -> Sequence:
+                       occlusion: bool = False, scale_change: bool = False,
+                       background: str = "waves", distractors: int = 0,
+                       speed: float = 1.0) -> Sequence:
     """Generate a deterministic synthetic sequence.
 
     Args:
@@ -88,11 +134,15 @@ def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 3
             hides at most part of the sprite (gt stays the full sprite box).
         scale_change: the sprite's size follows s(t) = 1 + 0.3 sin(2 pi t / N + phase), rounded
             to integer pixels (nearest-neighbour resampling of the texture).
+        background: "waves" (default), "texture" or "flat" (module docstring).
+        distractors: number of same-texture sprites on their own paths, under the target.
+        speed: multiplies the path frequencies (> 0; 1 as before, 2.5 is fast motion).
     Returns:
         Sequence named "synthetic-<seed>" whose frames are (H, W, 3) uint8 arrays and gt (N, 4)
         float32 exact boxes. meta holds "background" (H, W, 3) uint8, "sprite" (h, w, 3) uint8
         (texture at scale 1), "occluder" ((N, 4) float32 bar boxes clipped to the frame, w may be
-        0 when the bar is outside, or None) and the arguments.
+        0 when the bar is outside, or None), "distractors" ((D, N, 4) float32 boxes) and the
+        arguments. With the defaults the frames are exactly those of earlier versions.
     """
     if int(num_frames) != num_frames or num_frames < 1:
         raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
@@ -102,8 +152,15 @@ def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 3
     if min(h0, w0) < 4 or h0 * _MAX_SCALE > H - 2 or w0 * _MAX_SCALE > W - 2:
         raise ValueError(f"sprite_size {(h0, w0)} must be >= 4 and at most size / 1.3 - 2 "
                          f"for size {(H, W)}")
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+    if int(distractors) != distractors or distractors < 0:
+        raise ValueError(f"distractors must be an int >= 0, got {distractors!r}")
+    if not (np.isfinite(speed) and speed > 0):
+        raise ValueError(f"speed must be a positive number, got {speed!r}")
+    kind = background
     rng = np.random.default_rng(seed)
-    background = _background(rng, H, W)
+    background = _background(rng, H, W, kind)
     sprite = _sprite(rng, h0, w0)
 
     t = np.arange(num_frames, dtype=np.float64)
@@ -115,11 +172,7 @@ def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 3
     ws = np.maximum(np.rint(w0 * scale).astype(int), 1)
     # smooth path of the centre: a Lissajous curve inside the frame
     hmax, wmax = int(np.ceil(h0 * _MAX_SCALE)), int(np.ceil(w0 * _MAX_SCALE))
-    ax, ay = 0.45 * (W - wmax), 0.45 * (H - hmax)
-    fx, fy = rng.uniform(0.5, 1.2), rng.uniform(0.5, 1.2)
-    px, py = rng.uniform(0, 2 * np.pi, size=2)
-    cx = W / 2 + ax * np.sin(2 * np.pi * fx * t / max(num_frames, 2) + px)
-    cy = H / 2 + ay * np.sin(2 * np.pi * fy * t / max(num_frames, 2) + py)
+    cx, cy = _path(rng, num_frames, H, W, hmax, wmax, speed)
     xs = np.clip(np.rint(cx - ws / 2).astype(int), 0, W - ws)
     ys = np.clip(np.rint(cy - hs / 2).astype(int), 0, H - hs)
 
@@ -127,16 +180,28 @@ def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 3
     if occlusion:
         bw = max(2, w0 // 2)
         mid = num_frames // 2
-        speed = W / max(num_frames, 2)
-        left = np.rint(cx[mid] - bw / 2 + speed * (t - mid)).astype(int)
+        bar_speed = W / max(num_frames, 2)
+        left = np.rint(cx[mid] - bw / 2 + bar_speed * (t - mid)).astype(int)
         x0, x1 = np.clip(left, 0, W), np.clip(left + bw, 0, W)
         occluder = np.stack([x0, np.zeros_like(x0), x1 - x0, np.full_like(x0, H)], 1)
         occluder = occluder.astype(np.float32)
         stripes = (10 + 15 * ((np.arange(H) // 4) % 2)).astype(np.uint8)[:, None, None]
 
+    # distractors: the target's texture at its scale-1 size, their own paths (drawn after the
+    # target's random numbers, so distractors=0 leaves the frames of earlier versions)
+    dboxes = np.zeros((int(distractors), num_frames, 4), dtype=np.float32)
+    for d in range(int(distractors)):
+        dx, dy = _path(rng, num_frames, H, W, h0, w0, speed)
+        dboxes[d, :, 0] = np.clip(np.rint(dx - w0 / 2), 0, W - w0)
+        dboxes[d, :, 1] = np.clip(np.rint(dy - h0 / 2), 0, H - h0)
+        dboxes[d, :, 2:] = (w0, h0)
+
     frames, gt = [], np.empty((num_frames, 4), dtype=np.float32)
     for i in range(num_frames):
         img = background.copy()
+        for d in range(int(distractors)):
+            a, b = int(dboxes[d, i, 0]), int(dboxes[d, i, 1])
+            img[b:b + h0, a:a + w0] = sprite
         x, y, h, w = int(xs[i]), int(ys[i]), int(hs[i]), int(ws[i])
         img[y:y + h, x:x + w] = sprite if (h, w) == (h0, w0) else _resize_nearest(sprite, h, w)
         if occluder is not None:
@@ -145,5 +210,46 @@ def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 3
         frames.append(img)
         gt[i] = (x, y, w, h)
     meta = {"background": background, "sprite": sprite, "occluder": occluder, "seed": seed,
-            "occlusion": occlusion, "scale_change": scale_change}
+            "occlusion": occlusion, "scale_change": scale_change, "background_kind": kind,
+            "distractors": dboxes, "speed": float(speed)}
     return Sequence(f"synthetic-{seed}", frames, gt, meta=meta)
+
+
+def random_synthetic_sequence(rng: np.random.Generator, num_frames: int = 40,
+                              sizes=SPLIT_SIZES["train"], name: str | None = None) -> Sequence:
+    """One sequence with every condition drawn from `rng`: frame size from `sizes`, sprite
+    height 12-32 % of the frame and aspect 0.5-2, background kind, 0-2 distractors (40 %),
+    occlusion (25 %), scale change (35 %), speed 0.3-2.0 (slow to fast: at 2 over 40 frames
+    the target moves up to about one own size per frame)."""
+    H, W = sizes[int(rng.integers(len(sizes)))]
+    limit_h, limit_w = (H - 2) / _MAX_SCALE, (W - 2) / _MAX_SCALE
+    h = float(np.clip(rng.uniform(0.12, 0.32) * H, 6, limit_h))
+    w = float(np.clip(h * np.exp(rng.uniform(np.log(0.5), np.log(2.0))), 6, limit_w))
+    seq = synthetic_sequence(
+        num_frames, (H, W), (int(h), int(w)), seed=int(rng.integers(2**31)),
+        occlusion=bool(rng.random() < 0.25), scale_change=bool(rng.random() < 0.35),
+        background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))],
+        distractors=int(rng.integers(1, 3)) if rng.random() < 0.4 else 0,
+        speed=float(rng.uniform(0.3, 2.0)))
+    if name is not None:
+        seq.name = name
+    return seq
+
+
+def synthetic_split(split: str, num: int | None = None, num_frames: int | None = None,
+                    start: int = 0) -> list[Sequence]:
+    """Sequences `start` .. `start + num - 1` of a named split, each drawn by
+    `random_synthetic_sequence` from its own seed stream (split tag, index), named
+    "<split>-<index>". Defaults: "test" 12 sequences of 60 frames (the held-out set), "val" 6
+    of 40, "train" 64 of 40. The same arguments always give the same sequences."""
+    if split not in _SPLIT_TAGS:
+        raise ValueError(f"split must be one of {sorted(_SPLIT_TAGS)}, got {split!r}")
+    default_num, default_frames = {"test": (12, 60), "val": (6, 40), "train": (64, 40)}[split]
+    num = default_num if num is None else int(num)
+    num_frames = default_frames if num_frames is None else int(num_frames)
+    if num < 1 or num_frames < 2 or start < 0:
+        raise ValueError(f"num must be >= 1, num_frames >= 2 and start >= 0, got {num}, "
+                         f"{num_frames}, {start}")
+    return [random_synthetic_sequence(np.random.default_rng([_SPLIT_TAGS[split], i]), num_frames,
+                                      SPLIT_SIZES[split], name=f"{split}-{i:03d}")
+            for i in range(start, start + num)]

@@ -1,12 +1,14 @@
 """Trackers by name, for the command line and scripts.
 
     from fasttrack.trackers.registry import build_tracker, tracker_names
-    tracker = build_tracker("detrack")                           # DeTrack.tiny(), patched
+    tracker = build_tracker("detrack")                           # DeTrack.pretrained(), patched
     tracker = build_tracker("detrack", weights="detrack.pt")     # a DeTrack.save() checkpoint
     tracker = build_tracker("dintr", weights="sd-2-1/", patched=False)
 
-Names: "detrack", "diff-tracker", "dintr". Without `weights` each builds its random-weight
-`tiny(seed)` model (for speed and equivalence checks: its boxes mean nothing). With `weights`:
+Names: "detrack", "diff-tracker", "dintr". Without `weights`, DeTrack is the tiny model trained
+on fasttrack's synthetic sequences that ships in the package (`DeTrack.pretrained()`: it
+tracks), and Diff-Tracker and DINTR build their random-weight `tiny(seed)` model (for speed
+and equivalence checks: their boxes mean nothing). With `weights`:
 DeTrack loads a checkpoint file written by `DeTrack.save` (`DeTrack.from_checkpoint`);
 Diff-Tracker and DINTR load a local Stable Diffusion folder in the diffusers layout
 (`from_pretrained`; the tracker's own learned parts are read from its subfolder when present).
@@ -48,7 +50,7 @@ def _detrack(weights, seed: int, device: str):
     from .detrack import DeTrack
 
     if weights is None:
-        tracker = DeTrack.tiny(seed=seed, device=device)
+        tracker = DeTrack.pretrained(device=device)
     else:
         if not os.path.isfile(weights):
             given = "is a folder" if os.path.isdir(weights) else "is not a regular file"
@@ -57,6 +59,8 @@ def _detrack(weights, seed: int, device: str):
                              "--tracker diff-tracker or dintr)")
         try:
             tracker = DeTrack.from_checkpoint(weights, map_location=device)
+        except ValueError:  # from_checkpoint's own message (not a checkpoint, old format)
+            raise
         except (RuntimeError, OSError, EOFError, KeyError, pickle.UnpicklingError) as exc:
             # what torch.load raises for files that are not torch checkpoints
             raise ValueError(f"weights {weights!r} is not a readable DeTrack checkpoint "
@@ -109,9 +113,10 @@ def build_tracker(name: str, weights=None, *, patched: bool = True, seed: int = 
 
     Args:
         name: one of :func:`tracker_names`.
-        weights: None for the random-weight tiny model, else a path (see the module docstring).
+        weights: None for the default model (DeTrack: the shipped trained tiny model; the
+            diffusion trackers: random-weight tiny), else a path (see the module docstring).
         patched: fasttrack's fused kernels (True) or plain PyTorch (False).
-        seed: seed of the tiny model's weights (ignored with `weights`).
+        seed: seed of the random tiny model's weights (ignored with `weights` and by DeTrack).
         device: torch device string.
     Returns:
         a :class:`fasttrack.trackers.Tracker`.

@@ -14,7 +14,19 @@ noises the ground-truth box embedding b0 to step t; block l is trained to land o
 noise sample at step t (L - l) / L (train.py). Inference starts from the embedding of the
 previous box (the box the search crop is centred on) noised to step infer_t with a fixed noise
 sample (`box_noise`, part of the checkpoint), so the step is deterministic; infer_t = timesteps
-(the default of the ViT-B sizes) is pure noise, as the paper's single-pass sampler.
+(the default) is pure noise, as the paper's single-pass sampler.
+
+Token identity (DESIGN.md 1.7): at abar = 0 the 4 box tokens carry no trace of which coordinate
+they are, and every layer after them (box branch, refiner, mapping) treats the 4 tokens alike:
+permuting the initial noise permutes the decoded coordinates, so without help the four collapse
+to the same value (boxes of zero area). A learned per-coordinate query embedding `box_query`
+(4, C) is added after noising, to the box branch's input and again to the refiner's input, so
+token i always knows it is x1, y1, x2 or y2 whatever the noise.
+
+Multi-pass (`denoise_steps` S > 1, the paper's 24 / 48-step variant): pass k runs the whole ViT
+from step t_k = infer_t (S - k) / S; its output is the estimate b0_hat, which DDIM (eta = 0)
+re-noises to t_{k+1} with the noise implied by the pass's input, eps_hat = (b_in - sqrt(abar)
+b0_hat) / sqrt(1 - abar). S = 1 is the single pass. Each pass costs a full forward.
 """
 from __future__ import annotations
 
@@ -28,7 +40,8 @@ import torch.nn.functional as F
 from .box_branch import BoxBranch
 from .refine import BinMapping, BoxEmbedding, BoxRefiner, block_causal_mask, sinusoidal_bins
 
-__all__ = ["DeTrackConfig", "DeTrackNet", "VisualBlock", "DenoisingBlock", "cosine_alphas_cumprod"]
+__all__ = ["DeTrackConfig", "DeTrackNet", "VisualBlock", "DenoisingBlock", "cosine_alphas_cumprod",
+           "grid_position_embedding"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,7 @@ class DeTrackConfig:
     search_factor: float = 4.0
     timesteps: int = 1000
     infer_t: int = 1000
+    denoise_steps: int = 1
     iou_gate: float = 0.75
     softmax_gate: float = 0.9
     clip_margin: float = 10.0
@@ -61,7 +75,8 @@ class DeTrackConfig:
 
     def __post_init__(self):
         ints = ("dim", "depth", "heads", "patch", "template_size", "search_size", "n_bins",
-                "n_templates", "refine_depth", "refine_heads", "traj_len", "timesteps")
+                "n_templates", "refine_depth", "refine_heads", "traj_len", "timesteps",
+                "denoise_steps")
         for name in ints:
             if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
                 raise ValueError(f"config.{name} must be a positive int, got {getattr(self, name)!r}")
@@ -71,6 +86,9 @@ class DeTrackConfig:
         if self.template_size % self.patch or self.search_size % self.patch:
             raise ValueError(f"config.template_size / search_size must be multiples of patch "
                              f"({self.patch})")
+        if self.denoise_steps > max(self.infer_t, 1):
+            raise ValueError(f"config.denoise_steps ({self.denoise_steps}) must be at most "
+                             f"infer_t ({self.infer_t}): each pass needs its own step")
         if not 0 <= self.infer_t <= self.timesteps:
             raise ValueError(f"config.infer_t must be in [0, timesteps], got {self.infer_t}")
         if self.n_bins < 2 or self.template_factor <= 0 or self.search_factor <= 0:
@@ -86,6 +104,20 @@ class DeTrackConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def grid_position_embedding(grid: int, dim: int, scale: float = 0.5) -> torch.Tensor:
+    """(1, grid * grid, dim) row-major 2-D sinusoidal embedding: the first dim/2 channels hold
+    sinusoidal_bins of the token's column centre (c + 0.5) / grid, the rest those of its row."""
+    half = dim // 2
+    centres = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    n = 1024
+    table = sinusoidal_bins(n, half).double()
+    ex = table[torch.round(centres * (n - 1)).long()]                     # (grid, half)
+    ey = sinusoidal_bins(n, dim - half).double()[torch.round(centres * (n - 1)).long()]
+    emb = torch.cat([ex[None, :, :].expand(grid, grid, half),
+                     ey[:, None, :].expand(grid, grid, dim - half)], -1)
+    return (scale * emb).reshape(1, grid * grid, dim).float()
 
 
 def cosine_alphas_cumprod(timesteps: int, s: float = 0.008) -> torch.Tensor:
@@ -159,6 +191,7 @@ class DeTrackNet(nn.Module):
         self.slot_embed = nn.Parameter(torch.zeros(cfg.n_templates, 1, C))
         self.blocks = nn.ModuleList(DenoisingBlock(cfg) for _ in range(cfg.depth))
         self.box_embed = BoxEmbedding(cfg.n_bins, C, std)
+        self.box_query = nn.Parameter(torch.zeros(4, C))
         self.refiner = BoxRefiner(C, cfg.refine_depth, cfg.refine_heads, cfg.traj_len,
                                   cfg.mlp_ratio, cfg.ln_eps, std)
         self.mapping = BinMapping(C)
@@ -187,9 +220,18 @@ class DeTrackNet(nn.Module):
                 elif isinstance(m, nn.LayerNorm):
                     m.weight.fill_(1.0)
                     m.bias.zero_()
-            for p in (self.pos_z, self.pos_x, self.slot_embed, self.box_embed.coord,
-                      self.refiner.time):
+            for p in (self.slot_embed, self.box_embed.coord, self.refiner.time):
                 normal_(p)
+            # position embeddings: 2-D sinusoids in the bin embeddings' frequency family (x in
+            # the first half of the channels, y in the second), so a box token that averages
+            # the values of the tokens it attends to reads coordinates in the space the bin
+            # mapping decodes; training from scratch localizes much sooner than from noise
+            self.pos_x.copy_(grid_position_embedding(self.cfg.search_size // self.cfg.patch,
+                                                     self.cfg.dim))
+            self.pos_z.copy_(grid_position_embedding(self.cfg.template_size // self.cfg.patch,
+                                                     self.cfg.dim))
+            # unit scale, like the noise it is added to: the four tokens differ from step one
+            self.box_query.copy_(torch.randn(self.box_query.shape, generator=gen).to(self.box_query.dtype))
             self.box_embed.word.weight.copy_(sinusoidal_bins(self.cfg.n_bins, self.cfg.dim))
             self.mapping.logit_scale.fill_(BinMapping.INIT_SCALE)
             self.box_noise.copy_(torch.randn(self.box_noise.shape, generator=gen).to(self.box_noise.dtype))
@@ -214,7 +256,11 @@ class DeTrackNet(nn.Module):
         return a.sqrt() * b0 + (1 - a).sqrt() * self.box_noise.to(b0.dtype)
 
     def denoise(self, z: torch.Tensor, x: torch.Tensor, b: torch.Tensor):
+        """One pass of the denoising ViT: z (B, K, Nz, C), x (B, Nx, C), b (B, 4, C) noised box
+        tokens (without the query embedding, which is added here) -> (x_out (B, Nx, C),
+        b_out (B, 4, C), [b after each block])."""
         B, K, Nz, C = z.shape
+        b = b + self.box_query.to(b.dtype)
         z = z + self.slot_embed[:K]
         t = torch.cat([z.reshape(B, K * Nz, C), x], 1)
         n_search = x.shape[1]
@@ -226,13 +272,27 @@ class DeTrackNet(nn.Module):
 
     def head(self, b: torch.Tensor, traj_xyxy: torch.Tensor) -> dict:
         traj_tokens = self.box_embed(traj_xyxy)
-        refined = self.refiner(b, traj_tokens)
+        refined = self.refiner(b + self.box_query.to(b.dtype), traj_tokens)
         return self.mapping(refined, self.box_embed.word.weight)
 
+    def pass_steps(self, denoise_steps: int | None = None) -> list[int]:
+        """The start step of each denoising pass: infer_t (S - k) / S, k = 0 .. S-1 (rounded)."""
+        S = self.cfg.denoise_steps if denoise_steps is None else int(denoise_steps)
+        if S < 1 or S > max(self.cfg.infer_t, 1):
+            raise ValueError(f"denoise_steps must be in [1, infer_t = {self.cfg.infer_t}], got {S}")
+        return [round(self.cfg.infer_t * (S - k) / S) for k in range(S)]
+
     def predict(self, z: torch.Tensor, x: torch.Tensor, prior_xyxy: torch.Tensor,
-                traj_xyxy: torch.Tensor) -> dict:
-        b = self.initial_box_tokens(prior_xyxy).to(x.dtype)
-        _, b, _ = self.denoise(z, x, b)
+                traj_xyxy: torch.Tensor, denoise_steps: int | None = None) -> dict:
+        steps = self.pass_steps(denoise_steps)
+        b_in = self.initial_box_tokens(prior_xyxy).to(x.dtype)
+        _, b, _ = self.denoise(z, x, b_in)
+        for t_prev, t_next in zip(steps[:-1], steps[1:]):
+            # DDIM, eta = 0: keep the noise the last input implies, move b0_hat to step t_next
+            a_prev, a_next = self.alphas_cumprod[t_prev], self.alphas_cumprod[t_next]
+            eps = (b_in - a_prev.sqrt().to(b.dtype) * b) / (1 - a_prev).sqrt().clamp_min(1e-6).to(b.dtype)
+            b_in = a_next.sqrt().to(b.dtype) * b + (1 - a_next).sqrt().to(b.dtype) * eps
+            _, b, _ = self.denoise(z, x, b_in)
         out = self.head(b, traj_xyxy)
         out["box_tokens"] = b
         return out

@@ -1,6 +1,7 @@
 """`DeTrack`: the tracker (DESIGN.md 1.4 and 3): state, the per-frame step, checkpoints.
 
-    tracker = DeTrack.tiny(seed=0)              # or DeTrack.detrack256() / detrack384()
+    tracker = DeTrack.pretrained()              # the tiny model trained on synthetic data
+    tracker = DeTrack.tiny(seed=0)              # random weights; or detrack256() / detrack384()
     tracker.init(frame0, [x, y, w, h])
     box = tracker.update(frame1)                # (4,) float32, confidence in tracker.score
     tracker.init_batch(frame0, boxes)           # (K, 4): K targets, one forward per frame
@@ -31,10 +32,18 @@ from .model import DeTrackConfig, DeTrackNet
 
 __all__ = ["DeTrack", "CHECKPOINT_FORMAT"]
 
-CHECKPOINT_FORMAT = "fasttrack.detrack/1"
+# /2: box_query (the per-coordinate identity, DESIGN.md 1.7) and denoise_steps; /1 files lack
+# the query embedding and were written by a network that could not learn to localize.
+CHECKPOINT_FORMAT = "fasttrack.detrack/2"
 
 _TINY = dict(dim=64, depth=4, heads=4, patch=8, template_size=32, search_size=64, n_bins=128,
-             refine_depth=2, refine_heads=4, infer_t=100)
+             refine_depth=2, refine_heads=4)
+
+# Config fields that change how a trained network is run, not its shapes: pretrained() and
+# from_checkpoint() accept them as overrides.
+RUN_OPTIONS = ("denoise_steps", "infer_t", "iou_gate", "softmax_gate", "clip_margin")
+
+PRETRAINED_FILE = "detrack_tiny_synthetic.pt"
 
 
 class DeTrack(Tracker, nn.Module):
@@ -88,12 +97,30 @@ class DeTrack(Tracker, nn.Module):
 
     @classmethod
     def tiny(cls, seed: int = 0, device="cpu", dtype=torch.float32, **overrides) -> "DeTrack":
-        """Small random model for tests and demos: C = 64, 4 heads, 4 blocks, patch 8,
-        template 32 px, search 64 px, 128 bins, 2 refine layers; starts the box tokens close
-        to the previous box (infer_t = 100 of 1000) so random weights give stable boxes."""
+        """Small model with random weights from `seed` (tests, training from scratch): C = 64,
+        4 heads, 4 blocks, patch 8, template 32 px, search 64 px, 128 bins, 2 refine layers,
+        about 0.5 M parameters. Its boxes mean nothing until trained: `pretrained()` is this
+        model trained on synthetic sequences."""
         cfg = dict(_TINY)
         cfg.update(overrides)
         return cls._build(seed, device, dtype, **cfg)
+
+    @classmethod
+    def pretrained(cls, device="cpu", dtype=torch.float32, **overrides) -> "DeTrack":
+        """The tiny DeTrack trained here on fasttrack's synthetic sequences (shipped inside the
+        package, fasttrack/trackers/detrack/weights/; NOT the paper's weights, which were never
+        released): see the README for its recipe and held-out numbers. `overrides` may set the
+        run options in RUN_OPTIONS, e.g. denoise_steps=24 for the multi-pass sampler."""
+        from importlib import resources
+
+        ref = resources.files(__package__).joinpath("weights", PRETRAINED_FILE)
+        with resources.as_file(ref) as path:
+            if not path.is_file():
+                raise FileNotFoundError(f"the shipped DeTrack weights are missing ({path}); "
+                                        "reinstall fasttrack or train them with "
+                                        "`fasttrack train detrack` (README)")
+            tracker = cls.from_checkpoint(path, map_location=device, **overrides)
+        return tracker.to(dtype=dtype).eval()
 
     @property
     def device(self) -> torch.device:
@@ -174,19 +201,29 @@ class DeTrack(Tracker, nn.Module):
         return res[:, :4], res[:, 4]
 
     # -- checkpoints ------------------------------------------------------------------------
-    def save(self, path) -> None:
-        """Write {"format", "config", "state_dict"} (tensors on CPU) to `path`."""
+    def save(self, path, meta: dict | None = None) -> None:
+        """Write {"format", "config", "state_dict", "meta"} (tensors on CPU) to `path`; `meta`
+        is free-form plain data (how the weights were made, their held-out numbers)."""
         sd = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        torch.save({"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "state_dict": sd},
-                   path)
+        torch.save({"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "state_dict": sd,
+                    "meta": dict(meta or {})}, path)
 
     @classmethod
-    def from_checkpoint(cls, path, map_location="cpu") -> "DeTrack":
-        """Build the tracker a `save` file describes and load its weights."""
+    def from_checkpoint(cls, path, map_location="cpu", **overrides) -> "DeTrack":
+        """Build the tracker a `save` file (or a `fasttrack train` checkpoint) describes and
+        load its weights; `overrides` may set the run options in RUN_OPTIONS."""
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
         if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
-            raise ValueError(f"path {path!r} is not a DeTrack checkpoint (no config / state_dict)")
-        tracker = cls(DeTrackConfig(**ckpt["config"]))
+            raise ValueError(f"path {str(path)!r} is not a DeTrack checkpoint (no config / state_dict)")
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"path {str(path)!r} is a {ckpt.get('format')!r} checkpoint; this "
+                             f"fasttrack reads {CHECKPOINT_FORMAT!r} (format 1 predates the box "
+                             "query embedding: retrain with `fasttrack train detrack`)")
+        bad = sorted(set(overrides) - set(RUN_OPTIONS))
+        if bad:
+            raise ValueError(f"cannot override {bad} of a trained DeTrack (they change its "
+                             f"shapes); run options are {list(RUN_OPTIONS)}")
+        tracker = cls(DeTrackConfig(**{**ckpt["config"], **overrides}))
         tracker.load_state_dict(ckpt["state_dict"])
         return tracker.to(map_location)
 

@@ -1,7 +1,13 @@
 """DeTrack training: batches from sequences with boxes, the paper's losses, one optimizer step.
 
 Losses (DESIGN.md 1.4), for a batch of B (templates, search crop, ground-truth box) triples:
-- denoising: the ground-truth box embedding b0 is noised to a random step t,
+- denoising: the ground-truth box embedding b0 is noised to a random step t drawn from
+  [t_min, infer_t] (default t_min = infer_t - 5 % of the schedule). Not uniform over [1, T]:
+  at small t the noised ground truth shows through and the network learns to copy it, which
+  is worthless at t = infer_t = T, the only step a single-pass tracker runs (DESIGN.md 1.7:
+  held-out IoU 0.96 at t <= 500 and 0.01 at t = T when trained uniform). Multi-pass sampling
+  (denoise_steps > 1) visits every step and wants t_min near 0.
+  b_t = sqrt(abar_t) b0 + sqrt(1 - abar_t) eps;
   b_t = sqrt(abar_t) b0 + sqrt(1 - abar_t) eps; block l (of L) must output the same noise sample
   at step t_l = floor(t (L - l) / L), i.e. each block removes its share of the noise ("noise
   layer by layer", the paper's better variant) and the last block lands on b0. Loss: mean over
@@ -22,8 +28,8 @@ import torch.nn.functional as F
 from .crop import crop_and_resize, frame_to_crop, frame_to_tensor
 from .model import DeTrackNet
 
-__all__ = ["LossWeights", "box_iou_xyxy", "generalized_iou_xyxy", "detrack_losses",
-           "sample_batch", "train_step"]
+__all__ = ["LossWeights", "box_iou_xyxy", "default_t_min", "generalized_iou_xyxy",
+           "detrack_losses", "sample_batch", "train_step"]
 
 
 @dataclass(frozen=True)
@@ -58,19 +64,29 @@ def generalized_iou_xyxy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union - (hull - union) / hull.clamp_min(1e-12)
 
 
+def default_t_min(cfg) -> int:
+    """Lowest training step for a single-pass model: infer_t minus 5 % of the schedule."""
+    return max(1, cfg.infer_t - cfg.timesteps // 20)
+
+
 def detrack_losses(net: DeTrackNet, batch: dict, generator: torch.Generator | None = None,
-                   weights: LossWeights = LossWeights()) -> dict:
+                   weights: LossWeights = LossWeights(), t_min: int | None = None) -> dict:
     """Losses of one batch. batch: templates (B, K, 3, Sz, Sz), search (B, 3, S, S) normalized
-    crops, gt (B, 4) and traj (B, T, 4) xyxy in the search crop. Returns a dict with "total"
-    (a scalar tensor with grad) and float parts "denoise", "l1", "giou", "ce", "iou"."""
+    crops, gt (B, 4) and traj (B, T, 4) xyxy in the search crop. t is drawn uniformly from
+    [t_min, infer_t] (default `default_t_min`). Returns a dict with "total" (a scalar tensor
+    with grad) and float parts "denoise", "l1", "giou", "ce", "iou", "box_iou" (mean IoU of
+    the predicted boxes)."""
     templates, search, gt, traj = batch["templates"], batch["search"], batch["gt"], batch["traj"]
     B, K = templates.shape[:2]
     z = net.embed_template(templates.flatten(0, 1))
     z = z.view(B, K, *z.shape[1:])
     x = net.embed_search(search)
-    T = net.cfg.timesteps
+    hi = max(net.cfg.infer_t, 1)
+    lo = default_t_min(net.cfg) if t_min is None else int(t_min)
+    if not 1 <= lo <= hi:
+        raise ValueError(f"t_min must be in [1, infer_t = {hi}], got {lo}")
     dev = search.device
-    t = torch.randint(1, T + 1, (B,), generator=generator, device="cpu").to(dev)
+    t = torch.randint(lo, hi + 1, (B,), generator=generator, device="cpu").to(dev)
     eps = torch.randn((B, 4, net.cfg.dim), generator=generator, device="cpu").to(dev, x.dtype)
     b0 = net.box_embed(gt)
 
@@ -87,64 +103,120 @@ def detrack_losses(net: DeTrackNet, batch: dict, generator: torch.Generator | No
     l1 = (pred - gt).abs().mean()
     giou = (1 - generalized_iou_xyxy(pred, gt)).mean()
     ce = F.cross_entropy(out["logits"].flatten(0, 1).float(), net.box_embed.bins(gt).flatten())
-    iou = F.mse_loss(out["iou_score"], box_iou_xyxy(pred.detach(), gt))
+    pred_iou = box_iou_xyxy(pred.detach(), gt)
+    iou = F.mse_loss(out["iou_score"], pred_iou)
     w = weights
     total = w.denoise * denoise + w.l1 * l1 + w.giou * giou + w.ce * ce + w.iou * iou
-    parts = {"denoise": denoise, "l1": l1, "giou": giou, "ce": ce, "iou": iou}
+    parts = {"denoise": denoise, "l1": l1, "giou": giou, "ce": ce, "iou": iou,
+             "box_iou": pred_iou.mean()}
     return {"total": total, **{k: float(v.detach()) for k, v in parts.items()}}
 
 
 def _frames_and_boxes(seq):
+    """(frame getter i -> (H, W, 3) uint8, boxes (N, 4) float32) of a Sequence or a pair."""
     if hasattr(seq, "frames") and hasattr(seq, "gt"):
-        return seq.frames, np.asarray(seq.gt, dtype=np.float32)
+        boxes = np.asarray(seq.gt, dtype=np.float32)
+        if getattr(seq, "absent", None) is not None:
+            boxes = boxes.copy()
+            boxes[seq.absent] = np.nan
+        return (seq.__getitem__ if hasattr(seq, "__getitem__") else seq.frames.__getitem__), boxes
     frames, boxes = seq
-    return frames, np.asarray(boxes, dtype=np.float32)
+    return (lambda i: np.asarray(frames[i])), np.asarray(boxes, dtype=np.float32)
+
+
+def _valid(boxes: np.ndarray) -> np.ndarray:
+    """(N,) bool: finite boxes with positive width and height (absent targets are not)."""
+    return np.isfinite(boxes).all(1) & (np.nan_to_num(boxes[:, 2]) > 0) & (np.nan_to_num(boxes[:, 3]) > 0)
+
+
+def _crop(frame: np.ndarray, box, factor: float, size: int, device):
+    img = frame_to_tensor(torch.as_tensor(np.asarray(frame)).to(device))
+    return crop_and_resize(img, torch.as_tensor(np.asarray(box, np.float32)[None], device=device),
+                           factor, size)
 
 
 def sample_batch(sequences, batch_size: int, cfg, device="cpu", generator: np.random.Generator | None = None,
-                 center_jitter: float = 3.0, scale_jitter: float = 0.25) -> dict:
-    """Sample a training batch (see detrack_losses for its keys) from `sequences`: objects with
-    .frames / .gt (fasttrack.data.Sequence) or (frames, boxes) pairs, boxes (N, 4) [x, y, w, h].
-    Per item: a search frame s, templates from frame 0 and K-1 random frames <= s (cropped 2x
-    at their boxes), the search region cropped 4x around the box of frame s jittered as OSTrack
-    (size * exp(N(0, scale_jitter)), centre + U(-1/2, 1/2) * center_jitter * sqrt(w h)), and
-    the trajectory: the boxes of frames s-T .. s-1 (clamped at 0)."""
+                 center_jitter: float = 1.5, scale_jitter: float = 0.25, traj_noise: float = 0.3,
+                 traj_static: float = 0.3, first_templates: float = 0.5) -> dict:
+    """Sample a training batch (see detrack_losses for its keys) from `sequences`:
+    fasttrack.data.Sequence objects (frames read on demand; absent or empty boxes are never
+    sampled) or (frames, boxes) pairs, boxes (N, 4) [x, y, w, h].
+
+    Each item imitates one tracker step on frame s, whose previous valid frame is p:
+    - the previous prediction is the box of frame p jittered as OSTrack (size *
+      exp(N(0, scale_jitter)), centre + U(-1/2, 1/2) * center_jitter * sqrt(w h)); the search
+      region is cropped 4x around it, so the target is off-centre by its true motion p -> s
+      plus the prediction's error;
+    - the trajectory (T boxes) is what the tracker would hold, not the clean ground truth
+      (DESIGN.md 1.7: a refiner fed clean trajectories follows them and ignores the image):
+      its last box is that previous prediction (the tracker's traj[-1] is its crop centre);
+      the earlier ones are the boxes of the frames before p, each with its own error (centre
+      offset N(0, traj_noise) sqrt(w h), scale exp(N(0, traj_noise))), so neither the size nor
+      the motion of the answer can be read off the trajectory reliably; with probability
+      `traj_static` the whole trajectory is the previous prediction repeated (a freshly
+      initialized tracker holds its first box T times);
+    - the templates (cropped 2x at their boxes) come from frames before s, never s itself:
+      with probability `first_templates` all K from the first valid frame (what the tracker's
+      memory holds until its score gate first opens), else the first plus K-1 random ones."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not sequences:
         raise ValueError("sequences must not be empty")
     rng = generator or np.random.default_rng()
+    T = cfg.traj_len
     temps, searches, gts, trajs = [], [], [], []
-    for _ in range(batch_size):
-        frames, boxes = _frames_and_boxes(sequences[int(rng.integers(len(sequences)))])
-        n = len(frames)
-        s = int(rng.integers(1, n)) if n > 1 else 0
-        t_idx = [0] + sorted(int(i) for i in rng.integers(0, s + 1, cfg.n_templates - 1))
-        z = []
-        for i in t_idx:
-            frame = frame_to_tensor(torch.as_tensor(np.asarray(frames[i])).to(device))
-            crop, *_ = crop_and_resize(frame, torch.as_tensor(boxes[i:i + 1], device=device),
-                                       cfg.template_factor, cfg.template_size)
-            z.append(crop[0])
-        box = boxes[s].astype(np.float64)
-        size = box[2:] * np.exp(rng.normal(size=2) * scale_jitter)
-        center = box[:2] + box[2:] / 2 + np.sqrt(size.prod()) * center_jitter * (rng.random(2) - 0.5)
-        jittered = torch.tensor([[*(center - size / 2), *size]], dtype=torch.float32, device=device)
-        frame = frame_to_tensor(torch.as_tensor(np.asarray(frames[s])).to(device))
-        x, x0, y0, side = crop_and_resize(frame, jittered, cfg.search_factor, cfg.search_size)
-        past = boxes[[max(s - cfg.traj_len + j, 0) for j in range(cfg.traj_len)]]
+    tries = 0
+    while len(searches) < batch_size:
+        tries += 1
+        if tries > 100 * batch_size:
+            raise ValueError("sequences hold no two valid boxes to sample a step from")
+        get, boxes = _frames_and_boxes(sequences[int(rng.integers(len(sequences)))])
+        ok = np.flatnonzero(_valid(boxes))
+        if len(ok) < 2:
+            continue
+        k = int(rng.integers(1, len(ok)))
+        s, p = int(ok[k]), int(ok[k - 1])
+        before = ok[:k]
+        if rng.random() < first_templates:
+            t_idx = [int(before[0])] * cfg.n_templates
+        else:
+            t_idx = [int(before[0])] + sorted(int(i) for i in rng.choice(before, cfg.n_templates - 1))
+        z = [_crop(get(i), boxes[i], cfg.template_factor, cfg.template_size, device)[0][0]
+             for i in t_idx]
+        prev = boxes[p].astype(np.float64)
+        size = prev[2:] * np.exp(rng.normal(size=2) * scale_jitter)
+        center = prev[:2] + prev[2:] / 2 + np.sqrt(size.prod()) * center_jitter * (rng.random(2) - 0.5)
+        pred = np.array([*(center - size / 2), *size])
+        x, x0, y0, side = _crop(get(s), pred, cfg.search_factor, cfg.search_size, device)
+        if rng.random() < traj_static or T == 1:
+            past = np.repeat(pred[None], T, 0)
+        else:
+            idx = [max(p - T + 1 + j, 0) for j in range(T - 1)]
+            past = np.array([boxes[i] if _valid(boxes[i:i + 1])[0] else prev for i in idx],
+                            dtype=np.float64)
+            # each past box off by its own error, of the size of the previous prediction's:
+            # velocities read off the trajectory are then as unreliable as a tracker's own
+            # (with exact past boxes the refiner learns to extrapolate them, and in closed loop
+            # it extrapolates its own errors: the box runs away from the target)
+            unit = np.sqrt(prev[2] * prev[3])
+            c = past[:, :2] + past[:, 2:] / 2 + rng.normal(size=(T - 1, 2)) * traj_noise * unit
+            wh = past[:, 2:] * np.exp(rng.normal(size=(T - 1, 2)) * traj_noise)
+            past = np.concatenate([np.concatenate([c - wh / 2, wh], 1), pred[None]], 0)
         temps.append(torch.stack(z))
         searches.append(x[0])
         gts.append(frame_to_crop(torch.as_tensor(boxes[s:s + 1], device=device), x0, y0, side)[0])
-        trajs.append(frame_to_crop(torch.as_tensor(past[None], device=device), x0, y0, side)[0])
+        trajs.append(frame_to_crop(torch.as_tensor(past[None], dtype=torch.float32, device=device),
+                                   x0, y0, side)[0])
     return {"templates": torch.stack(temps), "search": torch.stack(searches),
             "gt": torch.stack(gts), "traj": torch.stack(trajs)}
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, batch: dict,
-               generator: torch.Generator | None = None, weights: LossWeights = LossWeights()) -> dict:
+               generator: torch.Generator | None = None, weights: LossWeights = LossWeights(),
+               t_min: int | None = None, clip_grad: float | None = 1.0) -> dict:
     """One optimizer step on `batch`; model is a DeTrack tracker or its DeTrackNet. Works on
     patched trackers (fused box branches fall back to the reference while grad is on).
+    Gradients are clipped to a global norm of `clip_grad` (None: not clipped).
     Returns the float losses ("total" included)."""
     net = getattr(model, "net", model)
     if not isinstance(net, DeTrackNet):
@@ -152,8 +224,10 @@ def train_step(model, optimizer: torch.optim.Optimizer, batch: dict,
     net.train()
     optimizer.zero_grad(set_to_none=True)
     with torch.enable_grad():
-        losses = detrack_losses(net, batch, generator, weights)
+        losses = detrack_losses(net, batch, generator, weights, t_min)
         losses["total"].backward()
+    if clip_grad is not None:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
     optimizer.step()
     net.eval()
     return {**losses, "total": float(losses["total"].detach())}

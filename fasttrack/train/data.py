@@ -1,0 +1,89 @@
+"""Training data for fasttrack's trackers: on-the-fly synthetic sequences and real data sets.
+
+A training source is "synthetic" (a pool of `random_synthetic_sequence`s from the "train"
+seed stream, one of them replaced by a fresh one every `refresh_every` steps, so a long run
+sees thousands of distinct sequences while each step stays cheap) or a folder that
+`fasttrack.data.open_sequences` reads: a GOT-10k split (train/), a LaSOT root or category, an
+OTB root, one sequence folder -- the same readers `fasttrack eval` uses. Frames of real data are
+read from disk when sampled.
+
+Held-out data never comes from the train stream: `validation_sequences` draws the "val" split
+(other seed stream, frame sizes the train split never uses; fasttrack.data.synthetic).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..data import open_sequences
+from ..data.synthetic import SPLIT_SIZES, random_synthetic_sequence, synthetic_split
+
+__all__ = ["TrainingData", "validation_sequences"]
+
+
+class TrainingData:
+    """The sequences a trainer samples from.
+
+    Args:
+        sources: "synthetic" and / or data set folders (see the module docstring).
+        seed: seeds the synthetic pool and its refreshes.
+        pool: synthetic sequences held at once; frames: their length.
+        refresh_every: steps between two replacements of a synthetic sequence.
+    `sequences` is the current list (real ones first); call `step()` once per training step.
+    """
+
+    def __init__(self, sources=("synthetic",), seed: int = 0, pool: int = 64, frames: int = 40,
+                 refresh_every: int = 25):
+        if isinstance(sources, str):
+            sources = (sources,)
+        sources = list(sources)
+        if not sources:
+            raise ValueError("sources must name at least one source ('synthetic' or a folder)")
+        if pool < 1 or frames < 2 or refresh_every < 1:
+            raise ValueError(f"pool must be >= 1, frames >= 2 and refresh_every >= 1, got "
+                             f"{pool}, {frames}, {refresh_every}")
+        self.real = []
+        for src in sources:
+            if src == "synthetic":
+                continue
+            seqs = [s for s in open_sequences(src) if s.gt is not None]
+            if not seqs:
+                raise ValueError(f"data source {src!r} holds no sequence with ground truth")
+            self.real.extend(seqs)
+        self.synthetic = "synthetic" in sources
+        self.frames, self.refresh_every = int(frames), int(refresh_every)
+        self._rng = np.random.default_rng([404, int(seed)])
+        self._pool = ([random_synthetic_sequence(self._rng, self.frames, SPLIT_SIZES["train"])
+                       for _ in range(pool)] if self.synthetic else [])
+        self._steps = 0
+
+    @property
+    def sequences(self) -> list:
+        return self.real + self._pool
+
+    def describe(self) -> str:
+        parts = [f"{len(self.real)} real sequences"] if self.real else []
+        if self.synthetic:
+            parts.append(f"synthetic pool of {len(self._pool)} x {self.frames} frames, one "
+                         f"replaced every {self.refresh_every} steps")
+        return ", ".join(parts)
+
+    def step(self) -> None:
+        """Advance one training step (replaces a synthetic sequence every refresh_every)."""
+        self._steps += 1
+        if self._pool and self._steps % self.refresh_every == 0:
+            i = int(self._rng.integers(len(self._pool)))
+            self._pool[i] = random_synthetic_sequence(self._rng, self.frames, SPLIT_SIZES["train"])
+
+    def state_dict(self) -> dict:
+        """What `--resume` needs to continue the same stream (the pool is regenerated from it
+        only approximately: the replaced sequences are drawn afresh from the saved state)."""
+        return {"rng": self._rng.bit_generator.state, "steps": self._steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._rng.bit_generator.state = state["rng"]
+        self._steps = int(state["steps"])
+
+
+def validation_sequences(num: int = 6, frames: int = 40) -> list:
+    """The "val" split: `num` synthetic sequences the train stream never draws."""
+    return synthetic_split("val", num=num, num_frames=frames)
