@@ -81,6 +81,33 @@ def test_training_t_is_drawn_near_infer_t():
         detrack_losses(tr.net, batch, t_min=cfg.infer_t + 1)
 
 
+def test_training_noises_with_the_trackers_own_sample():
+    """fixed_noise = 1: every sample starts from net.box_noise, the noise the tracker feeds at
+    inference (at t = infer_t = T, abar = 0, the box branch input is exactly it); 0: fresh noise
+    for every sample; in between, a mix."""
+    tr = DeTrack.tiny(seed=0)
+    cfg = tr.config
+    seq = synthetic_sequence(8, size=(64, 80), sprite_size=(14, 16), seed=2)
+    batch = sample_batch([seq], 16, cfg, generator=np.random.default_rng(0))
+    seen = []
+    real = tr.net.denoise
+    tr.net.denoise = lambda z, x, b: (seen.append(b.detach().clone()), real(z, x, b))[1]
+    fixed = tr.net.box_noise.expand(16, 4, cfg.dim)
+
+    def same_as_fixed(p):
+        seen.clear()
+        detrack_losses(tr.net, batch, torch.Generator().manual_seed(1), t_min=cfg.infer_t,
+                       fixed_noise=p)
+        return (seen[0] - fixed).abs().amax((1, 2)) == 0
+
+    assert same_as_fixed(1.0).all()
+    assert not same_as_fixed(0.0).any()
+    mixed = same_as_fixed(0.5)
+    assert 0 < int(mixed.sum()) < 16
+    with pytest.raises(ValueError, match="fixed_noise"):
+        detrack_losses(tr.net, batch, fixed_noise=1.5)
+
+
 def _indexed_sequence(n=12):
     """Frames of constant grey level 10 * i (frame i) with a moving box: the crops tell which
     frame they came from."""
@@ -207,11 +234,13 @@ def _static_ao(seqs):
 
 def test_training_from_scratch_beats_the_static_box(tmp_path):
     """The tiny model trained from scratch on the synthetic stream for TRAIN_STEPS steps tracks
-    4 held-out test sequences better than holding the first box (the unfixed trainer scored
-    0.006 and the trainer with clean trajectories 0.05, both below that baseline)."""
+    4 held-out test sequences with AO >= 0.5, far above holding the first box (the unfixed
+    trainer scored 0.006 and the trainer with clean trajectories 0.05, both below that
+    baseline; with fresh instead of the tracker's fixed noise, 600 steps reach about 0.3)."""
     torch.set_num_threads(1)
     opts = TrainOptions(steps=TRAIN_STEPS, eval_every=TRAIN_STEPS, val_sequences=2,
-                        out=str(tmp_path / "run"), progress=False, seed=0)
+                        out=str(tmp_path / "run"), progress=False, seed=0,
+                        close_distractors=TRAIN_CLOSE_DISTRACTORS)
     result = train_detrack(opts, log=lambda *_: None)
     held_out = synthetic_split("test", num=4, num_frames=30)
     ao = heldout_ao(result["tracker"], held_out)["ao"]
@@ -221,12 +250,15 @@ def test_training_from_scratch_beats_the_static_box(tmp_path):
     assert curve[-1]["step"] == TRAIN_STEPS
 
 
-# The CI training budget: 600 steps (about 2.8 min on one thread of the 2-core CPU) and the
-# held-out AO they must reach. Measured: AO 0.126 against the static box's 0.065 (one thread,
-# torch 2.13 CPU). The issue's goal for this test, AO >= 0.5 in under 3 minutes, is not reached:
-# this model needs about 10 minutes for 0.5 (README, training curve).
+# The CI training budget: 600 steps (about 2.4 min on one thread of the 2-core CPU) and the
+# held-out AO they must reach (the issue's goal: >= 0.5 on 4 fixed held-out sequences).
+# Measured: AO 0.572 (test-000..003: 0.717, 0.674, 0.728, 0.167) against the static box's
+# 0.065, in 153 s on one thread (torch 2.13 CPU, the other core busy).
 TRAIN_STEPS = 600
-TRAIN_MIN_AO = 0.10
+TRAIN_MIN_AO = 0.5
+# The shipped recipe's crossing look-alikes (close_distractors 0.3) pay off later in training;
+# within 600 steps they slow it (held-out AO 0.35 measured), so this test trains without them.
+TRAIN_CLOSE_DISTRACTORS = 0.0
 
 
 def test_train_loop_checkpoints_and_resumes(tmp_path):

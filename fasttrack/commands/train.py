@@ -45,6 +45,15 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--t-min", type=int, default=None, metavar="T",
                    help="lowest noise step drawn in training (default: infer_t - 5%% of the "
                         "schedule, for the single-pass tracker; 1 for a multi-pass one)")
+    p.add_argument("--fixed-noise", type=float, default=1.0, metavar="P",
+                   help="fraction of training samples noised with the tracker's own fixed noise "
+                        "sample instead of fresh noise (default: %(default)s; 0 is the plain "
+                        "DDPM objective, which learns several times slower)")
+    p.add_argument("--close-distractors", type=float, default=0.3, metavar="P",
+                   help="fraction of synthetic training sequences with a look-alike that keeps "
+                        "crossing the target (default: %(default)s)")
+    p.add_argument("--denoise-weight", type=float, default=1.0, metavar="W",
+                   help="weight of the layerwise denoising loss (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=250, metavar="N",
                    help="steps between held-out evaluations and checkpoints (default: %(default)s)")
     p.add_argument("--val-sequences", type=int, default=6, metavar="N",
@@ -69,7 +78,10 @@ def run(args) -> int:
     opts = TrainOptions(config=args.config, data=tuple(args.data), out=args.out,
                         minutes=args.minutes, steps=args.steps, batch_size=args.batch,
                         lr=args.lr, weight_decay=args.weight_decay,
-                        warmup_steps=args.warmup_steps, t_min=args.t_min, seed=args.seed,
+                        warmup_steps=args.warmup_steps, t_min=args.t_min,
+                        fixed_noise=args.fixed_noise, close_distractors=args.close_distractors,
+                        denoise_weight=args.denoise_weight,
+                        seed=args.seed,
                         eval_every=args.eval_every, val_sequences=args.val_sequences,
                         init_vit=args.init_vit, device=device, resume=args.resume,
                         progress=not args.no_progress)

@@ -120,7 +120,7 @@ def _path(rng, num_frames, H, W, hmax, wmax, speed):
 def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 32), seed: int = 0,
                        occlusion: bool = False, scale_change: bool = False,
                        background: str = "waves", distractors: int = 0,
-                       speed: float = 1.0) -> Sequence:
+                       speed: float = 1.0, close_distractors: int = 0) -> Sequence:
     """Generate a deterministic synthetic sequence.
 
     Args:
@@ -137,6 +137,10 @@ def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 3
         background: "waves" (default), "texture" or "flat" (module docstring).
         distractors: number of same-texture sprites on their own paths, under the target.
         speed: multiplies the path frequencies (> 0; 1 as before, 2.5 is fast motion).
+        close_distractors: more same-texture sprites that stay near the target: each follows
+            the target's path plus an offset along a random direction that swings between
+            about +-1.5 target sizes, so it passes beside and across the target again and again
+            (the case a tracker confuses most; training data, the held-out splits have none).
     Returns:
         Sequence named "synthetic-<seed>" whose frames are (H, W, 3) uint8 arrays and gt (N, 4)
         float32 exact boxes. meta holds "background" (H, W, 3) uint8, "sprite" (h, w, 3) uint8
@@ -156,6 +160,8 @@ def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 3
         raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
     if int(distractors) != distractors or distractors < 0:
         raise ValueError(f"distractors must be an int >= 0, got {distractors!r}")
+    if int(close_distractors) != close_distractors or close_distractors < 0:
+        raise ValueError(f"close_distractors must be an int >= 0, got {close_distractors!r}")
     if not (np.isfinite(speed) and speed > 0):
         raise ValueError(f"speed must be a positive number, got {speed!r}")
     kind = background
@@ -196,10 +202,24 @@ def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 3
         dboxes[d, :, 1] = np.clip(np.rint(dy - h0 / 2), 0, H - h0)
         dboxes[d, :, 2:] = (w0, h0)
 
+    # close distractors: drawn after every other random number (frames of earlier versions
+    # unchanged); the offset swings through zero, so the copy crosses the target's position
+    close = []
+    for _ in range(int(close_distractors)):
+        ang = rng.uniform(0, 2 * np.pi)
+        amp = rng.uniform(0.8, 1.6) * np.hypot(h0, w0)
+        swing = amp * np.cos(2 * np.pi * rng.uniform(0.5, 1.5) * t / max(num_frames, 2)
+                             + rng.uniform(0, 2 * np.pi))
+        bx = np.clip(np.rint(cx + swing * np.cos(ang) - w0 / 2), 0, W - w0)
+        by = np.clip(np.rint(cy + swing * np.sin(ang) - h0 / 2), 0, H - h0)
+        close.append(np.stack([bx, by, np.full_like(bx, w0), np.full_like(by, h0)], 1))
+    if close:
+        dboxes = np.concatenate([dboxes, np.stack(close).astype(np.float32)], 0)
+
     frames, gt = [], np.empty((num_frames, 4), dtype=np.float32)
     for i in range(num_frames):
         img = background.copy()
-        for d in range(int(distractors)):
+        for d in range(len(dboxes)):
             a, b = int(dboxes[d, i, 0]), int(dboxes[d, i, 1])
             img[b:b + h0, a:a + w0] = sprite
         x, y, h, w = int(xs[i]), int(ys[i]), int(hs[i]), int(ws[i])
@@ -216,11 +236,14 @@ def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 3
 
 
 def random_synthetic_sequence(rng: np.random.Generator, num_frames: int = 40,
-                              sizes=SPLIT_SIZES["train"], name: str | None = None) -> Sequence:
+                              sizes=SPLIT_SIZES["train"], name: str | None = None,
+                              close_distractors: float = 0.0) -> Sequence:
     """One sequence with every condition drawn from `rng`: frame size from `sizes`, sprite
     height 12-32 % of the frame and aspect 0.5-2, background kind, 0-2 distractors (40 %),
     occlusion (25 %), scale change (35 %), speed 0.3-2.0 (slow to fast: at 2 over 40 frames
-    the target moves up to about one own size per frame)."""
+    the target moves up to about one own size per frame). With probability
+    `close_distractors` (0 for the held-out splits, whose draws it leaves unchanged) the
+    sequence also gets one distractor that keeps passing near and across the target."""
     H, W = sizes[int(rng.integers(len(sizes)))]
     limit_h, limit_w = (H - 2) / _MAX_SCALE, (W - 2) / _MAX_SCALE
     h = float(np.clip(rng.uniform(0.12, 0.32) * H, 6, limit_h))
@@ -230,7 +253,8 @@ def random_synthetic_sequence(rng: np.random.Generator, num_frames: int = 40,
         occlusion=bool(rng.random() < 0.25), scale_change=bool(rng.random() < 0.35),
         background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))],
         distractors=int(rng.integers(1, 3)) if rng.random() < 0.4 else 0,
-        speed=float(rng.uniform(0.3, 2.0)))
+        speed=float(rng.uniform(0.3, 2.0)),
+        close_distractors=int(close_distractors > 0 and rng.random() < close_distractors))
     if name is not None:
         seq.name = name
     return seq

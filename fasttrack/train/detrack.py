@@ -1,8 +1,8 @@
 """`train_detrack`: the DeTrack training loop behind `fasttrack train detrack`.
 
 One step: sample a batch (fasttrack.trackers.detrack.train.sample_batch: jittered search crops,
-noised or static trajectories), the paper's losses with t drawn near infer_t
-(detrack_losses), AdamW with linear warm-up then cosine decay to 10 % of the learning rate over
+noised or static trajectories), the paper's losses with t drawn near infer_t and, by default,
+the tracker's own fixed noise sample (detrack_losses, `fixed_noise`), AdamW with linear warm-up then cosine decay to 10 % of the learning rate over
 the run (its length is --steps or --minutes, whichever ends first), gradients clipped at norm 1.
 
 Every `eval_every` steps, and at the end, the tracker runs closed-loop over the held-out "val"
@@ -27,7 +27,7 @@ import torch
 
 from ..eval import metrics
 from ..trackers.detrack import DeTrack
-from ..trackers.detrack.train import default_t_min, sample_batch, train_step
+from ..trackers.detrack.train import LossWeights, default_t_min, sample_batch, train_step
 from .data import TrainingData, validation_sequences
 
 __all__ = ["TrainOptions", "train_detrack", "heldout_ao", "CONFIGS"]
@@ -51,6 +51,9 @@ class TrainOptions:
     warmup_steps: int = 100
     center_jitter: float = 1.5
     t_min: int | None = None
+    fixed_noise: float = 1.0
+    close_distractors: float = 0.3
+    denoise_weight: float = 1.0
     seed: int = 0
     eval_every: int = 250
     val_sequences: int = 6
@@ -72,6 +75,12 @@ class TrainOptions:
         for name in ("batch_size", "eval_every", "val_sequences"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.close_distractors <= 1.0:
+            raise ValueError(f"--close-distractors must be in [0, 1], got {self.close_distractors}")
+        if not 0.0 <= self.fixed_noise <= 1.0:
+            raise ValueError(f"--fixed-noise must be in [0, 1], got {self.fixed_noise}")
+        if not self.denoise_weight >= 0:
+            raise ValueError(f"--denoise-weight must be >= 0, got {self.denoise_weight}")
         if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise ValueError("--lr must be > 0, --weight-decay and --warmup-steps >= 0")
 
@@ -109,11 +118,12 @@ def train_detrack(opts: TrainOptions, log=print) -> dict:
         report = load_vit_weights(tracker.net, opts.init_vit)
         log(f"init from {opts.init_vit}: {len(report['loaded'])} tensors loaded")
     opt = torch.optim.AdamW(tracker.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    data = TrainingData(opts.data, seed=opts.seed)
+    data = TrainingData(opts.data, seed=opts.seed, close_distractors=opts.close_distractors)
     val = validation_sequences(opts.val_sequences)
     rng = np.random.default_rng([505, opts.seed])
     gen = torch.Generator().manual_seed(opts.seed)
     t_min = default_t_min(tracker.config) if opts.t_min is None else opts.t_min
+    weights = LossWeights(denoise=opts.denoise_weight)
     step, elapsed, curve, best = 0, 0.0, [], -1.0
     last = out / "last.pt"
     if opts.resume:
@@ -174,7 +184,8 @@ def train_detrack(opts: TrainOptions, log=print) -> dict:
             g["lr"] = opts.lr * _lr_factor(step, progress(), opts.warmup_steps)
         batch = sample_batch(data.sequences, opts.batch_size, tracker.config, device=device,
                              generator=rng, center_jitter=opts.center_jitter)
-        losses = train_step(tracker, opt, batch, generator=gen, t_min=t_min)
+        losses = train_step(tracker, opt, batch, generator=gen, t_min=t_min, weights=weights,
+                            fixed_noise=opts.fixed_noise)
         data.step()
         step += 1
         dt = time.perf_counter() - t0

@@ -14,7 +14,8 @@ noises the ground-truth box embedding b0 to step t; block l is trained to land o
 noise sample at step t (L - l) / L (train.py). Inference starts from the embedding of the
 previous box (the box the search crop is centred on) noised to step infer_t with a fixed noise
 sample (`box_noise`, part of the checkpoint), so the step is deterministic; infer_t = timesteps
-(the default) is pure noise, as the paper's single-pass sampler.
+(the default) is pure noise, as the paper's single-pass sampler. fasttrack's trainer noises
+with this same sample by default (train.py: fresh noise learns several times slower).
 
 Token identity (DESIGN.md 1.7): at abar = 0 the 4 box tokens carry no trace of which coordinate
 they are, and every layer after them (box branch, refiner, mapping) treats the 4 tokens alike:
