@@ -220,6 +220,26 @@ def test_synthetic_splits_are_disjoint_and_fixed():
     assert random_synthetic_sequence(np.random.default_rng(0), 3).gt.shape == (3, 4)
 
 
+def test_close_distractors_cross_the_target():
+    """close_distractors: a look-alike that keeps passing near and across the target; off
+    (the held-out splits), the draws and frames are those without the option."""
+    rng = np.random.default_rng(7)
+    seq = random_synthetic_sequence(rng, 60, SPLIT_SIZES["train"], close_distractors=1.0)
+    d = seq.meta["distractors"][-1]
+    g = seq.gt
+    dist = np.hypot(*((g[:, :2] + g[:, 2:] / 2) - (d[:, :2] + d[:, 2:] / 2)).T) / np.sqrt(g[:, 2] * g[:, 3])
+    assert dist.min() < 0.5 and np.median(dist) < 2.5
+    assert np.array_equal(seq.meta["sprite"][0, 0], np.asarray(seq.frames[0])[int(d[0, 1]), int(d[0, 0])]) \
+        or _overlaps(d[0], g[0])  # drawn (under the target where they overlap)
+    a = random_synthetic_sequence(np.random.default_rng(3), 10)
+    b = random_synthetic_sequence(np.random.default_rng(3), 10, close_distractors=0.0)
+    assert all(np.array_equal(x, y) for x, y in zip(a.frames, b.frames))
+    with pytest.raises(ValueError, match="close_distractors"):
+        synthetic_sequence(4, close_distractors=-1)
+    with pytest.raises(ValueError, match="close-distractors"):
+        TrainOptions(steps=1, close_distractors=2.0).check()
+
+
 def _overlaps(a, b):
     return not (a[0] + a[2] <= b[0] or b[0] + b[2] <= a[0] or a[1] + a[3] <= b[1] or b[1] + b[3] <= a[1])
 
