@@ -276,8 +276,7 @@ def test_training_from_scratch_beats_the_static_box(tmp_path):
 # 0.065, in 153 s on one thread (torch 2.13 CPU, the other core busy).
 TRAIN_STEPS = 600
 TRAIN_MIN_AO = 0.5
-# The shipped recipe's crossing look-alikes (close_distractors 0.3) pay off later in training;
-# within 600 steps they slow it (held-out AO 0.35 measured), so this test trains without them.
+# With crossing look-alikes in the stream (close_distractors 0.3) 600 steps gave 0.35.
 TRAIN_CLOSE_DISTRACTORS = 0.0
 
 

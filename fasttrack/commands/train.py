@@ -49,7 +49,7 @@ def register(sub) -> argparse.ArgumentParser:
                    help="fraction of training samples noised with the tracker's own fixed noise "
                         "sample instead of fresh noise (default: %(default)s; 0 is the plain "
                         "DDPM objective, which learns several times slower)")
-    p.add_argument("--close-distractors", type=float, default=0.3, metavar="P",
+    p.add_argument("--close-distractors", type=float, default=0.0, metavar="P",
                    help="fraction of synthetic training sequences with a look-alike that keeps "
                         "crossing the target (default: %(default)s)")
     p.add_argument("--denoise-weight", type=float, default=1.0, metavar="W",

@@ -52,7 +52,7 @@ class TrainOptions:
     center_jitter: float = 1.5
     t_min: int | None = None
     fixed_noise: float = 1.0
-    close_distractors: float = 0.3
+    close_distractors: float = 0.0
     denoise_weight: float = 1.0
     seed: int = 0
     eval_every: int = 250
