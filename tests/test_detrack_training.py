@@ -236,8 +236,13 @@ def test_close_distractors_cross_the_target():
     assert all(np.array_equal(x, y) for x, y in zip(a.frames, b.frames))
     with pytest.raises(ValueError, match="close_distractors"):
         synthetic_sequence(4, close_distractors=-1)
-    with pytest.raises(ValueError, match="close-distractors"):
-        TrainOptions(steps=1, close_distractors=2.0).check()
+    with pytest.raises(ValueError, match="close_distractors"):
+        random_synthetic_sequence(np.random.default_rng(0), 4, close_distractors=1.5)
+    for bad, match in ((dict(close_distractors=2.0), "close-distractors"),
+                       (dict(fixed_noise=-0.1), "fixed-noise"),
+                       (dict(denoise_weight=-1.0), "denoise-weight")):
+        with pytest.raises(ValueError, match=match):
+            TrainOptions(steps=1, **bad).check()
 
 
 def _overlaps(a, b):

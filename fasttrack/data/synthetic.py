@@ -139,7 +139,7 @@ def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 3
         speed: multiplies the path frequencies (> 0; 1 as before, 2.5 is fast motion).
         close_distractors: more same-texture sprites that stay near the target: each follows
             the target's path plus an offset along a random direction that swings between
-            about +-1.5 target sizes, so it passes beside and across the target again and again
+            +-(0.8 to 1.6) target diagonals, so it passes beside and across the target again and again
             (the case a tracker confuses most; training data, the held-out splits have none).
     Returns:
         Sequence named "synthetic-<seed>" whose frames are (H, W, 3) uint8 arrays and gt (N, 4)
@@ -244,6 +244,8 @@ def random_synthetic_sequence(rng: np.random.Generator, num_frames: int = 40,
     the target moves up to about one own size per frame). With probability
     `close_distractors` (0 for the held-out splits, whose draws it leaves unchanged) the
     sequence also gets one distractor that keeps passing near and across the target."""
+    if not 0.0 <= close_distractors <= 1.0:
+        raise ValueError(f"close_distractors must be a probability in [0, 1], got {close_distractors!r}")
     H, W = sizes[int(rng.integers(len(sizes)))]
     limit_h, limit_w = (H - 2) / _MAX_SCALE, (W - 2) / _MAX_SCALE
     h = float(np.clip(rng.uniform(0.12, 0.32) * H, 6, limit_h))
