@@ -150,6 +150,30 @@ def test_sample_batch_imitates_a_tracker_step():
     torch.testing.assert_close(static["traj"], static["traj"][:, -1:].expand_as(static["traj"]))
 
 
+def test_sample_batch_mixes_small_crop_errors():
+    """small_jitter_prob of the items are cropped with the small centre error: with a target
+    that never moves and small_jitter 0 those crops are centred on it (to the half pixel the
+    crop window's rounding moves it: < 0.015 of the crop here)."""
+    cfg = DeTrack.tiny().config
+    frames = [np.full((80, 96, 3), 10 * i, np.uint8) for i in range(10)]
+    gt = np.tile(np.array([[30, 25, 16, 14]], np.float32), (10, 1))
+
+    def centre_offsets(**kw):
+        b = sample_batch([(frames, gt)], 64, cfg, generator=np.random.default_rng(3), **kw)["gt"]
+        return ((b[:, :2] + b[:, 2:]) / 2 - 0.5).abs().amax(1)
+
+    assert centre_offsets(small_jitter=0.0, small_jitter_prob=1.0).max() < 0.015
+    wide = centre_offsets(small_jitter=0.0, small_jitter_prob=0.0)
+    assert (wide < 0.015).sum() == 0 and wide.max() > 0.15
+    mixed = centre_offsets(small_jitter=0.0, small_jitter_prob=0.5)
+    assert 16 <= int((mixed < 0.015).sum()) <= 48 and mixed.max() > 0.15
+    # small jitter is smaller: the largest offset shrinks with it
+    assert centre_offsets(small_jitter=0.3, small_jitter_prob=1.0).max() < 0.6 * wide.max()
+    for bad in (dict(small_jitter_prob=1.5), dict(small_jitter=-1.0), dict(center_jitter=-0.1)):
+        with pytest.raises(ValueError, match="jitter"):
+            sample_batch([(frames, gt)], 2, cfg, **bad)
+
+
 def test_sample_batch_skips_absent_frames_and_rejects_empty_data():
     cfg = DeTrack.tiny().config
     frames, gt = _indexed_sequence(6)
@@ -240,7 +264,10 @@ def test_close_distractors_cross_the_target():
         random_synthetic_sequence(np.random.default_rng(0), 4, close_distractors=1.5)
     for bad, match in ((dict(close_distractors=2.0), "close-distractors"),
                        (dict(fixed_noise=-0.1), "fixed-noise"),
-                       (dict(denoise_weight=-1.0), "denoise-weight")):
+                       (dict(denoise_weight=-1.0), "denoise-weight"),
+                       (dict(small_jitter_prob=1.2), "small-jitter-prob"),
+                       (dict(small_jitter=-0.5), "small-jitter"),
+                       (dict(val_frames=1), "val-frames")):
         with pytest.raises(ValueError, match=match):
             TrainOptions(steps=1, **bad).check()
 
@@ -398,12 +425,39 @@ def test_cli_train_eval_and_demo(tmp_path, capsys):
     assert (40, 220, 40) in colours and (255, 40, 40) in colours
 
 
+def test_eval_synthetic_spec_picks_split_count_and_length(tmp_path, capsys):
+    """synthetic:SPLIT:NUMxFRAMES tracks exactly those sequences (names and frame counts from
+    synthetic_split, read back from the toolkit files), and bad specs name the form."""
+    from cli_helpers import run_cli
+    from fasttrack.commands.evaluate import parse_synthetic
+
+    assert parse_synthetic("synthetic:test") == ("test", None, None)
+    assert parse_synthetic("synthetic:val:48x60") == ("val", 48, 60)
+    assert parse_synthetic("synthetic:val:5") == ("val", 5, None)
+    rc, out, err = run_cli(capsys, "eval", "synthetic:val:3x5", "--tracker", "detrack",
+                           "--out", tmp_path / "ev", "--threads", 1, "--device", "cpu")
+    assert rc == 0, err
+    assert "results of detrack on 3 of 3 sequences" in out
+    for i in range(3):
+        boxes = np.loadtxt(tmp_path / "ev" / "detrack" / f"val-{i:03d}" / f"val-{i:03d}_001.txt",
+                           delimiter=",")
+        assert boxes.shape == (5, 4)
+    assert not (tmp_path / "ev" / "detrack" / "val-003").exists()
+    for bad, needle in [("synthetic:foo", "synthetic:SPLIT:NUMxFRAMES"),
+                        ("synthetic:val:48x", "synthetic:SPLIT:NUMxFRAMES"),
+                        ("synthetic:val:3:4", "synthetic:SPLIT:NUMxFRAMES"),
+                        ("synthetic:val:0", "NUM must be >= 1"),
+                        ("synthetic:val:3x1", "FRAMES >= 2")]:
+        rc, out, err = run_cli(capsys, "eval", bad, "--tracker", "detrack", "--out", tmp_path / "b")
+        assert rc == 2 and needle in err, (bad, err)
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["train", "detrack", "--out", "{tmp}/r"], "give --minutes or --steps"),
     (["train", "detrack", "--steps", "0", "--out", "{tmp}/r"], "--steps must be >= 1"),
     (["train", "detrack", "--steps", "1", "--resume", "--out", "{tmp}/r"], "--resume: no"),
     (["train", "detrack", "--steps", "1", "--data", "{tmp}/nope", "--out", "{tmp}/r"], "nope"),
-    (["eval", "synthetic:nope", "--tracker", "detrack"], "split must be one of"),
+    (["eval", "synthetic:nope", "--tracker", "detrack"], "synthetic:SPLIT:NUMxFRAMES"),
     (["demo", "--sequence", "12"], "--sequence must be in [0, 11]"),
 ])
 def test_cli_train_errors(argv, needle, tmp_path, capsys):

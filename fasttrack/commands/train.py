@@ -14,8 +14,10 @@ from .common import default_device, run_label, set_threads
 __all__ = ["register", "run"]
 
 EXAMPLES = """examples:
-  fasttrack train detrack --minutes 18 --threads 2 --out runs/tiny    # the shipped weights' recipe
-  fasttrack train detrack --minutes 18 --threads 2 --out runs/tiny --resume
+  fasttrack train detrack --steps 3500 --threads 1 --eval-every 500 --val-sequences 6 \
+      --val-frames 40 --out runs/tiny                                  # the shipped weights' recipe
+  fasttrack train detrack --steps 3500 --threads 1 --out runs/tiny --resume
+  fasttrack eval synthetic:val:48x60 --tracker detrack --weights runs/tiny/detrack.pt  # compare recipes
   fasttrack train detrack --config detrack256 --data data/GOT-10k/train --init-vit mae_pretrain_vit_base.pth \\
       --steps 100000 --batch 32 --lr 4e-4 --device cuda --out runs/detrack256
 """
@@ -49,6 +51,14 @@ def register(sub) -> argparse.ArgumentParser:
                    help="fraction of training samples noised with the tracker's own fixed noise "
                         "sample instead of fresh noise (default: %(default)s; 0 is the plain "
                         "DDPM objective, which learns several times slower)")
+    p.add_argument("--center-jitter", type=float, default=1.5, metavar="J",
+                   help="search-crop centre error in training, uniform +-J/2 box sizes "
+                        "(default: %(default)s)")
+    p.add_argument("--small-jitter", type=float, default=0.5, metavar="J",
+                   help="the smaller centre error drawn with --small-jitter-prob (default: %(default)s)")
+    p.add_argument("--small-jitter-prob", type=float, default=0.0, metavar="P",
+                   help="fraction of training samples cropped with --small-jitter instead "
+                        "(default: %(default)s)")
     p.add_argument("--close-distractors", type=float, default=0.0, metavar="P",
                    help="fraction of synthetic training sequences with a look-alike that keeps "
                         "crossing the target (default: %(default)s)")
@@ -56,8 +66,10 @@ def register(sub) -> argparse.ArgumentParser:
                    help="weight of the layerwise denoising loss (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=250, metavar="N",
                    help="steps between held-out evaluations and checkpoints (default: %(default)s)")
-    p.add_argument("--val-sequences", type=int, default=6, metavar="N",
+    p.add_argument("--val-sequences", type=int, default=24, metavar="N",
                    help="held-out val sequences tracked at each evaluation (default: %(default)s)")
+    p.add_argument("--val-frames", type=int, default=60, metavar="N",
+                   help="frames per val sequence (default: %(default)s)")
     p.add_argument("--init-vit", default=None, metavar="PATH",
                    help="initialise the ViT from an MAE / ViT-B checkpoint (detrack256/384)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -79,10 +91,13 @@ def run(args) -> int:
                         minutes=args.minutes, steps=args.steps, batch_size=args.batch,
                         lr=args.lr, weight_decay=args.weight_decay,
                         warmup_steps=args.warmup_steps, t_min=args.t_min,
+                        center_jitter=args.center_jitter, small_jitter=args.small_jitter,
+                        small_jitter_prob=args.small_jitter_prob,
                         fixed_noise=args.fixed_noise, close_distractors=args.close_distractors,
                         denoise_weight=args.denoise_weight,
                         seed=args.seed,
                         eval_every=args.eval_every, val_sequences=args.val_sequences,
+                        val_frames=args.val_frames,
                         init_vit=args.init_vit, device=device, resume=args.resume,
                         progress=not args.no_progress)
     opts.check()

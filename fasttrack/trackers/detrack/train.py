@@ -150,16 +150,21 @@ def _crop(frame: np.ndarray, box, factor: float, size: int, device):
 
 def sample_batch(sequences, batch_size: int, cfg, device="cpu", generator: np.random.Generator | None = None,
                  center_jitter: float = 1.5, scale_jitter: float = 0.25, traj_noise: float = 0.3,
-                 traj_static: float = 0.3, first_templates: float = 0.5) -> dict:
+                 traj_static: float = 0.3, first_templates: float = 0.5,
+                 small_jitter: float = 0.5, small_jitter_prob: float = 0.0) -> dict:
     """Sample a training batch (see detrack_losses for its keys) from `sequences`:
     fasttrack.data.Sequence objects (frames read on demand; absent or empty boxes are never
     sampled) or (frames, boxes) pairs, boxes (N, 4) [x, y, w, h].
 
     Each item imitates one tracker step on frame s, whose previous valid frame is p:
     - the previous prediction is the box of frame p jittered as OSTrack (size *
-      exp(N(0, scale_jitter)), centre + U(-1/2, 1/2) * center_jitter * sqrt(w h)); the search
-      region is cropped 4x around it, so the target is off-centre by its true motion p -> s
-      plus the prediction's error;
+      exp(N(0, scale_jitter)), centre + U(-1/2, 1/2) * j * sqrt(w h)); the search region is
+      cropped 4x around it, so the target is off-centre by its true motion p -> s plus the
+      prediction's error. j is center_jitter, or with probability `small_jitter_prob`
+      small_jitter: a tracker's own error is mostly small, and only a crop whose centre usually
+      lies near the target teaches the network to prefer the look-alike nearest the previous
+      box (with uniform jitter alone a same-texture copy closer to the centre is as likely the
+      answer; all small jitter and the network copies the crop centre and lags fast motion);
     - the trajectory (T boxes) is what the tracker would hold, not the clean ground truth
       (DESIGN.md 1.7: a refiner fed clean trajectories follows them and ignores the image):
       its last box is that previous prediction (the tracker's traj[-1] is its crop centre);
@@ -175,6 +180,10 @@ def sample_batch(sequences, batch_size: int, cfg, device="cpu", generator: np.ra
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not sequences:
         raise ValueError("sequences must not be empty")
+    if not 0.0 <= small_jitter_prob <= 1.0:
+        raise ValueError(f"small_jitter_prob must be in [0, 1], got {small_jitter_prob}")
+    if not (center_jitter >= 0 and small_jitter >= 0):
+        raise ValueError(f"center_jitter and small_jitter must be >= 0, got {center_jitter}, {small_jitter}")
     rng = generator or np.random.default_rng()
     T = cfg.traj_len
     temps, searches, gts, trajs = [], [], [], []
@@ -198,7 +207,10 @@ def sample_batch(sequences, batch_size: int, cfg, device="cpu", generator: np.ra
              for i in t_idx]
         prev = boxes[p].astype(np.float64)
         size = prev[2:] * np.exp(rng.normal(size=2) * scale_jitter)
-        center = prev[:2] + prev[2:] / 2 + np.sqrt(size.prod()) * center_jitter * (rng.random(2) - 0.5)
+        # (no draw at small_jitter_prob = 0: the stream, and runs, of earlier versions stay)
+        jitter = (small_jitter if small_jitter_prob > 0 and rng.random() < small_jitter_prob
+                  else center_jitter)
+        center = prev[:2] + prev[2:] / 2 + np.sqrt(size.prod()) * jitter * (rng.random(2) - 0.5)
         pred = np.array([*(center - size / 2), *size])
         x, x0, y0, side = _crop(get(s), pred, cfg.search_factor, cfg.search_size, device)
         if rng.random() < traj_static or T == 1:
