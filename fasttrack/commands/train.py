@@ -14,7 +14,7 @@ from .common import default_device, run_label, set_threads
 __all__ = ["register", "run"]
 
 EXAMPLES = """examples:
-  fasttrack train detrack --steps 3500 --threads 1 --eval-every 500 --val-sequences 6 \
+  fasttrack train detrack --steps 3500 --threads 1 --eval-every 500 --val-sequences 6 \\
       --val-frames 40 --out runs/tiny                                  # the shipped weights' recipe
   fasttrack train detrack --steps 3500 --threads 1 --out runs/tiny --resume
   fasttrack eval synthetic:val:48x60 --tracker detrack --weights runs/tiny/detrack.pt  # compare recipes
