@@ -31,6 +31,10 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("model", choices=["detrack"], metavar="MODEL", help="what to train: detrack")
     p.add_argument("--config", default="tiny", choices=["tiny", "detrack256", "detrack384"],
                    help="model size (default: %(default)s)")
+    p.add_argument("--box-head", default="bins", choices=["bins", "center"],
+                   help="box decoder: 'bins' (the paper's, one soft-argmax per coordinate) or "
+                        "'center' (fasttrack's joint centre-map head, queried by the box tokens) "
+                        "(default: %(default)s)")
     p.add_argument("--data", nargs="+", default=["synthetic"], metavar="SRC",
                    help="'synthetic' and / or data set folders (GOT-10k split, LaSOT root, OTB "
                         "root, a sequence folder) (default: synthetic)")
@@ -87,7 +91,7 @@ def run(args) -> int:
     from ..train import TrainOptions, train_detrack
 
     device = default_device(args.device)
-    opts = TrainOptions(config=args.config, data=tuple(args.data), out=args.out,
+    opts = TrainOptions(config=args.config, box_head=args.box_head, data=tuple(args.data), out=args.out,
                         minutes=args.minutes, steps=args.steps, batch_size=args.batch,
                         lr=args.lr, weight_decay=args.weight_decay,
                         warmup_steps=args.warmup_steps, t_min=args.t_min,

@@ -29,6 +29,7 @@ import torch
 
 from ..eval import metrics
 from ..trackers.detrack import DeTrack
+from ..trackers.detrack.model import BOX_HEADS
 from ..trackers.detrack.train import LossWeights, default_t_min, sample_batch, train_step
 from .data import TrainingData, validation_sequences
 
@@ -43,6 +44,7 @@ class TrainOptions:
     """What a DeTrack training run does (the CLI's options, same names)."""
 
     config: str = "tiny"
+    box_head: str = "bins"
     data: tuple = ("synthetic",)
     out: str = "detrack-train"
     minutes: float | None = None
@@ -71,6 +73,8 @@ class TrainOptions:
     def check(self) -> None:
         if self.config not in CONFIGS:
             raise ValueError(f"config must be one of {sorted(CONFIGS)}, got {self.config!r}")
+        if self.box_head not in BOX_HEADS:
+            raise ValueError(f"--box-head must be one of {BOX_HEADS}, got {self.box_head!r}")
         if self.minutes is None and self.steps is None:
             raise ValueError("give --minutes or --steps (or both: whichever ends first)")
         if self.minutes is not None and not self.minutes > 0:
@@ -122,7 +126,7 @@ def train_detrack(opts: TrainOptions, log=print) -> dict:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(opts.device)
-    tracker = CONFIGS[opts.config](seed=opts.seed, device=device)
+    tracker = CONFIGS[opts.config](seed=opts.seed, device=device, box_head=opts.box_head)
     if opts.init_vit:
         from .vit_init import load_vit_weights
 

@@ -39,15 +39,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .box_branch import BoxBranch
+from .center_head import CenterHead, hann_grid
 from .refine import BinMapping, BoxEmbedding, BoxRefiner, block_causal_mask, sinusoidal_bins
 
-__all__ = ["DeTrackConfig", "DeTrackNet", "VisualBlock", "DenoisingBlock", "cosine_alphas_cumprod",
+__all__ = ["BOX_HEADS", "DeTrackConfig", "DeTrackNet", "VisualBlock", "DenoisingBlock", "cosine_alphas_cumprod",
            "grid_position_embedding"]
+
+
+# "bins": the paper's decoder, each coordinate a soft-argmax over bins (refine.BinMapping);
+# "center": fasttrack's joint whole-box head on the search tokens, queried by the refined box
+# tokens (center_head.py), whose single peak cannot split a box across two look-alikes.
+BOX_HEADS = ("bins", "center")
 
 
 @dataclass(frozen=True)
 class DeTrackConfig:
-    """Sizes of a DeTrack model (defaults: DeTrack256, DESIGN.md 1.4)."""
+    """Sizes of a DeTrack model (defaults: DeTrack256, DESIGN.md 1.4). box_head picks the box
+    decoder (BOX_HEADS); center_window is the Hann-window exponent of the "center" head's peak
+    search (0: none)."""
 
     dim: int = 768
     depth: int = 12
@@ -71,6 +80,8 @@ class DeTrackConfig:
     iou_gate: float = 0.75
     softmax_gate: float = 0.9
     clip_margin: float = 10.0
+    box_head: str = "bins"
+    center_window: float = 0.0
     ln_eps: float = 1e-6
     init_std: float = 0.02
 
@@ -92,6 +103,10 @@ class DeTrackConfig:
                              f"infer_t ({self.infer_t}): each pass needs its own step")
         if not 0 <= self.infer_t <= self.timesteps:
             raise ValueError(f"config.infer_t must be in [0, timesteps], got {self.infer_t}")
+        if self.box_head not in BOX_HEADS:
+            raise ValueError(f"config.box_head must be one of {BOX_HEADS}, got {self.box_head!r}")
+        if not self.center_window >= 0:
+            raise ValueError(f"config.center_window must be >= 0, got {self.center_window}")
         if self.n_bins < 2 or self.template_factor <= 0 or self.search_factor <= 0:
             raise ValueError("config.n_bins must be >= 2 and the crop factors positive")
 
@@ -196,6 +211,8 @@ class DeTrackNet(nn.Module):
         self.refiner = BoxRefiner(C, cfg.refine_depth, cfg.refine_heads, cfg.traj_len,
                                   cfg.mlp_ratio, cfg.ln_eps, std)
         self.mapping = BinMapping(C)
+        self.center = (CenterHead(C, cfg.search_size // cfg.patch, cfg.ln_eps)
+                       if cfg.box_head == "center" else None)
         self.register_buffer("box_noise", torch.zeros(4, C))
         self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(cfg.timesteps).float(),
                              persistent=False)
@@ -239,6 +256,8 @@ class DeTrackNet(nn.Module):
             # derived buffers (garbage after nn.Module.to_empty)
             self.alphas_cumprod.copy_(cosine_alphas_cumprod(self.cfg.timesteps))
             self.refiner.mask.copy_(block_causal_mask(self.cfg.traj_len + 1, 4))
+            if self.center is not None:
+                self.center.hann.copy_(hann_grid(self.center.grid))
         return self
 
     def embed_template(self, img: torch.Tensor) -> torch.Tensor:
@@ -271,10 +290,22 @@ class DeTrackNet(nn.Module):
             layers.append(b)
         return t[:, -n_search:], b, layers
 
-    def head(self, b: torch.Tensor, traj_xyxy: torch.Tensor) -> dict:
+    def head(self, b: torch.Tensor, traj_xyxy: torch.Tensor, x_out: torch.Tensor | None = None) -> dict:
+        """Refine the denoised box tokens b (B, 4, C) with the trajectory (B, T, 4) and decode
+        them: BinMapping's dict (logits, xyxy, softmax_score, iou_score). With box_head
+        "center" (x_out (B, Nx, C), the last block's search tokens, required) xyxy and the two
+        scores come from the centre head (softmax_score: its peak probability); the bin
+        decoder's box stays in "bins_xyxy" and the head's maps under "center"."""
         traj_tokens = self.box_embed(traj_xyxy)
         refined = self.refiner(b + self.box_query.to(b.dtype), traj_tokens)
-        return self.mapping(refined, self.box_embed.word.weight)
+        out = self.mapping(refined, self.box_embed.word.weight)
+        if self.center is not None:
+            if x_out is None:
+                raise ValueError("box_head 'center' needs x_out, the search tokens of the last block")
+            c = self.center(x_out, refined, self.cfg.center_window)
+            out.update(bins_xyxy=out["xyxy"], xyxy=c["xyxy"], softmax_score=c["peak"],
+                       iou_score=c["iou_score"], center=c)
+        return out
 
     def pass_steps(self, denoise_steps: int | None = None) -> list[int]:
         """The start step of each denoising pass: infer_t (S - k) / S, k = 0 .. S-1 (rounded)."""
@@ -287,13 +318,13 @@ class DeTrackNet(nn.Module):
                 traj_xyxy: torch.Tensor, denoise_steps: int | None = None) -> dict:
         steps = self.pass_steps(denoise_steps)
         b_in = self.initial_box_tokens(prior_xyxy).to(x.dtype)
-        _, b, _ = self.denoise(z, x, b_in)
+        x_out, b, _ = self.denoise(z, x, b_in)
         for t_prev, t_next in zip(steps[:-1], steps[1:]):
             # DDIM, eta = 0: keep the noise the last input implies, move b0_hat to step t_next
             a_prev, a_next = self.alphas_cumprod[t_prev], self.alphas_cumprod[t_next]
             eps = (b_in - a_prev.sqrt().to(b.dtype) * b) / (1 - a_prev).sqrt().clamp_min(1e-6).to(b.dtype)
             b_in = a_next.sqrt().to(b.dtype) * b + (1 - a_next).sqrt().to(b.dtype) * eps
-            _, b, _ = self.denoise(z, x, b_in)
-        out = self.head(b, traj_xyxy)
+            x_out, b, _ = self.denoise(z, x, b_in)
+        out = self.head(b, traj_xyxy, x_out)
         out["box_tokens"] = b
         return out

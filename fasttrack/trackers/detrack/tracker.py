@@ -34,14 +34,17 @@ __all__ = ["DeTrack", "CHECKPOINT_FORMAT"]
 
 # /2: box_query (the per-coordinate identity, DESIGN.md 1.7) and denoise_steps; /1 files lack
 # the query embedding and were written by a network that could not learn to localize.
-CHECKPOINT_FORMAT = "fasttrack.detrack/2"
+# /3: config.box_head and center_window (a /2 file is a "bins" model and still loads).
+CHECKPOINT_FORMAT = "fasttrack.detrack/3"
+READABLE_FORMATS = ("fasttrack.detrack/2", CHECKPOINT_FORMAT)
 
 _TINY = dict(dim=64, depth=4, heads=4, patch=8, template_size=32, search_size=64, n_bins=128,
              refine_depth=2, refine_heads=4)
 
 # Config fields that change how a trained network is run, not its shapes: pretrained() and
 # from_checkpoint() accept them as overrides.
-RUN_OPTIONS = ("denoise_steps", "infer_t", "iou_gate", "softmax_gate", "clip_margin")
+RUN_OPTIONS = ("denoise_steps", "infer_t", "iou_gate", "softmax_gate", "clip_margin",
+               "center_window")
 
 PRETRAINED_FILE = "detrack_tiny_synthetic.pt"
 
@@ -215,7 +218,7 @@ class DeTrack(Tracker, nn.Module):
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
         if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
             raise ValueError(f"path {str(path)!r} is not a DeTrack checkpoint (no config / state_dict)")
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
+        if ckpt.get("format") not in READABLE_FORMATS:
             raise ValueError(f"path {str(path)!r} is a {ckpt.get('format')!r} checkpoint; this "
                              f"fasttrack reads {CHECKPOINT_FORMAT!r} (format 1 predates the box "
                              "query embedding: retrain with `fasttrack train detrack`)")

@@ -22,6 +22,10 @@ Losses (DESIGN.md 1.4), for a batch of B (templates, search crop, ground-truth b
   L1 + generalized IoU (the usual tracker pair), plus cross-entropy of the bin logits against the
   ground-truth bins (keeps the learned bin embeddings apart, so the denoising targets cannot
   collapse) and an MSE that teaches the IoU score the IoU of the predicted box.
+- centre head (box_head "center", center_head.py): soft cross-entropy of the centre map against
+  a Gaussian at the true centre, and L1 + GIoU (same weights as above) of the box read at the
+  true centre's cell; the bin decoder keeps all its losses (it still trains the box tokens
+  the centre map is queried with), and the IoU score learns the IoU of the centre head's box.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .center_head import center_targets
 from .crop import crop_and_resize, frame_to_crop, frame_to_tensor
 from .model import DeTrackNet
 
@@ -45,6 +50,7 @@ class LossWeights:
     giou: float = 2.0
     ce: float = 1.0
     iou: float = 1.0
+    center: float = 1.0
 
 
 def _area(b: torch.Tensor) -> torch.Tensor:
@@ -82,7 +88,8 @@ def detrack_losses(net: DeTrackNet, batch: dict, generator: torch.Generator | No
     crops, gt (B, 4) and traj (B, T, 4) xyxy in the search crop. t is drawn uniformly from
     [t_min, infer_t] (default `default_t_min`). Returns a dict with "total" (a scalar tensor
     with grad) and float parts "denoise", "l1", "giou", "ce", "iou", "box_iou" (mean IoU of
-    the predicted boxes). fixed_noise: the fraction of samples noised with net.box_noise, the
+    the boxes the tracker would output), plus "center", "center_l1", "center_giou" with
+    box_head "center". fixed_noise: the fraction of samples noised with net.box_noise, the
     tracker's inference sample, instead of fresh noise (module docstring)."""
     templates, search, gt, traj = batch["templates"], batch["search"], batch["gt"], batch["traj"]
     B, K = templates.shape[:2]
@@ -107,21 +114,34 @@ def detrack_losses(net: DeTrackNet, batch: dict, generator: torch.Generator | No
         a = net.abar(step).to(x.dtype)[:, None, None]
         return a.sqrt() * b0 + (1 - a).sqrt() * eps
 
-    _, b_out, layers = net.denoise(z, x, noised(t))
+    x_out, b_out, layers = net.denoise(z, x, noised(t))
     L = len(layers)
     denoise = sum(F.mse_loss(bl, noised(torch.div(t * (L - l), L, rounding_mode="floor")))
                   for l, bl in enumerate(layers, 1)) / L
-    out = net.head(b_out, traj)
-    pred = out["xyxy"]
+    out = net.head(b_out, traj, x_out)
+    pred = out.get("bins_xyxy", out["xyxy"])
     l1 = (pred - gt).abs().mean()
     giou = (1 - generalized_iou_xyxy(pred, gt)).mean()
     ce = F.cross_entropy(out["logits"].flatten(0, 1).float(), net.box_embed.bins(gt).flatten())
-    pred_iou = box_iou_xyxy(pred.detach(), gt)
+    # the IoU score learns the IoU of the box the tracker outputs (the centre head's, if any)
+    pred_iou = box_iou_xyxy(out["xyxy"].detach(), gt)
     iou = F.mse_loss(out["iou_score"], pred_iou)
     w = weights
     total = w.denoise * denoise + w.l1 * l1 + w.giou * giou + w.ce * ce + w.iou * iou
     parts = {"denoise": denoise, "l1": l1, "giou": giou, "ce": ce, "iou": iou,
              "box_iou": pred_iou.mean()}
+    if net.center is not None:
+        # centre map: soft cross-entropy against a Gaussian at the true centre; the box is
+        # taught at the true centre's cell (where the map should peak), not at the predicted
+        # peak, whose features early in training belong to any object
+        c = out["center"]
+        cell, soft = center_targets(gt, net.center.grid)
+        cmap = -(soft * c["logits"].log_softmax(-1)).sum(-1).mean()
+        at_gt = net.center.box_at(c, cell)
+        cl1 = (at_gt - gt).abs().mean()
+        cgiou = (1 - generalized_iou_xyxy(at_gt, gt)).mean()
+        total = total + w.center * cmap + w.l1 * cl1 + w.giou * cgiou
+        parts.update(center=cmap, center_l1=cl1, center_giou=cgiou)
     return {"total": total, **{k: float(v.detach()) for k, v in parts.items()}}
 
 
