@@ -155,7 +155,7 @@ def train_detrack(opts: TrainOptions, log=print) -> dict:
         step, elapsed, curve, best = ck["step"], ck["elapsed_s"], ck["curve"], ck["best_ao"]
         log(f"resumed {last} at step {step} ({elapsed / 60:.1f} min)")
     recipe = {k: v for k, v in asdict(opts).items() if k not in ("progress", "resume", "out")}
-    log(f"train {opts.config}: {sum(p.numel() for p in tracker.parameters()) / 1e6:.2f} M "
+    log(f"train {opts.config} ({opts.box_head} box head): {sum(p.numel() for p in tracker.parameters()) / 1e6:.2f} M "
         f"parameters, data: {data.describe()}, t in [{t_min}, {tracker.config.infer_t}], "
         f"held-out: {len(val)} val sequences")
 
