@@ -284,7 +284,8 @@ def _static_ao(seqs):
                           for s in seqs]))
 
 
-def test_training_from_scratch_beats_the_static_box(tmp_path):
+@pytest.mark.parametrize("box_head", ["bins", "center"])
+def test_training_from_scratch_beats_the_static_box(tmp_path, box_head):
     """The tiny model trained from scratch on the synthetic stream for TRAIN_STEPS steps tracks
     4 held-out test sequences with AO >= 0.5, far above holding the first box (the unfixed
     trainer scored 0.006 and the trainer with clean trajectories 0.05, both below that
@@ -292,7 +293,7 @@ def test_training_from_scratch_beats_the_static_box(tmp_path):
     torch.set_num_threads(1)
     opts = TrainOptions(steps=TRAIN_STEPS, eval_every=TRAIN_STEPS, val_sequences=2,
                         out=str(tmp_path / "run"), progress=False, seed=0,
-                        close_distractors=TRAIN_CLOSE_DISTRACTORS)
+                        close_distractors=TRAIN_CLOSE_DISTRACTORS, box_head=box_head)
     result = train_detrack(opts, log=lambda *_: None)
     held_out = synthetic_split("test", num=4, num_frames=30)
     ao = heldout_ao(result["tracker"], held_out)["ao"]
@@ -305,7 +306,8 @@ def test_training_from_scratch_beats_the_static_box(tmp_path):
 # The CI training budget: 600 steps (about 2.4 min on one thread of the 2-core CPU) and the
 # held-out AO they must reach (the issue's goal: >= 0.5 on 4 fixed held-out sequences).
 # Measured: AO 0.572 (test-000..003: 0.717, 0.674, 0.728, 0.167) against the static box's
-# 0.065, in 153 s on one thread (torch 2.13 CPU, the other core busy).
+# 0.065, in 153 s on one thread (torch 2.13 CPU, the other core busy); the centre head (the
+# shipped weights' box_head): AO 0.697 (0.866, 0.860, 0.891, 0.169) in 213 s on a busy host.
 TRAIN_STEPS = 600
 TRAIN_MIN_AO = 0.5
 # With crossing look-alikes in the stream (close_distractors 0.3) 600 steps gave 0.35.

@@ -14,9 +14,10 @@ from .common import default_device, run_label, set_threads
 __all__ = ["register", "run"]
 
 EXAMPLES = """examples:
-  fasttrack train detrack --steps 3500 --threads 1 --eval-every 500 --val-sequences 6 \\
-      --val-frames 40 --out runs/tiny                                  # the shipped weights' recipe
-  fasttrack train detrack --steps 3500 --threads 1 --out runs/tiny --resume
+  fasttrack train detrack --box-head center --seed 1 --steps 3500 --threads 1 \\
+      --eval-every 500 --out runs/tiny                                 # the shipped weights' recipe
+  fasttrack train detrack --box-head center --seed 1 --steps 3500 --threads 1 --out runs/tiny --resume
+  fasttrack train detrack --steps 3500 --threads 1 --out runs/bins     # the paper's bin decoder
   fasttrack eval synthetic:val:48x60 --tracker detrack --weights runs/tiny/detrack.pt  # compare recipes
   fasttrack train detrack --config detrack256 --data data/GOT-10k/train --init-vit mae_pretrain_vit_base.pth \\
       --steps 100000 --batch 32 --lr 4e-4 --device cuda --out runs/detrack256

@@ -8,7 +8,7 @@ then cosine decay to 10 % of the learning rate over the run (its length is --ste
 
 Every `eval_every` steps, and at the end, the tracker runs closed-loop over `val_sequences`
 held-out "val" sequences of `val_frames` frames (fasttrack.train.data.validation_sequences;
-24 x 60 by default: the 6 x 40 of the shipped run swung by +-0.05 between evaluations) and its
+24 x 60 by default: 6 x 40 swung by +-0.05 between evaluations) and its
 AO is logged (the training curve: AO against minutes). Files in `out`:
     last.pt       everything --resume needs (weights, optimizer, step, elapsed time, curve,
                   random states), rewritten at each evaluation and at the end
