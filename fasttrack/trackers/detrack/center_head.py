@@ -23,6 +23,12 @@ are. hann_i is the Hann window at token centres, 0.5 - 0.5 cos(2 pi (c + 0.5) / 
 never 0 at the border (OSTrack's window is 0 there). Training (train.py): soft cross-entropy
 of p against a Gaussian at the true centre, L1 + GIoU of the box read at the true centre's
 cell, MSE of the IoU score against the IoU of the box read at the predicted peak.
+
+The visual stream never reads the box tokens (DenoisingBlock), so the box depends on the box
+branch only through which cell wins; the fused box-branch kernels change the peak's
+probability and the IoU score in the last bits, the box itself only if two cells tie.
+Measured (tiny, synthetic, one CPU thread; benchmarks/results/detrack-tiny-training-cpu-2026-
+12-06-center/): held-out test AO 0.808 and 0.856 for two seeds against 0.776 with the bins.
 """
 from __future__ import annotations
 
