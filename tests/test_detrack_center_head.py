@@ -113,8 +113,9 @@ def test_peak_picks_one_lookalike_and_the_window_prefers_the_centre():
 def test_config_errors_and_option_override(tmp_path):
     with pytest.raises(ValueError, match=r"box_head must be one of \('bins', 'center'\)"):
         DeTrackConfig(box_head="corner")
-    with pytest.raises(ValueError, match="center_window must be >= 0"):
-        DeTrackConfig(box_head="center", center_window=-1.0)
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="center_window must be finite and >= 0"):
+            DeTrackConfig(box_head="center", center_window=bad)
     tr = DeTrack.tiny(box_head="center", seed=2)
     assert tr.net.center is not None and DeTrack.tiny().net.center is None
     tr.save(tmp_path / "c.pt")
@@ -127,6 +128,28 @@ def test_config_errors_and_option_override(tmp_path):
         bins.load_state_dict(str(tmp_path / "c.pt"))
     with pytest.raises(ValueError, match="needs x_out"):
         tr.net.head(torch.zeros(1, 4, tr.config.dim), torch.zeros(1, tr.config.traj_len, 4))
+
+
+def test_version_2_checkpoints_load_as_bins_and_cli_offers_every_head(tmp_path):
+    """A format-2 file (written before box_head existed: no box_head / center_window in its
+    config) loads as the bin decoder with the same weights; `train --box-head` offers BOX_HEADS."""
+    from fasttrack.cli import build_parser
+    from fasttrack.trackers.detrack.model import BOX_HEADS
+
+    tr = DeTrack.tiny(seed=7)
+    tr.save(tmp_path / "v3.pt")
+    ck = torch.load(tmp_path / "v3.pt", weights_only=True)
+    ck["format"] = "fasttrack.detrack/2"
+    for key in ("box_head", "center_window"):
+        ck["config"].pop(key)
+    torch.save(ck, tmp_path / "v2.pt")
+    old = DeTrack.from_checkpoint(tmp_path / "v2.pt")
+    assert old.config.box_head == "bins" and old.net.center is None
+    for k, v in tr.state_dict().items():
+        torch.testing.assert_close(old.state_dict()[k], v, rtol=0, atol=0)
+    train = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                 if a.dest == "box_head")
+    assert tuple(train.choices) == BOX_HEADS
 
 
 @pytest.fixture(scope="module")

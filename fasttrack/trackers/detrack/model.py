@@ -105,8 +105,9 @@ class DeTrackConfig:
             raise ValueError(f"config.infer_t must be in [0, timesteps], got {self.infer_t}")
         if self.box_head not in BOX_HEADS:
             raise ValueError(f"config.box_head must be one of {BOX_HEADS}, got {self.box_head!r}")
-        if not self.center_window >= 0:
-            raise ValueError(f"config.center_window must be >= 0, got {self.center_window}")
+        if not (math.isfinite(self.center_window) and self.center_window >= 0):
+            # inf would flatten the windowed map to 0 everywhere and argmax would pick cell 0
+            raise ValueError(f"config.center_window must be finite and >= 0, got {self.center_window}")
         if self.n_bins < 2 or self.template_factor <= 0 or self.search_factor <= 0:
             raise ValueError("config.n_bins must be >= 2 and the crop factors positive")
 
