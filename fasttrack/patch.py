@@ -66,6 +66,7 @@ _RULES: list[PatchRule] = []
 _BUILTIN_RULE_MODULES = [
     "fasttrack.integrations.diffusers_attention",
     "fasttrack.trackers.detrack.fused",
+    "fasttrack.trackers.dmtrack.fused",
 ]
 _builtins_loaded = False
 

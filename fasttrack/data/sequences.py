@@ -1,9 +1,14 @@
-"""Tracking sequences and readers of the GOT-10k, LaSOT and OTB layouts and of image folders.
+"""Tracking sequences and readers of the GOT-10k, LaSOT, TNL2K and OTB layouts and of image folders.
 
 A :class:`Sequence` holds frame sources (image paths, in-memory arrays, or a lazy video reader)
 and loads frames only when indexed. Frames come back as RGB HWC uint8 numpy arrays; ground truth
 is an (N, 4) float32 array of ``[x, y, w, h]`` boxes (0-based pixels, DESIGN.md section 3).
 Images are read with Pillow.
+
+Language descriptions of the target (``Sequence.text``) come from the data sets that ship them:
+LaSOT's ``nlp.txt``, TNL2K's ``language.txt`` and OTB99-LANG's ``OTB_query_{train,test}/<Seq>.txt``
+(see :func:`load_otb`). A missing or blank description is None, never an error; a description is
+read as UTF-8 (undecodable bytes replaced) with its whitespace collapsed to single spaces.
 
 Errors (all ``ValueError`` naming the file, and the line for ground-truth syntax): an image that
 cannot be read (raised when the frame is accessed), missing ground truth where the layout requires
@@ -24,8 +29,8 @@ import numpy as np
 
 __all__ = [
     "Sequence", "IMAGE_EXTS", "read_image", "read_boxes", "list_images", "load_folder",
-    "load_got10k", "load_lasot", "load_otb", "OTB_FRAME_RANGES", "open_sequences", "VIDEO_EXTS",
-    "path_problem",
+    "load_got10k", "load_lasot", "load_otb", "load_tnl2k", "OTB_FRAME_RANGES", "open_sequences",
+    "VIDEO_EXTS", "path_problem", "read_description",
 ]
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -88,6 +93,10 @@ class Sequence:
         gt: (N, 4) float32 boxes [x, y, w, h] or None. Rows may be NaN where unknown.
         absent: (N,) bool, True where the data set marks the target absent (GOT-10k), or None.
         meta: free-form information from the reader (e.g. paths, generator parameters).
+        text: natural-language description of the target (str, one line, whitespace collapsed)
+            from the data set's language file (LaSOT, TNL2K, OTB99-LANG) or the synthetic
+            generator, or None where the data set has none (GOT-10k, image folders, videos).
+            It describes the target as first seen and may be stale or wrong later on.
     """
 
     name: str
@@ -95,6 +104,7 @@ class Sequence:
     gt: np.ndarray | None = None
     absent: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    text: str | None = None
     _size: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -180,6 +190,23 @@ def read_boxes(path) -> np.ndarray:
             raise ValueError(f"{path}:{lineno}: expected 4 numbers [x, y, w, h] separated by "
                              f"commas, tabs or spaces, got {line.strip()!r}") from None
     return np.asarray(rows, dtype=np.float32).reshape(-1, 4)
+
+
+def read_description(path) -> str | None:
+    """A language file's text as one line: UTF-8 (a leading byte-order mark dropped, undecodable
+    bytes replaced), whitespace and newlines collapsed to single spaces. None when the file does
+    not exist or holds only whitespace; ValueError naming the file when it exists but cannot be
+    read (e.g. it is a folder)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read description {path}: {path_problem(path, 'file') or exc}") \
+            from None
+    # utf-8-sig: description files written on Windows often start with a byte-order mark
+    return " ".join(raw.decode("utf-8-sig", errors="replace").split()) or None
 
 
 def _natural_key(p: Path):
@@ -276,17 +303,48 @@ def _lasot_sequence(d: Path) -> Sequence:
     gt = _require_gt(gt_path)
     _check_len(gt, len(frames), gt_path)
     return Sequence(d.name, frames, gt, meta={"path": str(d), "layout": "lasot",
-                                              "category": d.parent.name})
+                                              "category": d.parent.name},
+                    text=read_description(d / "nlp.txt"))
 
 
 def load_lasot(root) -> list[Sequence]:
-    """LaSOT: ``root/<category>/<category>-<i>/{img/00000001.jpg, ..., groundtruth.txt}``."""
+    """LaSOT: ``root/<category>/<category>-<i>/{img/00000001.jpg, ..., groundtruth.txt[,
+    nlp.txt]}``; ``nlp.txt`` (one sentence) becomes ``Sequence.text``."""
     root = _require_dir(root)
     seqs = []
     for cat in sorted((c for c in root.iterdir() if c.is_dir()), key=_natural_key):
         for d in sorted((d for d in cat.iterdir() if (d / "img").is_dir()), key=_natural_key):
             seqs.append(_lasot_sequence(d))
     return seqs
+
+
+def _is_tnl2k_dir(d: Path) -> bool:
+    return (d / "imgs").is_dir() and (d / "groundtruth.txt").is_file()
+
+
+def _tnl2k_sequence(d: Path) -> Sequence:
+    frames = list_images(d / "imgs")
+    if not frames:
+        raise ValueError(f"no image files in TNL2K folder {d / 'imgs'}")
+    gt_path = d / "groundtruth.txt"
+    gt = _require_gt(gt_path)
+    _check_len(gt, len(frames), gt_path)
+    return Sequence(d.name, frames, gt, meta={"path": str(d), "layout": "tnl2k"},
+                    text=read_description(d / "language.txt"))
+
+
+def load_tnl2k(root) -> list[Sequence]:
+    """TNL2K: ``root/<seq>/{imgs/00001.png, ..., groundtruth.txt[, language.txt]}``.
+
+    ``root`` may also be one sequence folder. Sequences are the subfolders holding ``imgs/``
+    (natural order; one without ``groundtruth.txt`` is an error); ``language.txt`` becomes
+    ``Sequence.text`` (None when missing or blank).
+    """
+    root = _require_dir(root)
+    if (root / "imgs").is_dir():
+        return [_tnl2k_sequence(root)]
+    dirs = sorted((d for d in root.iterdir() if (d / "imgs").is_dir()), key=_natural_key)
+    return [_tnl2k_sequence(d) for d in dirs]
 
 
 # OTB sequences whose evaluated frames are a sub-range of img/ (1-based, inclusive), from the
@@ -308,7 +366,43 @@ def _frame_number(p: Path) -> int:
     return int(m.group(1))
 
 
-def _otb_sequences(d: Path, ranges: Mapping[str, tuple[int, int]]) -> list[Sequence]:
+# OTB99-LANG (Li et al. 2017) ships one description per sequence in folders beside the videos
+_OTB_QUERY_DIRS = ("OTB_query_test", "OTB_query_train")
+
+
+def _otb_language_files(root: Path, language) -> dict[str, Path]:
+    """Lower-case file stem -> description file: the ``<Seq>.txt`` files of the folder
+    `language`, or, when it is None, of the OTB_query folders found in root and beside it
+    (first found wins on a name in several)."""
+    if language is not None:
+        folders = [_require_dir(language)]
+    else:
+        folders = [b / q for b in (root, root.parent) for q in _OTB_QUERY_DIRS]
+        folders = [f for f in folders if f.is_dir()]
+    files: dict[str, Path] = {}
+    for f in folders:
+        for p in sorted(f.iterdir(), key=_natural_key):
+            if p.suffix.lower() == ".txt" and p.is_file():
+                files.setdefault(p.stem.lower(), p)
+    return files
+
+
+def _otb_text(d: Path, name: str, idx: str | None, files: Mapping[str, Path]) -> str | None:
+    """The description of OTB sequence `name` (folder `d`, target `idx` of several or None)."""
+    # OTB-Lang names the targets of a multi-target video "Jogging-1" (a folder of its own in the
+    # OTB100 download): try the exact name, the "-k" form of "Seq.k", the folder name, and the
+    # folder name without a "-<k>" suffix
+    keys = [name, f"{d.name}-{idx}" if idx else None, d.name, re.sub(r"-\d+$", "", d.name)]
+    for key in keys:
+        if key and key.lower() in files:
+            text = read_description(files[key.lower()])
+            if text is not None:
+                return text
+    return read_description(d / "language.txt")
+
+
+def _otb_sequences(d: Path, ranges: Mapping[str, tuple[int, int]],
+                   texts: Mapping[str, Path] | None = None) -> list[Sequence]:
     gt_files = sorted((p for p in d.iterdir() if _OTB_GT.match(p.name)), key=_natural_key)
     if not gt_files:
         raise ValueError(f"missing ground truth file {d / 'groundtruth_rect.txt'}")
@@ -336,12 +430,15 @@ def _otb_sequences(d: Path, ranges: Mapping[str, tuple[int, int]]) -> list[Seque
                 gt = gt[start - 1:end]  # the ground truth also covers frames before `start`
         _check_len(gt, len(frames), gt_path)
         seqs.append(Sequence(name, frames, gt, meta={"path": str(d), "layout": "otb",
-                                                     "frame_range": rng}))
+                                                     "frame_range": rng},
+                             text=_otb_text(d, name, idx, texts or {})))
     return seqs
 
 
-def load_otb(root, frame_ranges: Mapping[str, tuple[int, int]] | None = None) -> list[Sequence]:
-    """OTB: ``root/<Seq>/{img/0001.jpg, ..., groundtruth_rect.txt}``.
+def load_otb(root, frame_ranges: Mapping[str, tuple[int, int]] | None = None,
+             language=None) -> list[Sequence]:
+    """OTB: ``root/<Seq>/{img/0001.jpg, ..., groundtruth_rect.txt}``, with the OTB99-LANG
+    descriptions where present.
 
     Quirks handled: boxes separated by commas, tabs or spaces; several targets as
     ``groundtruth_rect.1.txt``, ``.2.txt`` (sequences ``Seq.1``, ``Seq.2``; empty files skipped);
@@ -349,12 +446,21 @@ def load_otb(root, frame_ranges: Mapping[str, tuple[int, int]] | None = None) ->
     1-based inclusive frame numbers as in the image names; keyed by ``Seq`` or ``Seq.k``)
     extends or overrides. Within a range, the ground truth may list either the range's frames
     or all frames from frame 1 (then it is cut to the range).
+
+    Descriptions (``Sequence.text``): OTB99-LANG's official layout keeps one ``<Seq>.txt`` per
+    sequence in ``OTB_query_train/`` and ``OTB_query_test/``, apart from the videos. `language`
+    names such a folder; when it is None, ``root/OTB_query_test``, ``root/OTB_query_train``,
+    ``root/../OTB_query_test`` and ``root/../OTB_query_train`` are searched. A file matches a
+    sequence by name, case-insensitively, as ``Seq.k``, ``Seq-k``, ``Seq`` or (folder
+    ``Jogging-1``) the name without its ``-k`` suffix; without a match, ``<Seq>/language.txt``
+    is used; else the text is None.
     """
     root = _require_dir(root)
     ranges = {**OTB_FRAME_RANGES, **(frame_ranges or {})}
+    texts = _otb_language_files(root, language)
     seqs = []
     for d in sorted((d for d in root.iterdir() if (d / "img").is_dir()), key=_natural_key):
-        seqs.extend(_otb_sequences(d, ranges))
+        seqs.extend(_otb_sequences(d, ranges, texts))
     return seqs
 
 
@@ -367,10 +473,11 @@ def open_sequences(path) -> list[Sequence]:
 
     In order: a video file (by suffix, :data:`VIDEO_EXTS`); a single sequence folder (OTB:
     ``img/`` + ``groundtruth_rect*.txt``; LaSOT: ``img/`` + ``groundtruth.txt``; GOT-10k: images +
-    ``groundtruth.txt``; otherwise images only, no ground truth); a data set folder whose
-    subfolders are OTB sequences, LaSOT sequences (a LaSOT category), GOT-10k sequences (some with
-    ``groundtruth.txt``, or a ``list.txt``), image folders without ground truth, or LaSOT
-    categories; a folder of video files.
+    ``groundtruth.txt``; otherwise images only, no ground truth; TNL2K: ``imgs/`` +
+    ``groundtruth.txt``); a data set folder whose subfolders are OTB sequences, LaSOT sequences
+    (a LaSOT category), GOT-10k sequences (some with ``groundtruth.txt``, or a ``list.txt``),
+    image folders without ground truth, TNL2K sequences, or LaSOT categories; a folder of video
+    files. Descriptions (``Sequence.text``) are read as the ``load_*`` readers read them.
 
     Returns:
         list of :class:`Sequence`.
@@ -385,12 +492,16 @@ def open_sequences(path) -> list[Sequence]:
         raise ValueError(f"{p} is not a video file ({', '.join(sorted(VIDEO_EXTS))}) "
                          "nor a folder")
     p = _require_dir(p)
-    if _is_otb_dir(p):
-        return _otb_sequences(p, OTB_FRAME_RANGES)
+    if _is_otb_dir(p):  # descriptions as load_otb(p.parent) finds them
+        return _otb_sequences(p, OTB_FRAME_RANGES, _otb_language_files(p.parent, None))
     if (p / "img").is_dir() and (p / "groundtruth.txt").is_file():
         return [_lasot_sequence(p)]
     if list_images(p):
         return [_got10k_sequence(p) if (p / "groundtruth.txt").is_file() else load_folder(p)]
+    # TNL2K after the layouts with images in the folder itself (a folder with frames of its own
+    # stays GOT-10k / plain), before the subfolder scan (which would take imgs/ as a plain folder)
+    if _is_tnl2k_dir(p):
+        return [_tnl2k_sequence(p)]
     subdirs = sorted((d for d in p.iterdir() if d.is_dir()), key=_natural_key)
     if any(_is_otb_dir(d) for d in subdirs):
         return load_otb(p)
@@ -402,6 +513,10 @@ def open_sequences(path) -> list[Sequence]:
         return load_got10k(p)
     if image_dirs:
         return [load_folder(d) for d in image_dirs]
+    # a TNL2K root: checked after every subfolder layout that opened before TNL2K was known
+    tnl2k = [d for d in subdirs if _is_tnl2k_dir(d)]
+    if tnl2k:
+        return [_tnl2k_sequence(d) for d in tnl2k]
     if any((c / "img").is_dir() for d in subdirs for c in d.iterdir() if c.is_dir()):
         return load_lasot(p)
     splits = [s for s in ("train", "val", "test") if (p / s).is_dir()]
@@ -414,4 +529,4 @@ def open_sequences(path) -> list[Sequence]:
         from .video import load_video
         return [load_video(v) for v in videos]
     raise ValueError(f"cannot detect the layout of {p}: no images, video files, or GOT-10k / "
-                     "LaSOT / OTB sequence folders found")
+                     "LaSOT / OTB / TNL2K sequence folders found")

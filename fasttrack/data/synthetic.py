@@ -20,6 +20,13 @@ Splits (`synthetic_split`): "train" sequences are drawn from a seed stream tagge
 "val" and "test" from their own tags and frame sizes that "train" never uses, so a model
 trained on the first never saw the others. "test" is the fixed held-out set the shipped DeTrack
 weights are judged on (`fasttrack eval synthetic:test`).
+
+Descriptions: every sequence's ``text`` describes its target in words
+(:func:`fasttrack.data.text.describe_target`: colour, size, shape), drawn from a generator of its
+own so the frames and boxes are those of the versions without text. Descriptions are right in
+`synthetic_sequence` and the "train" split (`random_synthetic_sequence`'s `wrong_text` makes
+them wrong at will); in "val" and "test" each is wrong in one attribute with probability
+:data:`HELD_OUT_WRONG_TEXT` (0.2), since real descriptions are often inaccurate.
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ from __future__ import annotations
 import numpy as np
 
 from .sequences import Sequence
+from .text import describe_target
 
 __all__ = ["synthetic_sequence", "random_synthetic_sequence", "synthetic_split",
-           "SPLIT_SIZES", "BACKGROUNDS"]
+           "SPLIT_SIZES", "BACKGROUNDS", "HELD_OUT_WRONG_TEXT"]
 
 BACKGROUNDS = ("waves", "texture", "flat")
 # Frame sizes (H, W) per split: held-out splits use sizes the train split never draws.
@@ -39,6 +47,12 @@ SPLIT_SIZES = {
     "test": ((120, 150), (144, 192), (184, 240)),
 }
 _SPLIT_TAGS = {"train": 101, "val": 202, "test": 303}
+# Probability that a held-out ("val", "test") description is wrong in one attribute: a tracker
+# judged on them must cope with a description that does not fit (fixed: it defines the splits)
+HELD_OUT_WRONG_TEXT = 0.2
+# Seeds the description's generator, default_rng([seed, _TEXT_TAG]) (default_rng([split tag,
+# index, _TEXT_TAG]) in the held-out splits), apart from the stream that draws the frames
+_TEXT_TAG = 7
 
 _MAX_SCALE = 1.3
 _MIN_SCALE = 0.7
@@ -146,7 +160,9 @@ def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 3
         float32 exact boxes. meta holds "background" (H, W, 3) uint8, "sprite" (h, w, 3) uint8
         (texture at scale 1), "occluder" ((N, 4) float32 bar boxes clipped to the frame, w may be
         0 when the bar is outside, or None), "distractors" ((D, N, 4) float32 boxes) and the
-        arguments. With the defaults the frames are exactly those of earlier versions.
+        arguments. With the defaults the frames are exactly those of earlier versions. ``text``
+        is a right description of the target (``describe_target``) drawn with
+        ``default_rng([seed, 7])``, which leaves the frames and boxes untouched.
     """
     if int(num_frames) != num_frames or num_frames < 1:
         raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
@@ -232,20 +248,28 @@ def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 3
     meta = {"background": background, "sprite": sprite, "occluder": occluder, "seed": seed,
             "occlusion": occlusion, "scale_change": scale_change, "background_kind": kind,
             "distractors": dboxes, "speed": float(speed)}
-    return Sequence(f"synthetic-{seed}", frames, gt, meta=meta)
+    text = describe_target(sprite, (H, W), rng=np.random.default_rng([seed, _TEXT_TAG]))
+    return Sequence(f"synthetic-{seed}", frames, gt, meta=meta, text=text)
 
 
 def random_synthetic_sequence(rng: np.random.Generator, num_frames: int = 40,
                               sizes=SPLIT_SIZES["train"], name: str | None = None,
-                              close_distractors: float = 0.0) -> Sequence:
+                              close_distractors: float = 0.0,
+                              wrong_text: float = 0.0) -> Sequence:
     """One sequence with every condition drawn from `rng`: frame size from `sizes`, sprite
     height 12-32 % of the frame and aspect 0.5-2, background kind, 0-2 distractors (40 %),
     occlusion (25 %), scale change (35 %), speed 0.3-2.0 (slow to fast: at 2 over 40 frames
     the target moves up to about one own size per frame). With probability
     `close_distractors` (0 for the held-out splits, whose draws it leaves unchanged) the
-    sequence also gets one distractor that keeps passing near and across the target."""
+    sequence also gets one distractor that keeps passing near and across the target.
+    With probability `wrong_text` (0: the right description of `synthetic_sequence`) ``text``
+    is wrong in one attribute; it is drawn from ``default_rng([seed, 7])`` of the sequence's
+    seed (``meta["seed"]``), not from `rng`, so neither the frames nor `rng`'s later draws
+    change, and a wrong description is the right one with one word replaced."""
     if not 0.0 <= close_distractors <= 1.0:
         raise ValueError(f"close_distractors must be a probability in [0, 1], got {close_distractors!r}")
+    if not 0.0 <= wrong_text <= 1.0:
+        raise ValueError(f"wrong_text must be a probability in [0, 1], got {wrong_text!r}")
     H, W = sizes[int(rng.integers(len(sizes)))]
     limit_h, limit_w = (H - 2) / _MAX_SCALE, (W - 2) / _MAX_SCALE
     h = float(np.clip(rng.uniform(0.12, 0.32) * H, 6, limit_h))
@@ -259,6 +283,11 @@ def random_synthetic_sequence(rng: np.random.Generator, num_frames: int = 40,
         close_distractors=int(close_distractors > 0 and rng.random() < close_distractors))
     if name is not None:
         seq.name = name
+    if wrong_text > 0:
+        # the generator synthetic_sequence described the target with: same template and noun
+        seed = seq.meta["seed"]
+        seq.text = describe_target(seq.meta["sprite"], (H, W),
+                                   rng=np.random.default_rng([seed, _TEXT_TAG]), wrong=wrong_text)
     return seq
 
 
@@ -267,7 +296,12 @@ def synthetic_split(split: str, num: int | None = None, num_frames: int | None =
     """Sequences `start` .. `start + num - 1` of a named split, each drawn by
     `random_synthetic_sequence` from its own seed stream (split tag, index), named
     "<split>-<index>". Defaults: "test" 12 sequences of 60 frames (the held-out set), "val" 6
-    of 40, "train" 64 of 40. The same arguments always give the same sequences."""
+    of 40, "train" 64 of 40. The same arguments always give the same sequences.
+
+    ``text`` describes the target: right in "train"; in "val" and "test" drawn anew from
+    ``default_rng([split tag, index, 7])`` and wrong in one attribute with probability
+    :data:`HELD_OUT_WRONG_TEXT` (0.2), independently of `num_frames` and `num`. The frames and
+    boxes are those of the versions without text."""
     if split not in _SPLIT_TAGS:
         raise ValueError(f"split must be one of {sorted(_SPLIT_TAGS)}, got {split!r}")
     default_num, default_frames = {"test": (12, 60), "val": (6, 40), "train": (64, 40)}[split]
@@ -276,6 +310,14 @@ def synthetic_split(split: str, num: int | None = None, num_frames: int | None =
     if num < 1 or num_frames < 2 or start < 0:
         raise ValueError(f"num must be >= 1, num_frames >= 2 and start >= 0, got {num}, "
                          f"{num_frames}, {start}")
-    return [random_synthetic_sequence(np.random.default_rng([_SPLIT_TAGS[split], i]), num_frames,
-                                      SPLIT_SIZES[split], name=f"{split}-{i:03d}")
-            for i in range(start, start + num)]
+    tag = _SPLIT_TAGS[split]
+    seqs = []
+    for i in range(start, start + num):
+        seq = random_synthetic_sequence(np.random.default_rng([tag, i]), num_frames,
+                                        SPLIT_SIZES[split], name=f"{split}-{i:03d}")
+        if split != "train":
+            seq.text = describe_target(seq.meta["sprite"], seq.meta["background"].shape[:2],
+                                       rng=np.random.default_rng([tag, i, _TEXT_TAG]),
+                                       wrong=HELD_OUT_WRONG_TEXT)
+        seqs.append(seq)
+    return seqs

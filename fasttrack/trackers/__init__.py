@@ -3,6 +3,7 @@
     from fasttrack.trackers import DeTrack       # fasttrack.trackers.detrack
     from fasttrack.trackers import DiffTracker   # fasttrack.trackers.diff_tracker
     from fasttrack.trackers import DINTR         # fasttrack.trackers.dintr
+    from fasttrack.trackers import DMTrack       # fasttrack.trackers.dmtrack
 
 All of them subclass `Tracker` (fasttrack.trackers.base): got10k-style `init` / `update`,
 batched `init_batch` / `update_batch`, `track(frames, box)` and a pytracking adapter.
@@ -18,6 +19,7 @@ _LAZY = {
     "DeTrack": "fasttrack.trackers.detrack",
     "DiffTracker": "fasttrack.trackers.diff_tracker",
     "DINTR": "fasttrack.trackers.dintr",
+    "DMTrack": "fasttrack.trackers.dmtrack",
 }
 
 __all__ = ["Tracker", "NotInitializedError", *_LAZY]

@@ -36,7 +36,7 @@ class TrainingData:
     """
 
     def __init__(self, sources=("synthetic",), seed: int = 0, pool: int = 64, frames: int = 40,
-                 refresh_every: int = 25, close_distractors: float = 0.0):
+                 refresh_every: int = 25, close_distractors: float = 0.0, wrong_text: float = 0.0):
         if isinstance(sources, str):
             sources = (sources,)
         sources = list(sources)
@@ -44,6 +44,8 @@ class TrainingData:
             raise ValueError("sources must name at least one source ('synthetic' or a folder)")
         if not 0.0 <= close_distractors <= 1.0:
             raise ValueError(f"close_distractors must be in [0, 1], got {close_distractors}")
+        if not 0.0 <= wrong_text <= 1.0:
+            raise ValueError(f"wrong_text must be in [0, 1], got {wrong_text}")
         if pool < 1 or frames < 2 or refresh_every < 1:
             raise ValueError(f"pool must be >= 1, frames >= 2 and refresh_every >= 1, got "
                              f"{pool}, {frames}, {refresh_every}")
@@ -58,11 +60,15 @@ class TrainingData:
         self.synthetic = "synthetic" in sources
         self.frames, self.refresh_every = int(frames), int(refresh_every)
         self.close_distractors = float(close_distractors)
+        self.wrong_text = float(wrong_text)
         self._rng = np.random.default_rng([404, int(seed)])
-        self._pool = ([random_synthetic_sequence(self._rng, self.frames, SPLIT_SIZES["train"],
-                                       close_distractors=self.close_distractors)
-                       for _ in range(pool)] if self.synthetic else [])
+        self._pool = [self._draw() for _ in range(pool)] if self.synthetic else []
         self._steps = 0
+
+    def _draw(self):
+        return random_synthetic_sequence(self._rng, self.frames, SPLIT_SIZES["train"],
+                                         close_distractors=self.close_distractors,
+                                         wrong_text=self.wrong_text)
 
     @property
     def sequences(self) -> list:
@@ -80,8 +86,7 @@ class TrainingData:
         self._steps += 1
         if self._pool and self._steps % self.refresh_every == 0:
             i = int(self._rng.integers(len(self._pool)))
-            self._pool[i] = random_synthetic_sequence(self._rng, self.frames, SPLIT_SIZES["train"],
-                                       close_distractors=self.close_distractors)
+            self._pool[i] = self._draw()
 
     def state_dict(self) -> dict:
         """What `--resume` needs to continue the same stream (the pool is regenerated from it

@@ -195,7 +195,9 @@ def sample_batch(sequences, batch_size: int, cfg, device="cpu", generator: np.ra
       initialized tracker holds its first box T times);
     - the templates (cropped 2x at their boxes) come from frames before s, never s itself:
       with probability `first_templates` all K from the first valid frame (what the tracker's
-      memory holds until its score gate first opens), else the first plus K-1 random ones."""
+      memory holds until its score gate first opens), else the first plus K-1 random ones.
+    The batch's "sequence" is the list of the B indices into `sequences` the items came from
+    (DMTrack reads their descriptions)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not sequences:
@@ -206,13 +208,14 @@ def sample_batch(sequences, batch_size: int, cfg, device="cpu", generator: np.ra
         raise ValueError(f"center_jitter and small_jitter must be >= 0, got {center_jitter}, {small_jitter}")
     rng = generator or np.random.default_rng()
     T = cfg.traj_len
-    temps, searches, gts, trajs = [], [], [], []
+    temps, searches, gts, trajs, picked = [], [], [], [], []
     tries = 0
     while len(searches) < batch_size:
         tries += 1
         if tries > 100 * batch_size:
             raise ValueError("sequences hold no two valid boxes to sample a step from")
-        get, boxes = _frames_and_boxes(sequences[int(rng.integers(len(sequences)))])
+        seq_index = int(rng.integers(len(sequences)))
+        get, boxes = _frames_and_boxes(sequences[seq_index])
         ok = np.flatnonzero(_valid(boxes))
         if len(ok) < 2:
             continue
@@ -248,12 +251,13 @@ def sample_batch(sequences, batch_size: int, cfg, device="cpu", generator: np.ra
             wh = past[:, 2:] * np.exp(rng.normal(size=(T - 1, 2)) * traj_noise)
             past = np.concatenate([np.concatenate([c - wh / 2, wh], 1), pred[None]], 0)
         temps.append(torch.stack(z))
+        picked.append(seq_index)
         searches.append(x[0])
         gts.append(frame_to_crop(torch.as_tensor(boxes[s:s + 1], device=device), x0, y0, side)[0])
         trajs.append(frame_to_crop(torch.as_tensor(past[None], dtype=torch.float32, device=device),
                                    x0, y0, side)[0])
     return {"templates": torch.stack(temps), "search": torch.stack(searches),
-            "gt": torch.stack(gts), "traj": torch.stack(trajs)}
+            "gt": torch.stack(gts), "traj": torch.stack(trajs), "sequence": picked}
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, batch: dict,
