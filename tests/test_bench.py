@@ -20,7 +20,7 @@ from fasttrack.cli import main
 from fasttrack.commands.common import default_threads
 
 MIB = 2**20
-SECTIONS = ("ops", "recorder", "detrack", "trackers")
+SECTIONS = ("ops", "recorder", "detrack", "dmtrack", "trackers")
 
 
 def run_cli(capsys, *argv):
@@ -138,6 +138,7 @@ def section_rows():
 
 
 UNITS = {"ops": {"call"}, "recorder": {"UNet step"}, "detrack": {"frame", "call", None},
+         "dmtrack": {"frame"},
          "trackers": {"frame", "call"}}
 
 
@@ -184,6 +185,16 @@ def test_section_cases_give_rows_with_unit_and_honest_labels(name, section_rows)
         assert by["detrack / tiny eager x8"]["gflops"] == count_step_flops("tiny", 8) / 1e9
         flops_row = by["detrack / detrack256 flops (meta device)"]
         assert flops_row["paper_gflops"] == 53.0 and flops_row["gflops"] == count_step_flops() / 1e9
+    elif name == "dmtrack":
+        from fasttrack.bench.dmtrack import count_step_flops as dm_flops
+
+        timed = [r for r in rows if r.get("samples")]
+        assert sorted({r["samples"] for r in timed}) == [1, 5, 10] and len(timed) == 6
+        assert by["dmtrack / tiny K=1 / unpatched x1"]["gflops"] == dm_flops("tiny", 1) / 1e9
+        # K samplings cost K denoiser passes per step, the ViT once: FLOPs grow, but far less than K-fold
+        g = {r["samples"]: r["gflops"] for r in timed if r["role"] == "reference"}
+        assert g[1] < g[5] < g[10] < 2 * g[1]
+        assert by["dmtrack / tiny w/o diffusion / unpatched x1"]["gflops"] < g[1]
     else:
         for r in rows:
             if r["phase"] == "init":

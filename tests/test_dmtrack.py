@@ -338,3 +338,63 @@ def test_training_step_reaches_every_part_and_fits_a_batch():
     assert last < 0.7 * first
     single = dmtrack_losses(net, batch, torch.Generator().manual_seed(0), double_sample=False)
     assert math.isfinite(single["total"].item()) and single["struct"] > 0
+
+
+# -- the optional BERT encoder (fasttrack[text]) ----------------------------------------------
+_BERT_SCRIPT = r"""
+import sys
+import numpy as np, torch, pytest
+from transformers import BertConfig, BertModel, BertTokenizer
+from fasttrack.data.synthetic import synthetic_sequence
+from fasttrack.trackers import DMTrack
+
+tmp = __import__("pathlib").Path(sys.argv[1])
+folder = tmp / "bert"
+folder.mkdir()
+# a 1-layer, 32-wide BERT with a 12-word WordPiece vocabulary, saved like a downloaded one
+words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "red", "blue", "small", "box",
+         "large", "patch"]
+(folder / "vocab.txt").write_text("\n".join(words) + "\n")
+BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
+torch.manual_seed(0)
+BertModel(BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=64)).save_pretrained(str(folder))
+
+t = DMTrack.tiny(seed=0, text_encoder="bert", bert_path=str(folder), bert_dim=32).eval()
+tokens, has = t.net.encode_text(["the small red box", None])
+assert tokens.shape == (2, 12, 64) and has.tolist() == [1.0, 0.0]
+# independent: the saved BERT's last hidden state through the trained projection
+tok = BertTokenizer.from_pretrained(str(folder))
+enc = tok(["the small red box"], padding="max_length", max_length=12, return_tensors="pt")
+hidden = BertModel.from_pretrained(str(folder)).eval()(**enc).last_hidden_state
+torch.testing.assert_close(tokens[:1], t.net.text.proj(hidden), rtol=1e-5, atol=1e-5)
+assert not any("bert" in k for k in t.state_dict()), "the frozen BERT is not checkpointed"
+seq = synthetic_sequence(3, (96, 128), (20, 28), seed=7)
+a, _ = t.run(seq, seq.gt[0], progress=False)
+t.save(tmp / "m.pt")
+b, _ = DMTrack.from_checkpoint(tmp / "m.pt").eval().run(seq, seq.gt[0], progress=False)
+np.testing.assert_array_equal(a, b)
+with pytest.raises(ValueError, match="not a folder"):
+    DMTrack.from_checkpoint(tmp / "m.pt", bert_path=str(tmp / "nowhere"))
+with pytest.raises(ValueError, match="width 32"):
+    DMTrack.tiny(text_encoder="bert", bert_path=str(folder), bert_dim=768)
+print("BERT OK")
+"""
+
+
+def test_bert_encoder_from_a_local_folder(tmp_path):
+    """The BERT path end to end, in a fresh process started outside the source tree: there
+    `import kernels` is Hugging Face's package (transformers >= 5 needs it), not the checkout's
+    top-level kernels/ folder that `python -m pytest` puts first on sys.path."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers", reason="the optional fasttrack[text] extra")
+    script = tmp_path / "bert_check.py"
+    script.write_text(_BERT_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "BERT OK" in out.stdout, out.stdout + out.stderr

@@ -1,8 +1,8 @@
 """`fasttrack bench`: time and measure fasttrack against eager PyTorch on this device.
 
-Runs the cases of each section of fasttrack.bench (ops, recorder, detrack, trackers) through the
-harness (fasttrack/bench/harness.py) on the device present (CUDA if any, else CPU), prints a
-table per section and writes DIR/bench.json (every row, the machine's facts) with a markdown /
+Runs the cases of each section of fasttrack.bench (ops, recorder, detrack, dmtrack, trackers)
+through the harness (fasttrack/bench/harness.py) on the device present (CUDA if any, else CPU),
+prints a table per section and writes DIR/bench.json (every row, the machine's facts) with a markdown /
 HTML report and a chart beside it (DIR/bench.md, .html, .png). A section whose optional package
 is missing becomes a row that says so; a failing section, or a case that fails for another
 reason than memory, is recorded and the rest still runs (exit status 1).
@@ -23,6 +23,7 @@ SECTIONS = {
     "ops": ("fasttrack.bench.ops", "attention-map ops: eager reference vs fasttrack backends"),
     "recorder": ("fasttrack.bench.recorder", "diffusers UNet step with map recording"),
     "detrack": ("fasttrack.bench.detrack", "DeTrack per-frame step"),
+    "dmtrack": ("fasttrack.bench.dmtrack", "DMTrack per-frame step against K mask samplings"),
     "trackers": ("fasttrack.bench.trackers", "Diff-Tracker and DINTR per frame"),
 }
 

@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   fasttrack track data/GOT-10k/val/GOT-10k_Val_000001 --tracker detrack   # box from groundtruth.txt
   fasttrack track frames/ --box 10,20,30,40 --tracker dintr --weights ~/models/sd-2-1
   fasttrack track clip.mp4 --box -10,40,60,60 --tracker detrack   # a target entering the frame
+  fasttrack track clip.mp4 --box 120,80,40,60 --tracker dmtrack --text "the red car on the left"
 """
 
 
@@ -39,6 +40,10 @@ def register(sub) -> argparse.ArgumentParser:
                         "the frame (negative x, y) but must overlap it and be at most 4x its "
                         "size; default: the first ground-truth box of a sequence folder")
     add_tracker_args(p)
+    p.add_argument("--text", default=None, metavar="TEXT",
+                   help="the target's description, for --tracker dmtrack (default: the "
+                        "sequence's own: LaSOT nlp.txt, TNL2K language.txt, OTB-Lang query; "
+                        "none: vision only)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output folder (default: fasttrack-out/<sequence name>)")
     p.add_argument("--frames", type=int, default=None, metavar="N",
@@ -93,8 +98,13 @@ def run(args) -> int:
     device = default_device(args.device)
     if args.frames is not None and args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    if args.text is not None and args.tracker != "dmtrack":
+        raise ValueError(f"--text applies to --tracker dmtrack (the vision-language tracker), "
+                         f"not {args.tracker}")
     threads = set_threads(args.threads)
     seq = _open_source(args.source)
+    if args.text is not None:
+        seq.text = args.text
     name = seq.name
     out = out_folder(args.out if args.out else Path("fasttrack-out") / name)
     box = _first_box(seq, args.box)

@@ -5,11 +5,11 @@
     tracker = build_tracker("detrack", weights="detrack.pt")     # a DeTrack.save() checkpoint
     tracker = build_tracker("dintr", weights="sd-2-1/", patched=False)
 
-Names: "detrack", "diff-tracker", "dintr". Without `weights`, DeTrack is the tiny model trained
-on fasttrack's synthetic sequences that ships in the package (`DeTrack.pretrained()`: it
-tracks), and Diff-Tracker and DINTR build their random-weight `tiny(seed)` model (for speed
+Names: "detrack", "diff-tracker", "dintr", "dmtrack". Without `weights`, DeTrack and DMTrack
+are the tiny models trained on fasttrack's synthetic sequences that ship in the package
+(`DeTrack.pretrained()`, `DMTrack.pretrained()`: they track), and Diff-Tracker and DINTR build their random-weight `tiny(seed)` model (for speed
 and equivalence checks: their boxes mean nothing). With `weights`:
-DeTrack loads a checkpoint file written by `DeTrack.save` (`DeTrack.from_checkpoint`);
+DeTrack and DMTrack load a checkpoint file written by their `save` (`from_checkpoint`);
 Diff-Tracker and DINTR load a local Stable Diffusion folder in the diffusers layout
 (`from_pretrained`; the tracker's own learned parts are read from its subfolder when present).
 
@@ -46,26 +46,31 @@ def _first_sentence(exc: BaseException) -> str:
     return text.splitlines()[0].split(". ")[0].rstrip(".")
 
 
-def _detrack(weights, seed: int, device: str):
-    from .detrack import DeTrack
+def _checkpoint_tracker(module: str, cls_name: str):
+    """Builder of a tracker that ships trained weights (DeTrack, DMTrack): `pretrained()`
+    without weights, else a checkpoint FILE written by its `save`."""
+    def build(weights, seed: int, device: str):
+        import importlib
 
-    if weights is None:
-        tracker = DeTrack.pretrained(device=device)
-    else:
-        if not os.path.isfile(weights):
-            given = "is a folder" if os.path.isdir(weights) else "is not a regular file"
-            raise ValueError(f"weights {weights!r} {given}; DeTrack expects a checkpoint FILE "
-                             "written by DeTrack.save (a Stable Diffusion folder goes with "
-                             "--tracker diff-tracker or dintr)")
-        try:
-            tracker = DeTrack.from_checkpoint(weights, map_location=device)
-        except ValueError:  # from_checkpoint's own message (not a checkpoint, old format)
-            raise
-        except (RuntimeError, OSError, EOFError, KeyError, pickle.UnpicklingError) as exc:
-            # what torch.load raises for files that are not torch checkpoints
-            raise ValueError(f"weights {weights!r} is not a readable DeTrack checkpoint "
-                             f"(torch.load: {type(exc).__name__}: {_first_sentence(exc)})") from None
-    return tracker.eval()
+        cls = getattr(importlib.import_module(module), cls_name)
+        if weights is None:
+            tracker = cls.pretrained(device=device)
+        else:
+            if not os.path.isfile(weights):
+                given = "is a folder" if os.path.isdir(weights) else "is not a regular file"
+                raise ValueError(f"weights {weights!r} {given}; {cls_name} expects a checkpoint "
+                                 f"FILE written by {cls_name}.save (a Stable Diffusion folder "
+                                 "goes with --tracker diff-tracker or dintr)")
+            try:
+                tracker = cls.from_checkpoint(weights, map_location=device)
+            except ValueError:  # from_checkpoint's own message (not a checkpoint, old format)
+                raise
+            except (RuntimeError, OSError, EOFError, KeyError, pickle.UnpicklingError) as exc:
+                # what torch.load raises for files that are not torch checkpoints
+                raise ValueError(f"weights {weights!r} is not a readable {cls_name} checkpoint "
+                                 f"(torch.load: {type(exc).__name__}: {_first_sentence(exc)})") from None
+        return tracker.eval()
+    return build
 
 
 def _diffusion(module: str, cls_name: str):
@@ -92,13 +97,17 @@ def _diffusion(module: str, cls_name: str):
 
 TRACKERS: dict[str, TrackerEntry] = {
     "detrack": TrackerEntry("DeTrack (NeurIPS 2024), in-model latent denoising",
-                            "a checkpoint file written by DeTrack.save", _detrack),
+                            "a checkpoint file written by DeTrack.save",
+                            _checkpoint_tracker("fasttrack.trackers.detrack", "DeTrack")),
     "diff-tracker": TrackerEntry("Diff-Tracker (ECCV 2024), prompt learning on Stable Diffusion",
                                  "a local Stable Diffusion folder (diffusers layout)",
                                  _diffusion("fasttrack.trackers.diff_tracker", "DiffTracker")),
     "dintr": TrackerEntry("DINTR, diffusion-based interpolation tracker",
                           "a local Stable Diffusion folder (diffusers layout)",
                           _diffusion("fasttrack.trackers.dintr", "DINTR")),
+    "dmtrack": TrackerEntry("DMTrack (IJCAI 2024), diffusion mask-driven vision-language tracking",
+                            "a checkpoint file written by DMTrack.save",
+                            _checkpoint_tracker("fasttrack.trackers.dmtrack", "DMTrack")),
 }
 
 
@@ -113,10 +122,11 @@ def build_tracker(name: str, weights=None, *, patched: bool = True, seed: int = 
 
     Args:
         name: one of :func:`tracker_names`.
-        weights: None for the default model (DeTrack: the shipped trained tiny model; the
+        weights: None for the default model (DeTrack, DMTrack: the shipped trained tiny model; the
             diffusion trackers: random-weight tiny), else a path (see the module docstring).
         patched: fasttrack's fused kernels (True) or plain PyTorch (False).
-        seed: seed of the random tiny model's weights (ignored with `weights` and by DeTrack).
+        seed: seed of the random tiny model's weights (ignored with `weights` and by DeTrack
+            and DMTrack).
         device: torch device string.
     Returns:
         a :class:`fasttrack.trackers.Tracker`.

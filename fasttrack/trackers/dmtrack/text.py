@@ -105,9 +105,17 @@ class BertTextEncoder(nn.Module):
         super().__init__()
         try:
             from transformers import AutoModel, AutoTokenizer
-        except ImportError:
+        except ModuleNotFoundError as exc:
+            if exc.name != "transformers":
+                raise
             raise ImportError("text_encoder='bert' needs Hugging Face transformers: pip install "
                               "'fasttrack[text]' (or use text_encoder='builtin')") from None
+        except ImportError as exc:
+            # transformers >= 5 imports Hugging Face's `kernels` package; run from the root of a
+            # fasttrack checkout, the checkout's own kernels/ folder shadows it
+            raise ImportError(f"importing transformers failed ({exc}); if this runs from the root "
+                              "of a fasttrack source checkout, its kernels/ folder shadows "
+                              "Hugging Face's `kernels` package: run from another folder") from None
         import os
 
         if not os.path.isdir(str(path)):
@@ -115,7 +123,10 @@ class BertTextEncoder(nn.Module):
                              "(config, weights, tokenizer files): fasttrack never downloads one")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            bert = AutoModel.from_pretrained(str(path), local_files_only=True)
+            # real weights on the CPU even when the tracker is built on the meta device (the
+            # BERT is not a submodule, so to_empty would never materialize it)
+            with torch.device("cpu"):
+                bert = AutoModel.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise ValueError(f"bert_path {str(path)!r}: cannot load a BERT model and tokenizer "
                              f"({str(exc).splitlines()[0]})") from None
