@@ -140,8 +140,9 @@ def _setup() -> None:
     setup(
         packages=find_packages(include=["fasttrack", "fasttrack.*"]) + kernel_packages,
         package_dir={"fasttrack.kernels": "kernels"},
-        # the trained tiny DeTrack (DeTrack.pretrained(), about 2 MB)
-        package_data={"fasttrack.trackers.detrack": ["weights/*.pt"]},
+        # the trained tiny DeTrack and DMTrack (their pretrained(), about 2 MB each)
+        package_data={"fasttrack.trackers.detrack": ["weights/*.pt"],
+                      "fasttrack.trackers.dmtrack": ["weights/*.pt"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
     )

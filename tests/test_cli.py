@@ -124,11 +124,12 @@ def test_registry():
     import fasttrack
     from fasttrack.trackers.registry import build_tracker, tracker_names
 
-    assert tracker_names() == ["detrack", "diff-tracker", "dintr"]
-    with pytest.raises(ValueError, match="detrack, diff-tracker, dintr"):
+    assert tracker_names() == ["detrack", "diff-tracker", "dintr", "dmtrack"]
+    with pytest.raises(ValueError, match="detrack, diff-tracker, dintr, dmtrack"):
         build_tracker("ostrack")
-    assert fasttrack.is_patched(build_tracker("detrack"))
-    assert not fasttrack.is_patched(build_tracker("detrack", patched=False))
+    for name in ("detrack", "dmtrack"):
+        assert fasttrack.is_patched(build_tracker(name))
+        assert not fasttrack.is_patched(build_tracker(name, patched=False))
 
 
 def test_negative_box_values_parse():

@@ -1,4 +1,4 @@
-"""DMTrack (seed 004): each part against an independent reference (loops, explicit softmax,
+"""DMTrack (the DMTrack paper): each part against an independent reference (loops, explicit softmax,
 rasterized boxes), the tracker API and its errors, text handling, patched == unpatched,
 batched == single, checkpoints, and that a training step reaches every part."""
 from __future__ import annotations

@@ -12,7 +12,7 @@ from PIL import Image
 import fasttrack
 from fasttrack.data.synthetic import synthetic_sequence
 from fasttrack.patch import patched_modules
-from fasttrack.trackers import DeTrack, DiffTracker, DINTR
+from fasttrack.trackers import DeTrack, DiffTracker, DINTR, DMTrack
 from fasttrack.trackers.base import MAX_BOX_TO_FRAME, as_image
 from fasttrack.trackers.registry import build_tracker, tracker_names
 
@@ -22,6 +22,7 @@ BUILDERS = {
     "detrack": lambda: DeTrack.tiny(seed=0),
     "diff-tracker": lambda: DiffTracker.tiny(0, prompt_steps=1, update_from=2, threshold=0.8),
     "dintr": lambda: DINTR.tiny(0, init_steps=1, num_steps=1, threshold=0.8),
+    "dmtrack": lambda: DMTrack.pretrained(),     # frames without text: vision only (it warns)
 }
 
 

@@ -1,5 +1,5 @@
 """DMTrack (IJCAI 2024): diffusion mask-driven vision-language tracking, written from the paper
-(seed 004, DESIGN.md 1.6), on fasttrack's kernels.
+(the DMTrack paper, DESIGN.md 1.6), on fasttrack's kernels.
 
 Modules: text (builtin hashed-word encoder, optional local BERT), mask_diffusion (the U-shaped
 mask denoiser, DDPM / DDIM, double-sample training, structure loss), model (ViT, gated

@@ -1,5 +1,5 @@
 """DMTrack's diffusion module: noise -> a target-mask map on the search grid, conditioned on the
-multi-modal search features F_s (seed 004, section 3.2, eqs. 3-5; DESIGN.md 1.6).
+multi-modal search features F_s (the DMTrack paper, section 3.2, eqs. 3-5; DESIGN.md 1.6).
 
 Signal: the mask m in [0, 1] on the G x G search-token grid (G = search_size / patch; 16 for
 256 px), as x0 = scale (2 m - 1). Forward process: q(x_t | x0) = N(sqrt(abar_t) x0,
@@ -117,9 +117,10 @@ class MaskDiffusion(nn.Module):
     def _x0(self, logits: torch.Tensor) -> torch.Tensor:
         return self.scale * (2 * torch.sigmoid(logits) - 1)
 
-    def sample(self, f: torch.Tensor, samples: int, steps: int) -> torch.Tensor:
+    def sample(self, f: torch.Tensor, samples: int, steps: int, mean: bool = True) -> torch.Tensor:
         """Test-time mask: f (B, G*G, C) -> (B, G*G) in [0, 1], the mean of `samples` DDIM
-        samplings of `steps` steps, batched (B * samples rows per denoiser pass)."""
+        samplings of `steps` steps, batched (B * samples rows per denoiser pass); mean=False
+        returns the samplings themselves, (B, samples, G*G)."""
         B, G = f.shape[0], self.grid
         if not 1 <= samples <= self.noise.shape[0]:
             raise ValueError(f"samples (K) must be in [1, {self.noise.shape[0]}], got {samples}")
@@ -140,7 +141,8 @@ class MaskDiffusion(nn.Module):
         # the K-mean, in the last step
         # the mean in at least float32 (fp16 / bf16 masks are averaged in float32)
         acc = torch.promote_types(logits.dtype, torch.float32)
-        return torch.sigmoid(logits.to(acc)).view(B, samples, G * G).mean(1).to(f.dtype)
+        masks = torch.sigmoid(logits.to(acc)).view(B, samples, G * G)
+        return (masks.mean(1) if mean else masks).to(f.dtype)
 
     def train_sample(self, f: torch.Tensor, target: torch.Tensor, steps: int,
                      generator: torch.Generator | None = None, double: bool = True) -> torch.Tensor:

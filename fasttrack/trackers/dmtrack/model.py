@@ -1,4 +1,4 @@
-"""DMTrack network (seed 004; DESIGN.md 1.6): one-stream ViT over [template, search], gated
+"""DMTrack network (DESIGN.md 1.6): one-stream ViT over [template, search], gated
 cross-attention of the search tokens over the text tokens, the diffusion mask module, the
 feature filter and the centre head. No cropping or tracker state here (tracker.py).
 

@@ -1,4 +1,4 @@
-"""DMTrack's language side: a description -> text tokens T_q (B, L, C) (seed 004, section 3.1).
+"""DMTrack's language side: a description -> text tokens T_q (B, L, C) (the DMTrack paper, section 3.1).
 
 The paper encodes the description with BERT-base-uncased, at most 36 tokens including CLS and
 SEP, once per sequence. Two encoders stand behind one interface here:

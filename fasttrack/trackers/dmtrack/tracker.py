@@ -1,4 +1,4 @@
-"""`DMTrack`: the vision-language tracker (seed 004; DESIGN.md 1.6 and 3).
+"""`DMTrack`: the vision-language tracker (the DMTrack paper; DESIGN.md 1.6 and 3).
 
     tracker = DMTrack.pretrained()                    # the tiny model trained on synthetic data
     tracker.init(frame0, [x, y, w, h], text="the small red wide box")

@@ -1,6 +1,6 @@
 """DMTrack training: batches with descriptions, the paper's losses (eq. 6), one optimizer step.
 
-    L = L_cls + 2 L_giou + 5 L_1 + 5 L_struct          (seed 004, eq. 6, its weights)
+    L = L_cls + 2 L_giou + 5 L_1 + 5 L_struct          (the DMTrack paper, eq. 6, its weights)
       + 1 L_score                                     (fasttrack's: the IoU score, tracker.score)
 
 - L_cls: CenterNet's weighted focal loss (the paper's "weighted focal loss", OSTrack's) of the

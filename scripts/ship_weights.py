@@ -1,11 +1,13 @@
-"""Score a `fasttrack train detrack` result on the held-out synthetic test split and write it as
-the package's shipped weights (DeTrack.pretrained()), with the numbers in its meta:
+"""Score a `fasttrack train detrack|dmtrack` result on the held-out synthetic test split and write
+it as the package's shipped weights (DeTrack.pretrained(), DMTrack.pretrained()), with the
+numbers in its meta:
 
-    python scripts/ship_detrack_weights.py runs/tiny/detrack.pt
+    python scripts/ship_weights.py detrack runs/tiny/detrack.pt
+    python scripts/ship_weights.py dmtrack runs/dmtrack/dmtrack.pt
 
 meta gains "test" (AO per sequence of synthetic:test and their mean, the closed-loop AO
 `fasttrack eval synthetic:test` reports per sequence), "test4_ao" (the first 4 test sequences,
-which tests/test_detrack_training.py re-measures), "static_test_ao" (holding the first box) and
+which the tracker's training tests re-measure), "static_test_ao" (holding the first box) and
 "ms_per_frame" (this machine, one thread). One thread, so the numbers are those of the README.
 """
 from __future__ import annotations
@@ -19,20 +21,26 @@ import torch
 
 from fasttrack.data.synthetic import synthetic_split
 from fasttrack.eval import metrics
-from fasttrack.trackers.detrack import DeTrack
-from fasttrack.trackers.detrack.tracker import PRETRAINED_FILE
 from fasttrack.train import heldout_ao
 
-DEST = Path(__file__).resolve().parents[1] / "fasttrack" / "trackers" / "detrack" / "weights"
+PACKAGE = Path(__file__).resolve().parents[1] / "fasttrack" / "trackers"
+TRACKERS = {"detrack": ("fasttrack.trackers.detrack.tracker", "DeTrack"),
+            "dmtrack": ("fasttrack.trackers.dmtrack.tracker", "DMTrack")}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="OUT/detrack.pt of a `fasttrack train detrack` run")
-    p.add_argument("--dest", default=str(DEST / PRETRAINED_FILE))
+    p.add_argument("tracker", choices=sorted(TRACKERS))
+    p.add_argument("checkpoint", help="OUT/<tracker>.pt of a `fasttrack train <tracker>` run")
+    p.add_argument("--dest", default=None, help="default: the package's weights file")
     args = p.parse_args()
+    import importlib
+
+    module = importlib.import_module(TRACKERS[args.tracker][0])
+    cls = getattr(module, TRACKERS[args.tracker][1])
+    args.dest = args.dest or str(PACKAGE / args.tracker / "weights" / module.PRETRAINED_FILE)
     torch.set_num_threads(1)
-    tracker = DeTrack.from_checkpoint(args.checkpoint).eval()
+    tracker = cls.from_checkpoint(args.checkpoint).eval()
     meta = torch.load(args.checkpoint, weights_only=True).get("meta", {})
     test = synthetic_split("test")
     start = time.perf_counter()
