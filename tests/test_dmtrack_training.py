@@ -27,10 +27,13 @@ def _static_ao(seqs) -> float:
                           for s in seqs]))
 
 
-# The CI budget: TRAIN_STEPS steps of the tiny model on one thread (under 3 minutes with the
-# evaluation), and the held-out AO they must reach. Measured: see the README's DMTrack section.
+# The CI budget: TRAIN_STEPS steps of the tiny model on one thread, and the held-out AO they must
+# reach. Measured (2-core CPU, torch 2.13, one thread, the other core busy): AO 0.872 on the 4
+# test sequences x 30 frames (test-000..003: 0.929, 0.859, 0.912, 0.790) against the static
+# box's 0.065, 75 s (pytest) to 112 s (with a second job on the machine) for the whole test.
+# The bar leaves room for another machine's floating-point order.
 TRAIN_STEPS = 500
-TRAIN_MIN_AO = 0.5
+TRAIN_MIN_AO = 0.6
 
 
 def test_training_from_scratch_beats_the_static_box(tmp_path):
@@ -41,7 +44,7 @@ def test_training_from_scratch_beats_the_static_box(tmp_path):
     held_out = synthetic_split("test", num=4, num_frames=30)
     ao = heldout_ao(result["tracker"], held_out)["ao"]
     static = _static_ao(held_out)
-    assert ao >= TRAIN_MIN_AO and ao > static + 0.2, (ao, static)
+    assert ao >= TRAIN_MIN_AO and ao > static + 0.4, (ao, static)
     curve = json.loads((tmp_path / "run" / "curve.json").read_text())
     assert curve[-1]["step"] == TRAIN_STEPS
 
