@@ -138,7 +138,7 @@ def section_rows():
 
 
 UNITS = {"ops": {"call"}, "recorder": {"UNet step"}, "detrack": {"frame", "call", None},
-         "dmtrack": {"frame"},
+         "dmtrack": {"frame", None},
          "trackers": {"frame", "call"}}
 
 
@@ -195,6 +195,9 @@ def test_section_cases_give_rows_with_unit_and_honest_labels(name, section_rows)
         g = {r["samples"]: r["gflops"] for r in timed if r["role"] == "reference"}
         assert g[1] < g[5] < g[10] < 2 * g[1]
         assert by["dmtrack / tiny w/o diffusion / unpatched x1"]["gflops"] < g[1]
+        paper = by["dmtrack / dmtrack256 flops (meta device)"]
+        assert paper["gflops"] == dm_flops() / 1e9 and paper["gflops_k5"] == dm_flops("dmtrack256", 5) / 1e9
+        assert 0 < paper["diffusion_share_k1"] < paper["diffusion_share_k5"] < 1
     else:
         for r in rows:
             if r["phase"] == "init":

@@ -398,3 +398,30 @@ def test_bert_encoder_from_a_local_folder(tmp_path):
     out = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "BERT OK" in out.stdout, out.stdout + out.stderr
+
+
+def test_pytracking_adapter_takes_the_description():
+    t = _live()
+    seq = synthetic_sequence(3, (96, 128), (20, 28), seed=8)
+    seen = []
+    real = t.net.encode_text
+    t.net.encode_text = lambda texts: seen.append(list(texts)) or real(texts)
+    t.initialize(seq[0], {"init_bbox": list(seq.gt[0]), "init_text": "the blue patch"})
+    out = t.track(seq[1])
+    assert seen == [["the blue patch"]] and len(out["target_bbox"]) == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_step_equals_eager():
+    """The whole step (ViT, cross-attention, K = 5 batched samplings, head) replayed from a CUDA
+    graph gives the eager step's boxes; patched (fused cross-attention) too."""
+    seq = synthetic_sequence(8, (112, 144), (22, 30), seed=9)
+    eager = DMTrack.pretrained(samples=5).cuda()
+    eager.use_graph = False
+    graphed = DMTrack.pretrained(samples=5).cuda()
+    patch(graphed)
+    a, _ = eager.run(seq, seq.gt[0], progress=False)
+    b, _ = graphed.run(seq, seq.gt[0], progress=False)
+    assert graphed._graph.graph is not None
+    np.testing.assert_allclose(a, b, atol=0.5)

@@ -10,6 +10,9 @@
       FLOPs: one step counted by torch.utils.flop_counter on the meta device.
   "<model> w/o diffusion": the same step without the diffusion module and filter (the
       ablation's model), role "other": what the module costs.
+  "dmtrack256 flops (meta device)": an untimed row, the GFLOPs of a DMTrack-256 step at K = 1
+      and K = 5 and the share of the diffusion module (the paper reports about 40 FPS on an RTX
+      3080 and no FLOP count; DESIGN.md 1.6 estimates 29 GMAC for the ViT).
 CPU: the `tiny` model on 120 x 160 frames; GPU: dmtrack256 on 480 x 640 frames.
 """
 from __future__ import annotations
@@ -97,4 +100,13 @@ def cases(device, quick: bool = False) -> list[Case]:
                     info={"samples": 0}, role="other",
                     setup=functools.partial(setup, False, 1, False), group=(model, 1),
                     flops=functools.partial(count_step_flops, model, 1, mask_module="none")))
+    out.append(Case("dmtrack", {"name": "dmtrack256 flops (meta device)"}, unit=None, role="other",
+                    check=_paper_flops))
     return out
+
+
+def _paper_flops(row, out) -> dict:
+    k1, k5 = count_step_flops("dmtrack256", 1), count_step_flops("dmtrack256", 5)
+    none = count_step_flops("dmtrack256", 1, mask_module="none")
+    return {"gflops": k1 / 1e9, "gflops_k5": k5 / 1e9, "diffusion_share_k1": (k1 - none) / k1,
+            "diffusion_share_k5": (k5 - none) / k5}

@@ -141,7 +141,8 @@ class DMTrack(Tracker, nn.Module):
 
     def init(self, image, box, text=None) -> None:
         """Start tracking one target; text: its description (None / "": vision only)."""
-        self._pending_text = text
+        if text is not None:
+            self._pending_text = text
         try:
             super().init(image, box)
         finally:
@@ -152,6 +153,16 @@ class DMTrack(Tracker, nn.Module):
         self._pending_text = text
         try:
             super().init_batch(image, boxes)
+        finally:
+            self._pending_text = None
+
+    def initialize(self, image, info: dict) -> dict:
+        """pytracking: info["init_bbox"] [x, y, w, h] and the description in info["init_text"]
+        (or info["text"]), if any."""
+        if isinstance(info, dict):
+            self._pending_text = info.get("init_text", info.get("text"))
+        try:
+            return super().initialize(image, info)
         finally:
             self._pending_text = None
 
