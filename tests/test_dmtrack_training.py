@@ -63,6 +63,8 @@ def test_train_loop_checkpoints_resumes_and_rejects_bad_options(tmp_path):
     assert [c["step"] for c in resumed["curve"]] == [2, 3, 4]
     with pytest.raises(ValueError, match="another model"):
         train_dmtrack(DMTrackTrainOptions(steps=5, resume=True, mask_module="none", **common))
+    with pytest.raises(ValueError, match="other double_sample"):       # the objective is kept
+        train_dmtrack(DMTrackTrainOptions(steps=5, resume=True, double_sample=False, **common))
     for bad, match in ((dict(steps=None), "--minutes or --steps"), (dict(steps=1, config="huge"), "config"),
                        (dict(steps=1, mask_module="unet"), "--mask-module"),
                        (dict(steps=1, text_drop=1.5), "--text-drop"),

@@ -46,8 +46,8 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", default=["synthetic"], metavar="SRC",
                    help="'synthetic' and / or data set folders (GOT-10k split, LaSOT root, OTB "
                         "root, a sequence folder) (default: synthetic)")
-    p.add_argument("--out", default="detrack-train", metavar="DIR",
-                   help="folder for last.pt, detrack.pt, curve.json (default: %(default)s)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for last.pt, <model>.pt, curve.json (default: <model>-train)")
     p.add_argument("--minutes", type=float, default=None, metavar="M",
                    help="training time (evaluations not counted); with --steps, whichever ends first")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="optimizer steps")
@@ -131,6 +131,7 @@ def run(args) -> int:
     """Run `fasttrack train`; returns the exit status."""
     device = default_device(args.device)
     _check_model_options(args, _DEFAULTS)
+    args.out = args.out or f"{args.model}-train"
     if args.model == "dmtrack":
         from ..train.dmtrack import DMTrackTrainOptions, train_dmtrack
 

@@ -248,7 +248,9 @@ def synthetic_sequence(num_frames: int = 30, size=(128, 160), sprite_size=(24, 3
     meta = {"background": background, "sprite": sprite, "occluder": occluder, "seed": seed,
             "occlusion": occlusion, "scale_change": scale_change, "background_kind": kind,
             "distractors": dboxes, "speed": float(speed)}
-    text = describe_target(sprite, (H, W), rng=np.random.default_rng([seed, _TEXT_TAG]))
+    # seed None (fresh entropy for the frames): the wording is drawn from fresh entropy too
+    text_rng = np.random.default_rng(None if seed is None else [seed, _TEXT_TAG])
+    text = describe_target(sprite, (H, W), rng=text_rng)
     return Sequence(f"synthetic-{seed}", frames, gt, meta=meta, text=text)
 
 

@@ -26,6 +26,9 @@ import torch
 
 from ..eval import metrics
 
+# Options a resumed run may change: its length, its evaluations and where it runs.
+_RESUMABLE = ("steps", "minutes", "eval_every", "val_sequences", "val_frames", "device", "extra")
+
 __all__ = ["LoopSpec", "run_training", "heldout_ao", "lr_factor", "check_loop_options"]
 
 
@@ -42,7 +45,7 @@ class LoopSpec:
     weights_file: str
     train_format: str
     batch: Callable[[], dict]
-    step: Callable[[dict], dict]
+    step: Callable[[dict, float], dict]
     load: Callable[[Path], object]
 
 
@@ -101,6 +104,14 @@ def run_training(tracker, opt: torch.optim.Optimizer, data, val: list, rngs: dic
         ck = torch.load(last, map_location="cpu", weights_only=False)
         if ck.get("format") != spec.train_format or ck.get("config") != tracker.config.to_dict():
             raise ValueError(f"--resume: {last} was written for another model or format")
+        # a resumed run may run longer or evaluate differently, not change its objective or data
+        saved = ck.get("recipe", {})
+        now = {k: v for k, v in asdict(opts).items() if k not in ("progress", "resume", "out")}
+        changed = sorted(k for k in set(saved) | set(now) if k not in _RESUMABLE
+                         and saved.get(k) != now.get(k))
+        if changed:
+            raise ValueError(f"--resume: {last} was trained with other {', '.join(changed)} "
+                             f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
         tracker.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         data.load_state_dict(ck["data"])

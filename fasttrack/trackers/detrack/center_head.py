@@ -67,10 +67,12 @@ def center_targets(gt_xyxy: torch.Tensor, grid: int, min_sigma: float = 0.5) -> 
 
 class CenterHead(nn.Module):
     """forward(f (B, G*G, C) final search-token features, r (B, 4, C) refined box tokens,
-    window: float = 0) -> dict with
+    window: float = 0, scale: (B, G*G) per-token multipliers or None) -> dict with
         logits (B, G*G) centre-map logits, xyxy (B, 4) the box at the peak (crop-normalized),
         peak (B,) the peak's probability, iou_score (B,) in (0, 1), cell (B,) the peak's index,
-        and the raw maps offset, size (B, 2, G*G) for `box_at`."""
+        and the raw maps offset, size (B, 2, G*G) for `box_at`.
+    `scale` multiplies each token's features AFTER the LayerNorm (DMTrack's feature filter: a
+    scaling before it would be normalized away, leaving the head blind to the mask)."""
 
     def __init__(self, dim: int, grid: int, eps: float = 1e-6):
         super().__init__()
@@ -95,12 +97,15 @@ class CenterHead(nn.Module):
         centre = (cxy + off) / G
         return torch.cat([centre - size / 2, centre + size / 2], -1)
 
-    def forward(self, f: torch.Tensor, r: torch.Tensor, window: float = 0.0) -> dict:
+    def forward(self, f: torch.Tensor, r: torch.Tensor, window: float = 0.0,
+                scale: torch.Tensor | None = None) -> dict:
         B, N, C = f.shape
         G = self.grid
         if N != G * G:
             raise ValueError(f"f must hold {G * G} search tokens (a {G} x {G} grid), got {N}")
         fn = self.norm(f)
+        if scale is not None:
+            fn = fn * scale[..., None].to(fn.dtype)
         img = fn.transpose(1, 2).reshape(B, C, G, G)
         h = self.conv2(F.gelu(self.conv1(img)))                              # (B, C, G, G)
         maps = self.maps(h).flatten(2)                                        # (B, 5, N)

@@ -8,7 +8,7 @@ predicts the clean mask's logits l (x0_hat = scale (2 sigmoid(l) - 1)), not the 
 loss is on the mask (the paper's L_struct), and a mask from one step is usable.
 
     f_theta(x_t, t, c):  h0 = GELU(conv_x(x_t) + conv_c(c) + time(t))       G x G, width W
-                         h1 = GELU(conv(GELU(conv_s2(h0)) + time'(t)))       G/2, width 2W
+                         h1 = GELU(conv(GELU(conv_s2(h0))) + time'(t))       G/2, width 2W
                          h  = GELU(conv(cat[up(h1), h0]))                    G, width W
                          l  = conv1x1(h)                                     (the U: down, up, skip)
     c = conv1x1(LN(F_s)) (width W), the condition, encoded once per frame.
@@ -113,6 +113,10 @@ class MaskDiffusion(nn.Module):
         self.register_buffer("noise", torch.zeros(max_samples, 1, grid, grid))
         self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(timesteps).float(),
                              persistent=False)
+        # the sampler's abar(t) as Python floats: exact under .half() / bf16 (a half buffer
+        # rounds abar near 1 to 1), and no device indexing inside a captured step
+        with torch.device("cpu"):      # also when the module is built on the meta device
+            self.abar = cosine_alphas_cumprod(timesteps).tolist()
 
     def _x0(self, logits: torch.Tensor) -> torch.Tensor:
         return self.scale * (2 * torch.sigmoid(logits) - 1)
@@ -133,11 +137,10 @@ class MaskDiffusion(nn.Module):
             logits = self.denoiser(x, tt, cc)
             if k + 1 < len(ts):
                 # DDIM, eta = 0: keep the noise x implies, move x0_hat to the next step
-                a = self.alphas_cumprod[t].to(x.dtype)
-                a_next = self.alphas_cumprod[ts[k + 1]].to(x.dtype)
+                a, a_next = self.abar[t], self.abar[ts[k + 1]]
                 x0 = self._x0(logits)
-                eps = (x - a.sqrt() * x0) / (1 - a).sqrt().clamp_min(1e-6)
-                x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+                eps = (x - math.sqrt(a) * x0) / max(math.sqrt(1 - a), 1e-6)
+                x = math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * eps
         # the K-mean, in the last step
         # the mean in at least float32 (fp16 / bf16 masks are averaged in float32)
         acc = torch.promote_types(logits.dtype, torch.float32)
@@ -161,9 +164,9 @@ class MaskDiffusion(nn.Module):
         ts = sampling_steps(self.timesteps, max(int(steps), 2))
         t0 = torch.full((B,), ts[0], device=dev, dtype=torch.long)
         l1 = self.denoiser(noise, t0, cc)                   # sample 1: pure noise
-        a0, a1 = self.alphas_cumprod[ts[0]], self.alphas_cumprod[ts[1]]
-        eps = (noise - a0.sqrt() * self._x0(l1)) / (1 - a0).sqrt().clamp_min(1e-6)
-        x1 = a1.sqrt() * self._x0(l1) + (1 - a1).sqrt() * eps
+        a0, a1 = self.abar[ts[0]], self.abar[ts[1]]
+        eps = (noise - math.sqrt(a0) * self._x0(l1)) / max(math.sqrt(1 - a0), 1e-6)
+        x1 = math.sqrt(a1) * self._x0(l1) + math.sqrt(1 - a1) * eps
         l2 = self.denoiser(x1, torch.full_like(t0, ts[1]), cc)   # sample 2: from sample 1
         p1, p2 = torch.sigmoid(l1).view(B, G * G), torch.sigmoid(l2).view(B, G * G)
         pick = int(torch.randint(3, (1,), generator=generator))

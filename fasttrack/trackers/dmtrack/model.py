@@ -5,12 +5,15 @@ feature filter and the centre head. No cropping or tracker state here (tracker.p
     H_z, H_x = ViT([patch(z) + B_z, patch(x) + B_x])                 OSTrack one-stream (eq. 1)
     F_s      = H_x + has_text * tanh(g) * CrossAttn(LN(H_x); LN(T_q))  eq. 2, gated (g = 0 at init)
     m        = mean_k DDIM_k(noise_k | F_s)                            the mask (mask_diffusion.py)
-    F_f      = F_s * (keep * (1 + m) + (1 - keep) * filter_floor)      feature filtering
-    box      = CenterHead(F_f, query = mean(H_z))                      centre map, offset, size
+    w        = keep * (1 + m) + (1 - keep) * filter_floor             feature filtering
+    box      = CenterHead(F_s, query = mean(H_z), scale = w)            centre map, offset, size
+
+The filter's weights multiply the head's tokens after its LayerNorm (the paper's "visual
+features and mask combined linearly"): a scaling of F_s itself would be normalized away.
 
 Choices where the paper is silent (each a config field):
 - the gate: Flamingo's tanh(g) with a scalar g = 0 at init, so training starts from the vision
-  tracker and lets the text in as far as it helps (`cross_heads`);
+  tracker and lets the text in as far as it helps (its heads: `cross_heads`);
 - the ViT blocks are DeTrack's VisualBlock (the same pre-norm joint-attention block);
 - the mask is on the search-token grid (G x G, 16 x 16 at 256 px; `mask_width` is the U-net's
   base width, `mask_steps` the DDIM steps S, `samples` the K averaged at test, 1 in the paper's
@@ -85,13 +88,15 @@ class DMTrackConfig:
                      "text_len", "vocab_size", "cross_heads", "mask_width", "timesteps",
                      "mask_steps", "samples", "max_samples"):
             v = getattr(self, name)
-            if isinstance(v, bool) or int(v) != v or v < 1:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"config.{name} must be a positive int, got {v!r}")
         if self.dim % self.heads or self.dim % self.cross_heads:
             raise ValueError(f"config.dim ({self.dim}) must be divisible by heads ({self.heads}) "
                              f"and cross_heads ({self.cross_heads})")
         if self.template_size % self.patch or self.search_size % self.patch:
             raise ValueError(f"config.template_size / search_size must be multiples of patch ({self.patch})")
+        if self.mask_width % 2:
+            raise ValueError(f"config.mask_width must be even (sine / cosine time features), got {self.mask_width}")
         if (self.search_size // self.patch) % 2:
             raise ValueError("config.search_size / patch must be even (the mask U-net halves the grid)")
         if self.text_encoder not in TEXT_ENCODERS:
@@ -166,15 +171,15 @@ class GatedCrossAttention(nn.Module):
         return x + g * self.proj(a)
 
 
-def feature_filter(f: torch.Tensor, m: torch.Tensor, keep: float, floor: float) -> torch.Tensor:
-    """f (B, N, C) features, m (B, N) mask in [0, 1] -> f scaled per token: the top
-    ceil(keep N) tokens by m by 1 + m, the others by `floor` (ties: torch.topk's choice)."""
+def feature_filter(m: torch.Tensor, keep: float, floor: float) -> torch.Tensor:
+    """The filter's per-token weights: m (B, N) mask in [0, 1] -> (B, N), 1 + m for the top
+    ceil(keep N) tokens by m, `floor` for the others (ties: torch.topk's choice). The head
+    multiplies its LayerNorm-ed features by them (CenterHead `scale`)."""
     N = m.shape[1]
     k = max(1, math.ceil(keep * N))
     idx = m.topk(k, dim=1).indices
     kept = torch.zeros_like(m).scatter_(1, idx, 1.0)
-    w = kept * (1 + m) + (1 - kept) * floor
-    return f * w[..., None].to(f.dtype)
+    return kept * (1 + m) + (1 - kept) * floor
 
 
 class DMTrackNet(nn.Module):
@@ -273,8 +278,8 @@ class DMTrackNet(nn.Module):
 
     def head_from(self, fs: torch.Tensor, hz: torch.Tensor, mask: torch.Tensor | None) -> dict:
         """The filter (with a mask) and the centre head: dict of CenterHead plus "mask"."""
-        f = fs if mask is None else feature_filter(fs, mask, self.cfg.filter_keep, self.cfg.filter_floor)
-        out = self.head(f, hz, self.cfg.center_window)
+        w = None if mask is None else feature_filter(mask, self.cfg.filter_keep, self.cfg.filter_floor)
+        out = self.head(fs, hz, self.cfg.center_window, scale=w)
         out["mask"] = mask
         return out
 

@@ -194,7 +194,7 @@ class DMTrack(Tracker, nn.Module):
             self._warned = True
             warnings.warn(f"DMTrack: no description for {int(self.vision_only.sum())} of {K} "
                           "target(s); tracking them from vision only (the text cross-attention "
-                          "is gated off). This warning is shown once per tracker.", stacklevel=4)
+                          "is gated off). This warning is shown once per tracker.", stacklevel=5)
         frame_u8 = self._frame_tensor(image).clone()
         box = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
         with torch.no_grad():
