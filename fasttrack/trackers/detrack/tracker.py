@@ -18,13 +18,12 @@ only device-to-host copy per frame is the (K, 6) result row (box, IoU score, sof
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 import torch.nn as nn
 
 from ..base import Tracker
+from ..checkpoint import checked_load_state_dict, read_checkpoint, save_checkpoint
 from .crop import clip_boxes, crop_and_resize, crop_to_frame, frame_to_crop, frame_to_tensor
 from .graph import StepGraph
 from .memory import VisualMemory, score_gate
@@ -207,25 +206,15 @@ class DeTrack(Tracker, nn.Module):
     def save(self, path, meta: dict | None = None) -> None:
         """Write {"format", "config", "state_dict", "meta"} (tensors on CPU) to `path`; `meta`
         is free-form plain data (how the weights were made, their held-out numbers)."""
-        sd = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        torch.save({"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "state_dict": sd,
-                    "meta": dict(meta or {})}, path)
+        save_checkpoint(self, self.config, CHECKPOINT_FORMAT, path, meta)
 
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu", **overrides) -> "DeTrack":
         """Build the tracker a `save` file (or a `fasttrack train` checkpoint) describes and
         load its weights; `overrides` may set the run options in RUN_OPTIONS."""
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
-            raise ValueError(f"path {str(path)!r} is not a DeTrack checkpoint (no config / state_dict)")
-        if ckpt.get("format") not in READABLE_FORMATS:
-            raise ValueError(f"path {str(path)!r} is a {ckpt.get('format')!r} checkpoint; this "
-                             f"fasttrack reads {CHECKPOINT_FORMAT!r} (format 1 predates the box "
-                             "query embedding: retrain with `fasttrack train detrack`)")
-        bad = sorted(set(overrides) - set(RUN_OPTIONS))
-        if bad:
-            raise ValueError(f"cannot override {bad} of a trained DeTrack (they change its "
-                             f"shapes); run options are {list(RUN_OPTIONS)}")
+        ckpt = read_checkpoint(path, "DeTrack", READABLE_FORMATS, RUN_OPTIONS, overrides, map_location,
+                               " (format 1 predates the box query embedding: retrain with "
+                               "`fasttrack train detrack`)")
         tracker = cls(DeTrackConfig(**{**ckpt["config"], **overrides}))
         tracker.load_state_dict(ckpt["state_dict"])
         return tracker.to(map_location)
@@ -234,28 +223,6 @@ class DeTrack(Tracker, nn.Module):
         """nn.Module.load_state_dict that also takes a checkpoint path or a `save` dict, and
         whose mismatch error (ValueError naming `state_dict`) lists every missing key,
         unexpected key and shape mismatch."""
-        if isinstance(state_dict, (str, os.PathLike)):
-            state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"state_dict must be a dict or a checkpoint path, got "
-                            f"{type(state_dict).__name__}")
-        if "state_dict" in state_dict and "config" in state_dict:
-            state_dict = state_dict["state_dict"]
-        own = self.state_dict()
-        problems = []
-        missing = sorted(set(own) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(own))
-        shapes = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-                        for k in set(own) & set(state_dict)
-                        if tuple(getattr(state_dict[k], "shape", ())) != tuple(own[k].shape))
-        if strict and missing:
-            problems.append(f"missing keys {missing}")
-        if strict and unexpected:
-            problems.append(f"unexpected keys {unexpected}")
-        if shapes:
-            problems.append(f"shape mismatches {shapes}")
-        if problems:
-            raise ValueError("state_dict does not match this DeTrack: " + "; ".join(problems))
-        result = nn.Module.load_state_dict(self, state_dict, strict=strict, assign=assign)
+        result = checked_load_state_dict(self, state_dict, strict, assign, "DeTrack")
         self._graph = None
         return result

@@ -24,7 +24,6 @@ Not run on a GPU yet: the graph path is unverified; the CPU path is tested.
 """
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -32,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from ..base import Tracker
+from ..checkpoint import checked_load_state_dict, read_checkpoint, save_checkpoint
 from ..detrack.crop import clip_boxes, crop_and_resize, crop_to_frame, frame_to_crop, frame_to_tensor
 from ..detrack.graph import StepGraph
 from .model import DMTrackConfig, DMTrackNet
@@ -258,25 +258,14 @@ class DMTrack(Tracker, nn.Module):
     # -- checkpoints ------------------------------------------------------------------------
     def save(self, path, meta: dict | None = None) -> None:
         """Write {"format", "config", "state_dict", "meta"} (tensors on CPU) to `path`."""
-        sd = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        torch.save({"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "state_dict": sd,
-                    "meta": dict(meta or {})}, path)
+        save_checkpoint(self, self.config, CHECKPOINT_FORMAT, path, meta)
 
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu", **overrides) -> "DMTrack":
         """Build the tracker a `save` file (or `fasttrack train dmtrack` output) describes and
         load its weights; `overrides` may set RUN_OPTIONS (bert_path: where the BERT folder is
         on this machine)."""
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
-            raise ValueError(f"path {str(path)!r} is not a DMTrack checkpoint (no config / state_dict)")
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"path {str(path)!r} is a {ckpt.get('format')!r} checkpoint; this "
-                             f"fasttrack reads {CHECKPOINT_FORMAT!r}")
-        bad = sorted(set(overrides) - set(RUN_OPTIONS))
-        if bad:
-            raise ValueError(f"cannot override {bad} of a trained DMTrack (they change its "
-                             f"shapes); run options are {list(RUN_OPTIONS)}")
+        ckpt = read_checkpoint(path, "DMTrack", (CHECKPOINT_FORMAT,), RUN_OPTIONS, overrides, map_location)
         tracker = cls(DMTrackConfig(**{**ckpt["config"], **overrides}))
         tracker.load_state_dict(ckpt["state_dict"])
         return tracker.to(map_location)
@@ -284,27 +273,6 @@ class DMTrack(Tracker, nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """nn.Module.load_state_dict that also takes a checkpoint path or a `save` dict, with a
         ValueError naming `state_dict` listing every missing / unexpected key and shape mismatch."""
-        if isinstance(state_dict, (str, os.PathLike)):
-            state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"state_dict must be a dict or a checkpoint path, got {type(state_dict).__name__}")
-        if "state_dict" in state_dict and "config" in state_dict:
-            state_dict = state_dict["state_dict"]
-        own = self.state_dict()
-        problems = []
-        missing = sorted(set(own) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(own))
-        shapes = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-                        for k in set(own) & set(state_dict)
-                        if tuple(getattr(state_dict[k], "shape", ())) != tuple(own[k].shape))
-        if strict and missing:
-            problems.append(f"missing keys {missing}")
-        if strict and unexpected:
-            problems.append(f"unexpected keys {unexpected}")
-        if shapes:
-            problems.append(f"shape mismatches {shapes}")
-        if problems:
-            raise ValueError("state_dict does not match this DMTrack: " + "; ".join(problems))
-        result = nn.Module.load_state_dict(self, state_dict, strict=strict, assign=assign)
+        result = checked_load_state_dict(self, state_dict, strict, assign, "DMTrack")
         self._graph = None
         return result
