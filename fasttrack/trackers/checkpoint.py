@@ -13,7 +13,24 @@ import os
 import torch
 import torch.nn as nn
 
-__all__ = ["save_checkpoint", "read_checkpoint", "checked_load_state_dict"]
+__all__ = ["save_checkpoint", "read_checkpoint", "checked_load_state_dict", "load_shipped"]
+
+
+def load_shipped(cls, package: str, filename: str, device, dtype, overrides: dict):
+    """`cls.pretrained()`: the weights file `filename` shipped in `package`'s weights/ folder,
+    through cls.from_checkpoint(path, map_location=device, **overrides), in `dtype`, eval mode.
+    FileNotFoundError saying how to get it back when the file is missing."""
+    from importlib import resources
+
+    ref = resources.files(package).joinpath("weights", filename)
+    with resources.as_file(ref) as path:
+        if not path.is_file():
+            model = cls.__name__.lower()
+            raise FileNotFoundError(f"the shipped {cls.__name__} weights are missing ({path}); "
+                                    f"reinstall fasttrack or train them with `fasttrack train "
+                                    f"{model}` (README)")
+        tracker = cls.from_checkpoint(path, map_location=device, **overrides)
+    return tracker.to(dtype=dtype).eval()
 
 
 def save_checkpoint(module: nn.Module, config, fmt: str, path, meta: dict | None = None) -> None:

@@ -43,7 +43,7 @@ from .center_head import CenterHead, hann_grid
 from .refine import BinMapping, BoxEmbedding, BoxRefiner, block_causal_mask, sinusoidal_bins
 
 __all__ = ["BOX_HEADS", "DeTrackConfig", "DeTrackNet", "VisualBlock", "DenoisingBlock", "cosine_alphas_cumprod",
-           "grid_position_embedding"]
+           "grid_position_embedding", "vit_init_"]
 
 
 # "bins": the paper's decoder, each coordinate a soft-argmax over bins (refine.BinMapping);
@@ -137,6 +137,28 @@ def grid_position_embedding(grid: int, dim: int, scale: float = 0.5) -> torch.Te
     return (scale * emb).reshape(1, grid * grid, dim).float()
 
 
+def vit_init_(root: nn.Module, gen: torch.Generator, std: float, embeddings: bool = False):
+    """ViT-style init of every module under `root`, in module order: Linear / Conv2d weights
+    (and nn.Embedding weights with embeddings=True) normal(0, std) clipped at 2 std, biases 0,
+    LayerNorms 1 / 0. Returns the clipped-normal initializer (same generator) for the caller's
+    other parameters."""
+    def normal_(p: torch.Tensor) -> None:
+        p.copy_((torch.randn(p.shape, generator=gen).clamp_(-2, 2) * std).to(p.dtype))
+
+    with torch.no_grad():
+        for m in root.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                normal_(m.weight)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif embeddings and isinstance(m, nn.Embedding):
+                normal_(m.weight)
+            elif isinstance(m, nn.LayerNorm):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+    return normal_
+
+
 def cosine_alphas_cumprod(timesteps: int, s: float = 0.008) -> torch.Tensor:
     """(timesteps + 1,) float64 abar(t) of the cosine schedule (Nichol & Dhariwal 2021),
     abar(0) = 1, clamped to exactly 0 at t = timesteps (cos(pi/2) rounds to 6e-17)."""
@@ -226,19 +248,8 @@ class DeTrackNet(nn.Module):
         refiner mask recomputed. Every tensor of the module is set, so it also initializes a
         module materialized with `to_empty`."""
         gen = torch.Generator().manual_seed(seed)
-        std = self.cfg.init_std
-
-        def normal_(p: torch.Tensor) -> None:
-            p.copy_((torch.randn(p.shape, generator=gen).clamp_(-2, 2) * std).to(p.dtype))
-
+        normal_ = vit_init_(self, gen, self.cfg.init_std)
         with torch.no_grad():
-            for m in self.modules():
-                if isinstance(m, (nn.Linear, nn.Conv2d)):
-                    normal_(m.weight)
-                    m.bias.zero_()
-                elif isinstance(m, nn.LayerNorm):
-                    m.weight.fill_(1.0)
-                    m.bias.zero_()
             for p in (self.slot_embed, self.box_embed.coord, self.refiner.time):
                 normal_(p)
             # position embeddings: 2-D sinusoids in the bin embeddings' frequency family (x in

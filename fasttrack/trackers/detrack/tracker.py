@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..base import Tracker
-from ..checkpoint import checked_load_state_dict, read_checkpoint, save_checkpoint
+from ..checkpoint import checked_load_state_dict, load_shipped, read_checkpoint, save_checkpoint
 from .crop import clip_boxes, crop_and_resize, crop_to_frame, frame_to_crop, frame_to_tensor
 from .graph import StepGraph
 from .memory import VisualMemory, score_gate
@@ -113,16 +113,7 @@ class DeTrack(Tracker, nn.Module):
         package, fasttrack/trackers/detrack/weights/; NOT the paper's weights, which were never
         released): see the README for its recipe and held-out numbers. `overrides` may set the
         run options in RUN_OPTIONS, e.g. denoise_steps=24 for the multi-pass sampler."""
-        from importlib import resources
-
-        ref = resources.files(__package__).joinpath("weights", PRETRAINED_FILE)
-        with resources.as_file(ref) as path:
-            if not path.is_file():
-                raise FileNotFoundError(f"the shipped DeTrack weights are missing ({path}); "
-                                        "reinstall fasttrack or train them with "
-                                        "`fasttrack train detrack` (README)")
-            tracker = cls.from_checkpoint(path, map_location=device, **overrides)
-        return tracker.to(dtype=dtype).eval()
+        return load_shipped(cls, __package__, PRETRAINED_FILE, device, dtype, overrides)
 
     @property
     def device(self) -> torch.device:

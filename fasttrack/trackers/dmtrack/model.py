@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..detrack.center_head import CenterHead, hann_grid
-from ..detrack.model import VisualBlock, cosine_alphas_cumprod, grid_position_embedding
+from ..detrack.model import VisualBlock, cosine_alphas_cumprod, grid_position_embedding, vit_init_
 from .mask_diffusion import MaskDiffusion
 from .text import BertTextEncoder, BuiltinTextEncoder
 
@@ -220,22 +220,8 @@ class DMTrackNet(nn.Module):
         position embeddings, text positions normal, the gate 0, the mask noise bank standard
         normal. Sets every tensor, so it also initializes a module built with `to_empty`."""
         gen = torch.Generator().manual_seed(seed)
-        std = self.cfg.init_std
-
-        def normal_(p: torch.Tensor) -> None:
-            p.copy_((torch.randn(p.shape, generator=gen).clamp_(-2, 2) * std).to(p.dtype))
-
+        normal_ = vit_init_(self, gen, self.cfg.init_std, embeddings=True)
         with torch.no_grad():
-            for m in self.modules():
-                if isinstance(m, (nn.Linear, nn.Conv2d)):
-                    normal_(m.weight)
-                    if m.bias is not None:
-                        m.bias.zero_()
-                elif isinstance(m, nn.Embedding):
-                    normal_(m.weight)
-                elif isinstance(m, nn.LayerNorm):
-                    m.weight.fill_(1.0)
-                    m.bias.zero_()
             self.pos_x.copy_(grid_position_embedding(self.cfg.grid, self.cfg.dim))
             self.pos_z.copy_(grid_position_embedding(self.cfg.template_size // self.cfg.patch,
                                                      self.cfg.dim))

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from ..base import Tracker
-from ..checkpoint import checked_load_state_dict, read_checkpoint, save_checkpoint
+from ..checkpoint import checked_load_state_dict, load_shipped, read_checkpoint, save_checkpoint
 from ..detrack.crop import clip_boxes, crop_and_resize, crop_to_frame, frame_to_crop, frame_to_tensor
 from ..detrack.graph import StepGraph
 from .model import DMTrackConfig, DMTrackNet
@@ -106,16 +106,7 @@ class DMTrack(Tracker, nn.Module):
         """The tiny DMTrack trained here on fasttrack's synthetic sequences with their generated
         descriptions (fasttrack/trackers/dmtrack/weights/; NOT the paper's weights): recipe
         and held-out numbers in the README. `overrides`: RUN_OPTIONS, e.g. samples=5."""
-        from importlib import resources
-
-        ref = resources.files(__package__).joinpath("weights", PRETRAINED_FILE)
-        with resources.as_file(ref) as path:
-            if not path.is_file():
-                raise FileNotFoundError(f"the shipped DMTrack weights are missing ({path}); "
-                                        "reinstall fasttrack or train them with "
-                                        "`fasttrack train dmtrack` (README)")
-            tracker = cls.from_checkpoint(path, map_location=device, **overrides)
-        return tracker.to(dtype=dtype).eval()
+        return load_shipped(cls, __package__, PRETRAINED_FILE, device, dtype, overrides)
 
     @property
     def device(self) -> torch.device:
