@@ -13,7 +13,21 @@ import os
 import torch
 import torch.nn as nn
 
-__all__ = ["save_checkpoint", "read_checkpoint", "checked_load_state_dict", "load_shipped"]
+__all__ = ["save_checkpoint", "read_checkpoint", "checked_load_state_dict", "load_shipped",
+           "build_random"]
+
+
+def build_random(cls, config, seed: int, device, dtype):
+    """cls(config) with random weights from `seed` (tracker.net.reset_parameters): built on the
+    meta device (no memory, no throw-away default init), then materialized on `device` and
+    initialized once; device="meta" returns it unmaterialized (FLOP counting)."""
+    with torch.device("meta"):
+        tracker = cls(config)
+    if torch.device(device).type == "meta":
+        return tracker.to(dtype=dtype)
+    tracker.to_empty(device=device)
+    tracker.net.reset_parameters(seed)
+    return tracker.to(dtype=dtype)
 
 
 def load_shipped(cls, package: str, filename: str, device, dtype, overrides: dict):

@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 
 from ..base import Tracker
-from ..checkpoint import checked_load_state_dict, load_shipped, read_checkpoint, save_checkpoint
+from ..checkpoint import (build_random, checked_load_state_dict, load_shipped, read_checkpoint,
+                          save_checkpoint)
 from .crop import clip_boxes, crop_and_resize, crop_to_frame, frame_to_crop, frame_to_tensor
 from .graph import StepGraph
 from .memory import VisualMemory, score_gate
@@ -73,15 +74,7 @@ class DeTrack(Tracker, nn.Module):
     # -- constructors -----------------------------------------------------------------------
     @classmethod
     def _build(cls, seed, device, dtype, **cfg):
-        # Built on the meta device (no memory, no throw-away default init), then materialized
-        # on `device` and initialized once from the seed.
-        with torch.device("meta"):
-            tracker = cls(DeTrackConfig(**cfg))
-        if torch.device(device).type == "meta":
-            return tracker.to(dtype=dtype)
-        tracker.to_empty(device=device)
-        tracker.net.reset_parameters(seed)
-        return tracker.to(dtype=dtype)
+        return build_random(cls, DeTrackConfig(**cfg), seed, device, dtype)
 
     @classmethod
     def detrack256(cls, seed: int = 0, device="cpu", dtype=torch.float32, **overrides) -> "DeTrack":

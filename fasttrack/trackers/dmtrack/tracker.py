@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 
 from ..base import Tracker
-from ..checkpoint import checked_load_state_dict, load_shipped, read_checkpoint, save_checkpoint
+from ..checkpoint import (build_random, checked_load_state_dict, load_shipped, read_checkpoint,
+                          save_checkpoint)
 from ..detrack.crop import clip_boxes, crop_and_resize, crop_to_frame, frame_to_crop, frame_to_tensor
 from ..detrack.graph import StepGraph
 from .model import DMTrackConfig, DMTrackNet
@@ -80,13 +81,7 @@ class DMTrack(Tracker, nn.Module):
     # -- constructors -----------------------------------------------------------------------
     @classmethod
     def _build(cls, seed, device, dtype, **cfg):
-        with torch.device("meta"):
-            tracker = cls(DMTrackConfig(**cfg))
-        if torch.device(device).type == "meta":
-            return tracker.to(dtype=dtype)
-        tracker.to_empty(device=device)
-        tracker.net.reset_parameters(seed)
-        return tracker.to(dtype=dtype)
+        return build_random(cls, DMTrackConfig(**cfg), seed, device, dtype)
 
     @classmethod
     def dmtrack256(cls, seed: int = 0, device="cpu", dtype=torch.float32, **overrides) -> "DMTrack":
