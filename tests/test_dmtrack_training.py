@@ -148,3 +148,19 @@ def test_cli_train_track_and_eval(tmp_path, capsys):
     rc, out, err = run_cli(capsys, "track", seq_dir, "--tracker", "detrack", "--text", "red",
                            "--out", tmp_path / "trk2")
     assert rc == 2 and "--text applies to --tracker dmtrack" in err
+
+
+def test_training_reads_descriptions_from_real_layouts(tmp_path):
+    """--data with a TNL2K folder: the sampled items carry its language.txt."""
+    from test_text import tnl2k_sequence
+
+    from fasttrack.train import TrainingData
+    from fasttrack.trackers.dmtrack.train import sample_batch
+
+    tnl2k_sequence(tmp_path / "tnl2k", "seqA", "the man in a red coat")
+    tnl2k_sequence(tmp_path / "tnl2k", "seqB", None)
+    data = TrainingData([str(tmp_path / "tnl2k")], seed=0)
+    batch = sample_batch(data.sequences, 8, DMTrack.tiny().config,
+                         generator=np.random.default_rng(0), text_drop=0.0)
+    assert set(batch["texts"]) == {"the man in a red coat", None}
+    assert batch["search"].shape == (8, 3, 64, 64)
