@@ -20,7 +20,7 @@
 #   bench-ops       fasttrack bench --sections ops (SD-64/96/128 vs SDPA, flash-attn, xformers)
 #   compile-report  python -m fasttrack.kernels.compile_report --arch <this GPU> --json ...
 #                   (late: it needs no GPU and can also be run on any machine with triton)
-#   bench-rest      fasttrack bench --sections recorder,detrack,trackers --quick (sections
+#   bench-rest      fasttrack bench --sections recorder,detrack,dmtrack,trackers --quick (sections
 #                   whose packages are missing, e.g. diffusers, become rows that say so)
 # A failing step does not stop the later ones. At the end: a table (step, status, seconds, log)
 # printed and written to OUTDIR/summary.md with the per-test results of the junit files.
@@ -139,7 +139,7 @@ declare -A CMD=(
   [compile-report]="\"\$PYTHON\" -m fasttrack.kernels.compile_report --arch $ARCH_ARG --json \"$OUTDIR/compile_report.json\""
   [sanitize]="bash scripts/sanitize.sh"
   [bench-ops]="\"\$PYTHON\" -m fasttrack.cli bench --sections ops --out \"$OUTDIR/bench-ops\""
-  [bench-rest]="\"\$PYTHON\" -m fasttrack.cli bench --sections recorder,detrack,trackers --quick --out \"$OUTDIR/bench-rest\""
+  [bench-rest]="\"\$PYTHON\" -m fasttrack.cli bench --sections recorder,detrack,dmtrack,trackers --quick --out \"$OUTDIR/bench-rest\""
 )
 
 if [[ $DRY -eq 1 ]]; then
