@@ -190,6 +190,9 @@ def test_gated_cross_attention_matches_explicit_softmax(rng):
     ref = x + math.tanh(m.gate.item()) * has[:, None, None] * m.proj(torch.cat(heads, -1))
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(got[1], x[1])            # no description: identity
+    m.gated = False                                      # cross_gate "none": eq. 2 as printed
+    ungated = x + has[:, None, None] * m.proj(torch.cat(heads, -1))
+    torch.testing.assert_close(m(x, text, has), ungated, rtol=1e-10, atol=1e-12)
 
 
 def test_tokenize_layout_and_hashing():
@@ -205,7 +208,7 @@ def test_tokenize_layout_and_hashing():
 # -- config and tracker errors ------------------------------------------------------------
 @pytest.mark.parametrize("kw,match", [
     (dict(samples=0), "samples"), (dict(samples=17), "max_samples"),
-    (dict(mask_module="unet"), "mask_module"), (dict(text_encoder="clip"), "text_encoder"),
+    (dict(mask_module="unet"), "mask_module"), (dict(cross_gate="sigmoid"), "cross_gate"), (dict(text_encoder="clip"), "text_encoder"),
     (dict(text_encoder="bert"), "bert_path"), (dict(search_size=72, patch=8), "even"),
     (dict(filter_keep=0.0), "filter_keep"), (dict(center_window=float("inf")), "center_window"),
     (dict(dim=62), "divisible")])

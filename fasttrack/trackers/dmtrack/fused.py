@@ -37,7 +37,7 @@ class FusedGatedCrossAttention(GatedCrossAttention):
         for name, child in ref.named_children():
             setattr(fused, name, child)
         fused.gate = ref.gate
-        fused.dim, fused.heads, fused.backend = ref.dim, ref.heads, backend
+        fused.dim, fused.heads, fused.gated, fused.backend = ref.dim, ref.heads, ref.gated, backend
         fused.train(ref.training)
         return fused
 

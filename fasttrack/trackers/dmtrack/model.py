@@ -12,8 +12,9 @@ The filter's weights multiply the head's tokens after its LayerNorm (the paper's
 features and mask combined linearly"): a scaling of F_s itself would be normalized away.
 
 Choices where the paper is silent (each a config field):
-- the gate: Flamingo's tanh(g) with a scalar g = 0 at init, so training starts from the vision
-  tracker and lets the text in as far as it helps (its heads: `cross_heads`);
+- the gate (`cross_gate`): Flamingo's tanh(g) with a scalar g = 0 at init, so training starts
+  from the vision tracker and lets the text in as far as it helps; "none" is eq. 2 as printed
+  (no gate); its heads: `cross_heads`;
 - the ViT blocks are DeTrack's VisualBlock (the same pre-norm joint-attention block);
 - the mask is on the search-token grid (G x G, 16 x 16 at 256 px; `mask_width` is the U-net's
   base width, `mask_steps` the DDIM steps S, `samples` the K averaged at test, 1 in the paper's
@@ -42,10 +43,13 @@ from ..detrack.model import VisualBlock, cosine_alphas_cumprod, grid_position_em
 from .mask_diffusion import MaskDiffusion
 from .text import BertTextEncoder, BuiltinTextEncoder
 
-__all__ = ["DMTrackConfig", "DMTrackNet", "GatedCrossAttention", "TEXT_ENCODERS", "MASK_MODULES",
+__all__ = ["DMTrackConfig", "DMTrackNet", "GatedCrossAttention", "TEXT_ENCODERS", "MASK_MODULES", "CROSS_GATES",
            "feature_filter"]
 
 TEXT_ENCODERS = ("builtin", "bert")
+# "tanh": F_s = H_x + tanh(g) CrossAttn, g = 0 at init (Flamingo's gate); "none": eq. 2 as
+# printed, F_s = H_x + CrossAttn (the paper calls it gated but gives no gate)
+CROSS_GATES = ("tanh", "none")
 MASK_MODULES = ("diffusion", "none")
 
 
@@ -69,6 +73,7 @@ class DMTrackConfig:
     vocab_size: int = 8192
     text_depth: int = 2
     cross_heads: int = 12
+    cross_gate: str = "tanh"
     mask_module: str = "diffusion"
     mask_width: int = 32
     timesteps: int = 1000
@@ -103,6 +108,8 @@ class DMTrackConfig:
             raise ValueError(f"config.text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
         if self.text_encoder == "bert" and not self.bert_path:
             raise ValueError("config.text_encoder 'bert' needs config.bert_path, a local BERT folder")
+        if self.cross_gate not in CROSS_GATES:
+            raise ValueError(f"config.cross_gate must be one of {CROSS_GATES}, got {self.cross_gate!r}")
         if self.mask_module not in MASK_MODULES:
             raise ValueError(f"config.mask_module must be one of {MASK_MODULES}, got {self.mask_module!r}")
         if self.samples > self.max_samples:
@@ -137,15 +144,16 @@ class DMTrackConfig:
 
 
 class GatedCrossAttention(nn.Module):
-    """F_s = x + has_text * tanh(gate) * proj(MHA(LN(x) -> LN(text))) (eq. 2, gated).
+    """F_s = x + has_text * tanh(gate) * proj(MHA(LN(x) -> LN(text))) (eq. 2, gated; with
+    gated=False the factor tanh(gate) is 1, eq. 2 as printed).
 
     forward(x (B, Nx, C), text (B, L, C), has_text (B,)) -> (B, Nx, C). The reference computes
     the attention with F.scaled_dot_product_attention; `fasttrack.patch` swaps in the fused
     twin (fused.py), which computes it with fasttrack.ops.attention."""
 
-    def __init__(self, dim: int, heads: int, eps: float = 1e-6):
+    def __init__(self, dim: int, heads: int, eps: float = 1e-6, gated: bool = True):
         super().__init__()
-        self.dim, self.heads = dim, heads
+        self.dim, self.heads, self.gated = dim, heads, gated
         self.norm_x = nn.LayerNorm(dim, eps=eps)
         self.norm_t = nn.LayerNorm(dim, eps=eps)
         self.q = nn.Linear(dim, dim)
@@ -167,7 +175,9 @@ class GatedCrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, text: torch.Tensor, has_text: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         a = self.attend(*self.qkv(x, text)).transpose(1, 2).reshape(B, N, C)
-        g = torch.tanh(self.gate).to(x.dtype) * has_text.to(x.dtype)[:, None, None]
+        g = has_text.to(x.dtype)[:, None, None]
+        if self.gated:
+            g = torch.tanh(self.gate).to(x.dtype) * g
         return x + g * self.proj(a)
 
 
@@ -208,7 +218,7 @@ class DMTrackNet(nn.Module):
                                            cfg.heads, cfg.mlp_ratio, cfg.ln_eps)
         else:
             self.text = BertTextEncoder(cfg.bert_path, C, cfg.text_len, cfg.bert_dim)
-        self.cross = GatedCrossAttention(C, cfg.cross_heads, cfg.ln_eps)
+        self.cross = GatedCrossAttention(C, cfg.cross_heads, cfg.ln_eps, cfg.cross_gate == "tanh")
         self.mask = (MaskDiffusion(C, cfg.grid, cfg.mask_width, cfg.timesteps, cfg.max_samples,
                                    cfg.mask_scale, cfg.ln_eps)
                      if cfg.mask_module == "diffusion" else None)
