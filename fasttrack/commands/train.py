@@ -22,7 +22,7 @@ EXAMPLES = """examples:
   fasttrack train detrack --box-head center --seed 1 --steps 3500 --threads 1 --out runs/tiny --resume
   fasttrack train detrack --steps 3500 --threads 1 --out runs/bins     # the paper's bin decoder
   fasttrack eval synthetic:val:48x60 --tracker detrack --weights runs/tiny/detrack.pt  # compare recipes
-  fasttrack train dmtrack --seed 0 --steps 3000 --threads 1 --eval-every 500 --out runs/dmtrack  # DMTrack's shipped recipe
+  fasttrack train dmtrack --seed 1 --steps 3000 --threads 1 --eval-every 500 --out runs/dmtrack  # DMTrack's shipped recipe
   fasttrack train dmtrack --mask-module none --seed 0 --steps 3000 --threads 1 --out runs/dmtrack-nodiff  # ablation
   fasttrack train detrack --config detrack256 --data data/GOT-10k/train --init-vit mae_pretrain_vit_base.pth \\
       --steps 100000 --batch 32 --lr 4e-4 --device cuda --out runs/detrack256
