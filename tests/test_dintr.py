@@ -107,7 +107,10 @@ def test_check_masks():
 # ---------------------------------------------------------------- the tracker
 @pytest.fixture(scope="module")
 def tracker():
-    tr = DINTR.tiny(0, threshold=0.8, num_steps=2)
+    # normalize=False: on a random-weight UNet the column-normalized map is nearly flat, and
+    # min-max normalizing a flat map turns fused-vs-eager rounding (1e-7) into 1e-4 loss
+    # differences; the normalized maps themselves are compared at 2e-5 in test_recorder.
+    tr = DINTR.tiny(0, threshold=0.8, num_steps=2, normalize=False)
     assert not fasttrack.is_patched(tr) and not tr.patched     # plain PyTorch until patched
     return fasttrack.patch(tr, backend="torch")
 

@@ -101,6 +101,15 @@ def test_maps_match_eager_reference(case, rng):
     _compare(rec.cross(), ref.cross(), "cross")
     _compare(rec.self_cross(), ref.self_cross(), "self_cross")
     _compare(rec.harmonized(0.3), 0.3 * ref.cross() + 0.7 * ref.self_cross(), "harmonized")
+    # Column-normalized S^T C (the diffusion trackers' readout input), fused and eager paths.
+    want = ref.self_cross() / ref.received()[:, None]
+    _compare(rec.self_cross(normalize=True), want, "self_cross normalized")
+    _compare(rec.harmonized(0.3, normalize=True), 0.3 * ref.cross() + 0.7 * want, "harmonized normalized")
+    fasttrack.unpatch(unet)
+    eager = fasttrack.recorder.EagerRecorder(unet, resolution=grid, self_layers=self_sel, tokens=tokens,
+                                             batch=batch, renormalize=renorm)
+    _run(unet, eager, inputs)
+    _compare(eager.self_cross(normalize=True), want, "eager self_cross normalized")
 
 
 def test_cross_layer_selection_and_reset(rng):

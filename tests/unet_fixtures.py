@@ -195,6 +195,11 @@ class EagerRecorder:
     def cross(self):
         return torch.stack(self.cross_maps).mean(0)
 
+    def received(self):
+        """(B, Rh, Rw): the attention each output pixel receives, column sums of S_bar."""
+        s_bar = torch.stack(self.self_maps).mean(0)
+        return s_bar.sum(1).reshape(s_bar.shape[0], *self.grid)
+
     def self_cross(self):
         c = self.cross()
         b, t = c.shape[:2]

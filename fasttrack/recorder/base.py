@@ -25,7 +25,7 @@ class Recorder(abc.ABC):
         tokens: token indices kept from the cross maps (None: all T).
         batch: batch entries kept (None: all), e.g. [1] for the conditional half of a CFG batch.
         renormalize: renormalize every row of each resized self map to sum 1 (DiffSeg).
-    Subclasses implement _init_state(), reset(), cross() and self_cross() -> (B', T', Rh, Rw) and
+    Subclasses implement _init_state(), reset(), cross() -> (B', T', Rh, Rw), _self_apply(c) and
     count the calls of each recorded layer in `self._calls`.
     """
 
@@ -65,11 +65,28 @@ class Recorder(abc.ABC):
         """(B', T', Rh, Rw): head-mean cross maps, resized, averaged over layers and calls."""
 
     @abc.abstractmethod
-    def self_cross(self) -> torch.Tensor:
-        """(B', T', Rh, Rw): S_bar^T C_bar, the averaged resized self map applied to cross()."""
+    def _self_apply(self, c: torch.Tensor) -> torch.Tensor:
+        """S_bar^T c: the averaged resized self map applied to maps c (B', T', Rh, Rw)."""
 
-    def harmonized(self, alpha: float = 0.5) -> torch.Tensor:
-        """(B', T', Rh, Rw): alpha * C_bar + (1 - alpha) * S_bar^T C_bar (Diff-Tracker, DESIGN 1.1)."""
+    def self_cross(self, normalize: bool = False) -> torch.Tensor:
+        """(B', T', Rh, Rw): S_bar^T C_bar, the averaged resized self map applied to cross().
+
+        normalize: divide each key pixel j by the attention it receives, (S_bar^T 1)[j], so the
+            map becomes the mean of C_bar over the pixels attending to j, weighted by their
+            attention. Unnormalized, a pixel many queries attend to collects all their cross
+            weight and stands out whatever its own relevance (DESIGN 1.7); the column sums are
+            one more value column of the same pass.
+        """
+        c = self.cross()
+        if not normalize:
+            return self._self_apply(c)
+        y = self._self_apply(torch.cat([c, torch.ones_like(c[:, :1])], 1))
+        # Every column sum is > 0 (softmax weights are positive); the floor guards underflow.
+        return y[:, :-1] / y[:, -1:].clamp_min(torch.finfo(y.dtype).tiny)
+
+    def harmonized(self, alpha: float = 0.5, normalize: bool = False) -> torch.Tensor:
+        """(B', T', Rh, Rw): alpha * C_bar + (1 - alpha) * S_bar^T C_bar (Diff-Tracker, DESIGN 1.1);
+        normalize as in self_cross."""
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
-        return alpha * self.cross() + (1.0 - alpha) * self.self_cross()
+        return alpha * self.cross() + (1.0 - alpha) * self.self_cross(normalize)

@@ -130,11 +130,10 @@ class EagerRecorder(Recorder):
         c = self._cross_sum / self._cross_count
         return c if self.tokens is None else c[:, self.tokens]
 
-    def self_cross(self) -> torch.Tensor:
-        """(B', T', Rh, Rw): mean(S_up)^T mean(C) with the materialized maps."""
+    def _self_apply(self, c: torch.Tensor) -> torch.Tensor:
+        """mean(S_up)^T c with the materialized maps: c (B', T', Rh, Rw) -> the same shape."""
         if self._self_count == 0:
             raise ValueError("no self-attention layer has been recorded yet")
-        c = self.cross()
         b, t = c.shape[:2]
         s = self._self_sum / self._self_count                                  # (B', M, M)
         y = torch.bmm(s.transpose(1, 2), c.reshape(b, t, -1).transpose(1, 2))  # (B', M, T')

@@ -236,9 +236,9 @@ class AttentionRecorder(Recorder):
         """(B', T', Rh, Rw): head-mean cross-attention, resized, averaged over layers and calls."""
         return self._cbar()
 
-    def self_cross(self) -> torch.Tensor:
-        """(B', T', Rh, Rw): S_bar^T C_bar, the averaged resized self map applied to cross()."""
-        cbar = self._cbar()
+    def _self_apply(self, cbar: torch.Tensor) -> torch.Tensor:
+        """S_bar^T cbar, one fused product per recorded self call: (B', T', Rh, Rw) -> same."""
+        self._check_resolutions()
         if self._sel["self"].empty:
             raise ValueError("no self-attention layers are recorded (self_layers=None); choose "
                              f"'all', resolutions or names from: {self._names('self')}")

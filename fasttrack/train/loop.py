@@ -72,12 +72,15 @@ def heldout_ao(tracker, sequences) -> dict:
     """Track each sequence closed-loop from its first box; AO (mean IoU over the frames after
     the first) per sequence and its mean. Returns {"ao", "per_sequence": {name: ao}}."""
     per = {}
-    was = tracker.training
-    tracker.eval()
+    module = isinstance(tracker, torch.nn.Module)   # the diffusion trackers are not modules
+    was = tracker.training if module else None
+    if module:
+        tracker.eval()
     for seq in sequences:
         boxes, _ = tracker.run(seq, seq.gt[0], progress=False)
         per[seq.name] = float(metrics(boxes, seq.gt, skip_first=True)["ao"])
-    tracker.train(was)
+    if module:
+        tracker.train(was)
     return {"ao": float(np.mean(list(per.values()))), "per_sequence": per}
 
 

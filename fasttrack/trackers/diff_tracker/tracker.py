@@ -4,8 +4,10 @@ Per frame: image -> square S x S input -> VAE latents z -> z_t = sqrt(abar) z + 
 (seeded generator) -> UNet(z_t, t, context with the prompt) with maps recorded -> attention
 harmonization M = alpha C + (1 - alpha) S^T C at R x R (alpha 0.5) from the chosen layers
 (default SLiMe's: cross maps of up_blocks 1-2, self maps of up_blocks 3, i.e. 16/32 and 64 for
-SD 2.1) -> upsample to the image, min-max normalize -> the smallest box around the pixels at or
-above `threshold`. `score` is the share of the map's mass inside the box.
+SD 2.1; with `normalize`, S^T C divided by the attention each pixel receives) -> the diffusion
+trackers' readout (diffusion.readout: the connected region holding the map's peak within
+`search` times the previous box, on the window-normalized map, its pixels at or above
+`threshold`, and the smallest box around them). `score` is the readout's peak score.
 
 Frame 1: the prompt (P tokens, D = prompt dim) is learned with Adam (lr 5e-3) on
 normalized MSE(M, box mask) + dm_weight * L_DM (the UNet's denoising loss), the UNet frozen.
@@ -20,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion.boxes import box_masks, maps_to_boxes, mass_inside, normalize_maps, upsample_maps
+from ..diffusion.boxes import box_masks
+from ..diffusion.readout import read_boxes
 from ..diffusion.prompt_learning import initial_prompt, insert_prompt, normalized_mse
 from ..diffusion.prompt_learning import learn_prompt as adam_prompt
 from ..diffusion.sd import SDComponents, add_noise, diffusion_target, preprocess
@@ -54,21 +57,25 @@ class DiffTracker(DiffusionTracker):
         num_tokens: P, learnable prompt tokens (1).
         prompt_steps: Adam steps of the first-frame prompt learning; lr: its learning rate.
         dm_weight: weight of L_DM in the first-frame loss.
-        threshold: activation threshold of the normalized map for the box.
+        threshold: activation level of the window-normalized map (diffusion.readout).
+        search: readout window, a multiple of the previous box.
+        normalize: divide S^T C by the attention each pixel receives (AttentionRecorder).
         use_updater: run the online prompt updater; update_from: 0-based frame index of its
             first update (5: the 6th frame).
         seed: seeds the noise generator (same seed, same boxes, patched or not).
     """
 
     _config_keys = ("resolution", "cross_layers", "self_layers", "alpha", "timestep", "num_tokens",
-                    "prompt_steps", "lr", "dm_weight", "threshold", "use_updater", "update_from", "seed")
+                    "prompt_steps", "lr", "dm_weight", "threshold", "search", "normalize", "use_updater",
+                    "update_from", "seed")
     _folder = "fasttrack_diff_tracker"
 
     def __init__(self, components: SDComponents, *, updater: PromptUpdater | None = None,
                  resolution: int | None = None,
                  cross_layers=SLIME_CROSS, self_layers=SLIME_SELF, alpha: float = 0.5,
                  timestep: int = 100, num_tokens: int = 1, prompt_steps: int = 50, lr: float = 5e-3,
-                 dm_weight: float = 1.0, threshold: float = 0.5, use_updater: bool = True,
+                 dm_weight: float = 1.0, threshold: float = 0.5, search: float = 3.0,
+                 normalize: bool = True, use_updater: bool = True,
                  update_from: int = 5, seed: int = 0):
         super().__init__(components, resolution=resolution, cross_layers=cross_layers,
                          self_layers=self_layers, tokens=range(1, 1 + int(num_tokens)))
@@ -79,10 +86,13 @@ class DiffTracker(DiffusionTracker):
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         if not 0.0 < float(threshold) <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+        if not float(search) > 0:
+            raise ValueError(f"search must be > 0, got {search!r}")
         if not isinstance(update_from, int) or update_from < 1:
             raise ValueError(f"update_from must be an int >= 1, got {update_from!r}")
         self.alpha, self.timestep, self.num_tokens = float(alpha), timestep, int(num_tokens)
         self.prompt_steps, self.lr, self.dm_weight = int(prompt_steps), float(lr), float(dm_weight)
+        self.search, self.normalize = float(search), bool(normalize)
         self.threshold, self.use_updater, self.update_from = float(threshold), bool(use_updater), update_from
         self.seed = int(seed)
         D = int(components.unet.config.cross_attention_dim)
@@ -95,6 +105,15 @@ class DiffTracker(DiffusionTracker):
         self._t = torch.tensor(timestep, device=self.device)
         self.prompt = None
         self.loss_history = None
+
+    @classmethod
+    def pretrained(cls, *, device="cpu", dtype=torch.float32, **settings):
+        """Diff-Tracker on the shipped tiny-sd model (fasttrack.trackers.diffusion.tiny_sd:
+        trained here on synthetic scenes, not Stable Diffusion), with its shipped trained
+        updater and tracker settings."""
+        from ..diffusion.tiny_sd import shipped_folder
+
+        return cls.from_pretrained(shipped_folder(), device=device, dtype=dtype, **settings)
 
     # ------------------------------------------------------------------ serialization hooks
     def _modules_to_save(self) -> dict:
@@ -134,7 +153,7 @@ class DiffTracker(DiffusionTracker):
         zt = add_noise(z, noise, self.timestep, self.sd.alphas_cumprod).expand(K, -1, -1, -1)
         ctx = insert_prompt(self.sd.null_context, prompt.to(self.dtype))
         pred = self.reader.run(zt, self._t, ctx)
-        return self.reader.harmonized(self.alpha), pred, noise
+        return self.reader.harmonized(self.alpha, self.normalize), pred, noise
 
     def _image_boxes_to_input(self, boxes: torch.Tensor) -> torch.Tensor:
         H, W = self._image_size
@@ -205,9 +224,9 @@ class DiffTracker(DiffusionTracker):
         return boxes, scores
 
     def _boxes_from_maps(self, maps: torch.Tensor):
-        up = upsample_maps(maps, self._image_size)
-        boxes, _ = maps_to_boxes(normalize_maps(up), self.threshold, self._boxes)
-        return boxes, mass_inside(up, boxes)
+        r = read_boxes(maps, self._boxes, self._image_size, threshold=self.threshold,
+                       search=self.search)
+        return r.boxes, r.scores
 
     # ------------------------------------------------------------------ updater training
     def train_updater(self, sequences, *, epochs: int = 1, lr: float = 5e-4, prompt_steps: int | None = None,

@@ -66,10 +66,11 @@ class MapReader:
             raise ValueError("nothing recorded yet: call run() or record inside start() first")
         return self._active
 
-    def harmonized(self, alpha: float) -> torch.Tensor:
-        """(B, R, R): the prompt tokens' harmonized maps, averaged over those tokens."""
-        return self._results().harmonized(alpha).mean(1)
+    def harmonized(self, alpha: float, normalize: bool = False) -> torch.Tensor:
+        """(B, R, R): the prompt tokens' harmonized maps, averaged over those tokens (normalize:
+        S^T C divided by the attention each pixel receives, AttentionRecorder.self_cross)."""
+        return self._results().harmonized(alpha, normalize).mean(1)
 
-    def self_cross(self) -> torch.Tensor:
+    def self_cross(self, normalize: bool = False) -> torch.Tensor:
         """(B, R, R): the prompt tokens' S^T C maps, averaged over those tokens."""
-        return self._results().self_cross().mean(1)
+        return self._results().self_cross(normalize).mean(1)

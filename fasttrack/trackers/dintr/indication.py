@@ -12,11 +12,12 @@ The target's condition token is then learned in place on the init frame so that 
 matches this indicator map (the paper's one-shot in-place fine-tuning, restricted to the
 condition; the diffusion model stays frozen).
 
-Extraction (Eq. 12). The averaged map S^T C of a target, upsampled to the image and min-max
-normalized, is mapped to
-- point: the location of its maximum (the box keeps its size and follows the point);
-- box: the smallest box around the pixels at or above the threshold;
-- mask: the pixels at or above the threshold (its bounding box is the box).
+Extraction (Eq. 12), through the diffusion trackers' one readout (diffusion.readout.read_boxes:
+the connected region holding the map's peak near the previous box, on the window-normalized
+map) into
+- point: the peak (the box keeps its size and follows the point);
+- box: the smallest box around the region's pixels at or above the threshold;
+- mask: those pixels (their bounding box is the box).
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..diffusion.boxes import (box_masks, gaussian_masks, maps_to_boxes, maps_to_points,
-                                  masks_to_boxes, mass_inside, normalize_maps, upsample_maps)
+from ..diffusion.boxes import box_masks, gaussian_masks
+from ..diffusion.readout import read_boxes
 
 __all__ = ["INDICATIONS", "check_indication", "check_masks", "indicator_maps", "extract"]
 
@@ -86,27 +87,20 @@ def indicator_maps(indication: str, boxes: torch.Tensor, image_size: tuple[int, 
 
 
 def extract(indication: str, maps: torch.Tensor, image_size: tuple[int, int], prev_boxes: torch.Tensor,
-            threshold: float = 0.5) -> dict:
-    """Map K averaged attention maps (K, h, w) to the indication's output on the image.
+            threshold: float = 0.5, search: float = 3.0) -> dict:
+    """Map K attention maps (K, h, w) (on a grid over the whole image) to the indication's
+    output on the image, near the previous boxes (K, 4).
 
-    Returns a dict of device tensors: "boxes" (K, 4) float32, "scores" (K,) (the map's mass
-    inside the box), "points" (K, 2) [x, y] for "point", "masks" (K, H, W) bool for "mask".
+    Returns a dict of device tensors: "boxes" (K, 4) float32, "scores" (K,) (readout score),
+    "points" (K, 2) [x, y] for "point", "masks" (K, H, W) bool for "mask".
     """
     check_indication(indication)
-    up = upsample_maps(maps.float(), image_size)
-    norm = normalize_maps(up)
-    out = {}
+    r = read_boxes(maps, prev_boxes, image_size, threshold=threshold, search=search)
+    out = {"boxes": r.boxes, "scores": r.scores}
     if indication == "point":
-        pts = maps_to_points(norm)
-        wh = prev_boxes[:, 2:].to(torch.float32)
-        boxes = torch.cat([pts - wh / 2, wh], 1)
-        out["points"] = pts
-    elif indication == "box":
-        boxes, _ = maps_to_boxes(norm, threshold, prev_boxes)
-    else:
-        masks = norm >= threshold
-        boxes, _ = masks_to_boxes(masks, prev_boxes)
-        out["masks"] = masks
-    out["boxes"] = boxes
-    out["scores"] = mass_inside(up, boxes)
+        wh = prev_boxes[:, 2:].to(r.points)
+        out["boxes"] = torch.cat([r.points - wh / 2, wh], 1)
+        out["points"] = r.points
+    elif indication == "mask":
+        out["masks"] = r.masks
     return out

@@ -24,7 +24,8 @@ At tracking time both anchors are known (the next frame has arrived before the t
 located in it), so the default `offset="anchor"` uses the exact offset o = z_k - z_{k+1} for the
 transition and runs the UNet at every interpolated state only for its internal states (the
 attention maps). `offset="predicted"` uses the UNet's own output as psi: meaningful for a UNet
-fine-tuned with Eq. 7 (the paper's in-place fine-tuning, which fasttrack does not ship).
+fine-tuned with Eq. 7 (`offset_loss`), which DINTR does online on every frame pair
+(tracker.py, `finetune_steps`).
 
 The UNet is told the timestep round(a_t * max_timestep): the DDIM-style label of the state's
 position along the path (max_timestep = 250, the step bound of the paper's ablation at which

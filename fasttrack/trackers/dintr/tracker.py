@@ -3,20 +3,37 @@ DESIGN 1.5) on fasttrack.
 
 Init frame: each target's indication (point, box or mask, indication.py) becomes a ground-truth
 map on the R x R attention grid, and the target's condition token (inserted after the start
-token of the empty prompt) is learned in place so that the target's averaged map S^T C on the
-frame's latents matches it (Adam, `init_steps`, UNet frozen).
+token of the empty prompt) is learned so that the target's map S^T C on the frame's latents
+matches it (Adam, `init_steps`).
 
-Each new frame k+1: its latents z_{k+1} are reached from z_k by the interpolation process with
-the offset operator (interpolation.py), S steps; the UNet runs at every interpolated state with
-the targets' tokens, and the self and cross maps of the chosen layers (default: all) are
-averaged over layers and steps and combined as S_bar^T C_bar (DESIGN 1.2; the seed's
-"element-wise product", read as in DESIGN 1.5). Each target's map is then mapped to a point, box
-or mask (Eq. 12). `score` is the share of the map's mass inside the box.
+Each new frame k+1, with latents z_{k+1} (the paper's algorithm D.4/D.5, in this order):
+1. online in-place fine-tuning (`finetune_steps` > 0): Adam steps on Eq. 7,
+   ||(z_k - z_{k+1}) - psi(x_t, t, tau)||^2 over the interpolated states x_t of the pair
+   (interpolation.py), on the UNet parameters `finetune_params` ("attention": every attention
+   projection; "cross": the cross-attentions' key / value projections; "all"), learning rate
+   `finetune_lr`. Patched, the backward runs through fasttrack's fused attention (no N x N map).
+   The weights go back to the loaded ones at every `init`: each sequence starts from the
+   pretrained model.
+2. the interpolation process to the next frame: offset "anchor" ends at x_0 = z_{k+1} exactly;
+   "predicted" runs x_{t-1} = x_t - psi(x_t) / S with the fine-tuned UNet as psi.
+3. the readout at x_0, the next frame's latent, not along the path (a map averaged over
+   x_S .. x_1 unions both frames: DESIGN 1.7): the UNet runs at x_0 with the targets' tokens at
+   the S timestep labels of the path, the self and cross maps of the chosen layers averaged over
+   layers and labels and combined as S_bar^T C_bar (DESIGN 1.2; divided by the attention each
+   pixel receives with `normalize`), then read by the diffusion trackers' readout
+   (diffusion.readout: the region holding the peak near the previous box) into a point, box or
+   mask (Eq. 12).
+4. the indication re-extracted: the new point / box / mask becomes the target's indicator map
+   on frame k+1 and its token takes `reinject_steps` Adam steps towards it (the paper
+   re-injects the indication of each frame as the condition of the next pair).
+Pose and text indications need inputs this pipeline does not have (no pose estimator; a text
+prompt gives the start of a box search, not a box: the paper's D.28 text handling), so they
+are not offered.
 
 Several targets (appendix D): their tokens are concatenated along the batch axis of one UNet
 pass and the maps split back by index. The batch axis, not the token axis: tokens sharing one
-softmax would change each other's maps, while batch rows reproduce K single runs exactly (the
-"concatenate into a joint input, split by index" of D.28-D.29 with targets kept independent).
+softmax would change each other's maps, while batch rows reproduce K single runs exactly. The
+fine-tuning loss sums over the targets (one UNet for all of them, as in the paper).
 """
 from __future__ import annotations
 
@@ -30,40 +47,67 @@ from ..diffusion.sd import SDComponents, preprocess
 from ..diffusion.serialization import write_tracker_folder
 from ..diffusion.tracker import DiffusionTracker
 from .indication import check_indication, check_masks, extract, indicator_maps
-from .interpolation import OFFSETS, interpolate, interpolation_timesteps
+from .interpolation import OFFSETS, blend, interpolate, interpolation_timesteps, offset_loss
 
 __all__ = ["DINTR"]
 
-_TINY_SETTINGS = dict(init_steps=3, num_steps=3)
+_TINY_SETTINGS = dict(init_steps=3, num_steps=3, finetune_steps=1, reinject_steps=1)
+FINETUNE_PARAMS = ("attention", "cross", "all")
+
+
+def _finetune_parameters(unet, which: str) -> dict:
+    """name -> parameter of the UNet that the online fine-tuning updates."""
+    if which not in FINETUNE_PARAMS:
+        raise ValueError(f"finetune_params must be one of {FINETUNE_PARAMS}, got {which!r}")
+    out = {}
+    for name, p in unet.named_parameters():
+        if which == "all":
+            out[name] = p
+        elif which == "attention" and (".attn1." in name or ".attn2." in name):
+            out[name] = p
+        elif which == "cross" and (".attn2.to_k." in name or ".attn2.to_v." in name):
+            out[name] = p
+    return out
 
 
 class DINTR(DiffusionTracker):
-    """DINTR. Build with `from_pretrained(sd_folder)` (any Stable Diffusion) or `tiny(seed)`;
-    plain PyTorch until `fasttrack.patch(tracker)` (fasttrack.trackers.diffusion.tracker).
+    """DINTR. Build with `from_pretrained(sd_folder)` (any Stable Diffusion), `pretrained()` (the
+    shipped tiny-sd model) or `tiny(seed)` (random weights); plain PyTorch until
+    `fasttrack.patch(tracker)` (fasttrack.trackers.diffusion.tracker).
 
     Args:
         components: SDComponents (VAE, UNet, empty-prompt context, schedule).
         indication: "point", "box" or "mask": how targets are injected and read out.
-        num_steps: S, interpolation steps per frame (the DDIM steps the maps average over).
+        num_steps: S, interpolation steps per frame (the DDIM steps; also the number of
+            timestep labels the readout averages over).
         max_timestep: UNet timestep label of the first interpolated state.
-        offset: "anchor" (exact offset between the two frames' latents) or "predicted" (the
-            UNet output as the learned offset; for UNets fine-tuned with Eq. 7).
+        offset: "anchor" (exact offset between the two frames' latents: x_0 = z_{k+1}) or
+            "predicted" (the fine-tuned UNet as the offset psi; the readout at its x_0).
         resolution: map grid R (default: the latent size).
         cross_layers, self_layers: recorded layers (default: all of them).
         init_steps, lr: Adam steps and learning rate of the init-frame token learning.
-        threshold: activation threshold of the normalized map (box and mask).
+        threshold: activation level of the window-normalized map (diffusion.readout).
+        search: readout window, a multiple of the previous box.
+        normalize: divide S^T C by the attention each pixel receives (AttentionRecorder).
+        finetune_steps, finetune_lr, finetune_params: the online in-place fine-tuning per frame
+            pair (0 steps: the UNet stays as loaded).
+        reinject_steps: Adam steps (learning rate `lr`) that re-fit the tokens to the frame's
+            own read-out indication (0: the init tokens are kept).
     After each step: `scores` (K,), `points` (K, 2) [x, y] (indication "point") and `masks`
     (K, H, W) bool device tensor (indication "mask").
     """
 
     _folder = "fasttrack_dintr"
     _config_keys = ("indication", "num_steps", "max_timestep", "offset", "resolution", "cross_layers",
-                    "self_layers", "init_steps", "lr", "threshold")
+                    "self_layers", "init_steps", "lr", "threshold", "search", "normalize",
+                    "finetune_steps", "finetune_lr", "finetune_params", "reinject_steps")
 
     def __init__(self, components: SDComponents, *, indication: str = "box", num_steps: int = 5,
                  max_timestep: int = 250, offset: str = "anchor", resolution: int | None = None,
                  cross_layers="all", self_layers="all", init_steps: int = 20, lr: float = 5e-3,
-                 threshold: float = 0.5):
+                 threshold: float = 0.5, search: float = 3.0, normalize: bool = True,
+                 finetune_steps: int = 1, finetune_lr: float = 1e-4, finetune_params: str = "attention",
+                 reinject_steps: int = 1):
         super().__init__(components, resolution=resolution, cross_layers=cross_layers,
                          self_layers=self_layers, tokens=[1])
         self.indication = check_indication(indication)
@@ -73,20 +117,41 @@ class DINTR(DiffusionTracker):
         if not isinstance(max_timestep, int) or not 1 <= max_timestep < n_train:
             raise ValueError(f"max_timestep must be an int in [1, {n_train}), got {max_timestep!r}")
         self._timesteps = interpolation_timesteps(num_steps, max_timestep)
-        if not isinstance(init_steps, int) or init_steps < 0:
-            raise ValueError(f"init_steps must be an int >= 0, got {init_steps!r}")
+        for name, v in (("init_steps", init_steps), ("finetune_steps", finetune_steps),
+                        ("reinject_steps", reinject_steps)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
         if not 0.0 < float(threshold) <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+        if not float(search) > 0:
+            raise ValueError(f"search must be > 0, got {search!r}")
+        if not float(finetune_lr) > 0 or not float(lr) > 0:
+            raise ValueError(f"lr and finetune_lr must be > 0, got {lr!r} and {finetune_lr!r}")
         self.num_steps, self.max_timestep, self.offset = num_steps, max_timestep, offset
         self.init_steps, self.lr, self.threshold = init_steps, float(lr), float(threshold)
+        self.search, self.normalize = float(search), bool(normalize)
+        self.finetune_steps, self.finetune_lr = finetune_steps, float(finetune_lr)
+        self.finetune_params, self.reinject_steps = finetune_params, reinject_steps
+        self._tuned = _finetune_parameters(components.unet, finetune_params)
+        # The loaded weights of what the fine-tuning changes: restored at every init.
+        self._pristine = {n: p.detach().clone() for n, p in self._tuned.items()}
         self._t = [torch.tensor(t, device=self.device) for t in self._timesteps]
         self.tokens = None
         self.points = self.masks = None
         self._init_masks = None
+        self.finetune_losses = []
 
     @classmethod
     def _tiny_setup(cls, path, seed):
         write_tracker_folder(path, cls._folder, _TINY_SETTINGS, {})
+
+    @classmethod
+    def pretrained(cls, *, device="cpu", dtype=torch.float32, **settings):
+        """DINTR on the shipped tiny-sd model (fasttrack.trackers.diffusion.tiny_sd: trained here
+        on synthetic scenes, not Stable Diffusion) with its saved tracker settings."""
+        from ..diffusion.tiny_sd import shipped_folder
+
+        return cls.from_pretrained(shipped_folder(), device=device, dtype=dtype, **settings)
 
     # ------------------------------------------------------------------ public extras
     def init_masks(self, image, masks) -> None:
@@ -101,7 +166,7 @@ class DINTR(DiffusionTracker):
         finally:
             self._init_masks = None
 
-    # ------------------------------------------------------------------ tracker hooks
+    # ------------------------------------------------------------------ pieces of a step
     def _encode(self, image) -> torch.Tensor:
         with torch.no_grad():
             return self.sd.encode(preprocess(image, self.sd.image_size, self.device, self.dtype))
@@ -109,24 +174,72 @@ class DINTR(DiffusionTracker):
     def _context(self, tokens: torch.Tensor) -> torch.Tensor:
         return insert_prompt(self.sd.null_context, tokens.to(self.dtype))
 
+    def _maps(self, z: torch.Tensor, tokens: torch.Tensor, labels=None) -> torch.Tensor:
+        """The targets' maps (K, R, R) at latents z (1 or K, 4, h, w): the UNet at z with the
+        tokens (K, P, D), one call per timestep label (default: all S), maps averaged."""
+        K = tokens.shape[0]
+        ctx = self._context(tokens)
+        with self.reader.start():
+            for t in (self._t if labels is None else labels):
+                self.sd.unet(z.expand(K, -1, -1, -1), t, encoder_hidden_states=ctx)
+        return self.reader.self_cross(self.normalize)
+
+    def _fit_tokens(self, tokens: torch.Tensor, z: torch.Tensor, gt: torch.Tensor, steps: int):
+        """Adam on the tokens so that their maps at z match gt (K, R, R); one timestep label
+        per step, cycling. Returns (tokens, losses (steps, K))."""
+        S = len(self._t)
+
+        def loss_fn(tok, step):
+            return normalized_mse(self._maps(z, tok, [self._t[step % S]]), gt)
+
+        return learn_prompt(tokens, loss_fn, steps, self.lr)
+
+    def _indicator(self, boxes, masks=None) -> torch.Tensor:
+        return indicator_maps(self.indication, boxes, self._image_size, (self.resolution,) * 2, masks)
+
+    def _finetune(self, z_cur: torch.Tensor, z_next: torch.Tensor) -> None:
+        """`finetune_steps` Adam steps of Eq. 7 on the pair (z_k, z_{k+1}), in place."""
+        if not self.finetune_steps or not self._tuned:
+            return
+        K = self.tokens.shape[0]
+        ctx = self._context(self.tokens).detach()
+        S = len(self._t)
+        params = list(self._tuned.values())
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            for i in range(self.finetune_steps):
+                s = i % S
+                x_t = blend(z_cur, z_next, S - s, S).expand(K, -1, -1, -1)
+                self._opt.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    pred = self.sd.unet(x_t, self._t[s], encoder_hidden_states=ctx).sample
+                    loss = offset_loss(pred.float(), z_cur.float(), z_next.float()).sum()
+                    loss.backward()
+                self._opt.step()
+                self.finetune_losses.append(loss.detach())
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+            self._opt.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------ tracker hooks
     def _start(self, image, boxes) -> None:
         H, W = int(image.shape[0]), int(image.shape[1])
         self._image_size = (H, W)
         K = boxes.shape[0]
         b = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            for n, p in self._tuned.items():
+                p.copy_(self._pristine[n])
+        self._opt = (torch.optim.Adam(list(self._tuned.values()), lr=self.finetune_lr)
+                     if self._tuned else None)
+        self.finetune_losses = []
         z = self._encode(image)
         masks = None if self._init_masks is None else self._init_masks.to(self.device)
-        gt = indicator_maps(self.indication, b, (H, W), (self.resolution,) * 2, masks)
-        S = len(self._t)
-
-        def loss_fn(tokens, step):
-            with self.reader.start():
-                self.sd.unet(z.expand(K, -1, -1, -1), self._t[step % S],
-                             encoder_hidden_states=self._context(tokens))
-            return normalized_mse(self.reader.self_cross(), gt)
-
-        self.tokens, self.loss_history = learn_prompt(initial_prompt(self.sd.null_context, K), loss_fn,
-                                                      self.init_steps, self.lr)
+        gt = self._indicator(b, masks)
+        self.tokens, self.loss_history = self._fit_tokens(initial_prompt(self.sd.null_context, K),
+                                                          z, gt, self.init_steps)
         self._z = z
         self._boxes = b
         self.points = b[:, :2] + b[:, 2:] / 2
@@ -135,20 +248,28 @@ class DINTR(DiffusionTracker):
     def _step(self, image) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame, all on the device: boxes (K, 4) and scores (K,) as device tensors."""
         z_next = self._encode(image)
-        K = self.tokens.shape[0]
-        ctx = self._context(self.tokens)
+        self._finetune(self._z, z_next)
+        x0 = z_next
+        if self.offset == "predicted":
+            ctx = self._context(self.tokens)
 
-        def step_fn(x, s, _ts):
-            return self.sd.unet(x, self._t[s], encoder_hidden_states=ctx).sample
+            def step_fn(x, s, _ts):
+                return self.sd.unet(x, self._t[s], encoder_hidden_states=ctx).sample
 
-        with torch.no_grad():
-            with self.reader.start():
-                for _ in interpolate(self._z.expand(K, -1, -1, -1), z_next.expand(K, -1, -1, -1),
-                                     self.num_steps, step_fn, mode=self.offset,
-                                     max_timestep=self.max_timestep):
+            K = self.tokens.shape[0]
+            with torch.no_grad():
+                for x0 in interpolate(self._z.expand(K, -1, -1, -1), z_next.expand(K, -1, -1, -1),
+                                      self.num_steps, step_fn, mode="predicted",
+                                      max_timestep=self.max_timestep):
                     pass
-            maps = self.reader.self_cross()
-            out = extract(self.indication, maps, self._image_size, self._boxes, self.threshold)
+        with torch.no_grad():
+            maps = self._maps(x0, self.tokens)
+            out = extract(self.indication, maps, self._image_size, self._boxes, self.threshold,
+                          self.search)
+        if self.reinject_steps:
+            masks = out["masks"].to(torch.float32) if self.indication == "mask" else None
+            gt = self._indicator(out["boxes"], masks)
+            self.tokens, _ = self._fit_tokens(self.tokens, z_next, gt, self.reinject_steps)
         self._z = z_next
         self._boxes = out["boxes"]
         self.points = out.get("points")

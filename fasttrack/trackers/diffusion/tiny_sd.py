@@ -1,0 +1,146 @@
+"""tiny-sd: the small text-conditioned latent diffusion model fasttrack trains and ships, so that
+Diff-Tracker and DINTR can be shown to track without Stable Diffusion weights.
+
+What it is: Stable Diffusion's recipe at toy scale, in the diffusers layout, trained on
+fasttrack's synthetic scenes (`fasttrack train tiny-sd`, fasttrack.train.tiny_sd):
+- vae/: an AutoencoderKL, 64 x 64 RGB -> 4 x 32 x 32 latents (factor 2), trained as an
+  autoencoder (L1 + a small KL term), latents scaled by 1 / their standard deviation;
+- unet/: a UNet2DConditionModel with SD's block structure at three levels (32, 16, 8) and
+  linear-projection transformers: cross-attention down and up at 32 and 16, a cross-attention
+  mid block at 8; epsilon prediction under SD's scaled-linear schedule (scheduler/);
+- text_encoder/ + tokenizer/: a word-level encoder (embedding + positions + one transformer
+  layer + LayerNorm, 32-d, 16 tokens with start / end / padding as CLIP's) trained jointly with
+  the UNet on the scenes' descriptions (fasttrack.data.text), 10 % of them dropped to the empty
+  prompt; `null_context.safetensors` holds its output for "".
+What it is not: Stable Diffusion, or anything that knows natural images: it has seen coloured
+sprites on synthetic backgrounds and a vocabulary of a few dozen words. The real path is
+`DiffTracker.from_pretrained(<local SD 2.1 folder>)` (fasttrack.trackers.diffusion.sd).
+
+The text encoder is fasttrack's own module (config.json + model.safetensors): diffusers has no
+text encoder class, and the trackers never read it (they learn their prompt tokens in the
+encoder's output space and only need the null context).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import torch
+from torch import nn
+
+__all__ = ["TINY_SD_VAE", "TINY_SD_UNET", "TINY_SD_TEXT", "TinyTextEncoder", "WordTokenizer",
+           "tiny_sd_modules", "save_text_encoder", "load_text_encoder", "shipped_folder",
+           "TINY_SD_DIR"]
+
+TINY_SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32),
+                   layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=64)
+# attention_head_dim is diffusers' (legacy) name for the number of heads.
+TINY_SD_UNET = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+                    block_out_channels=(32, 64, 64),
+                    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                    attention_head_dim=(2, 4, 4), cross_attention_dim=32, norm_num_groups=8,
+                    use_linear_projection=True)
+TINY_SD_TEXT = dict(dim=32, length=16, heads=2, hidden=64)
+
+# Where `DiffTracker.pretrained()` / `DINTR.pretrained()` read the shipped model.
+TINY_SD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "tiny_sd")
+
+
+def shipped_folder() -> str:
+    """The shipped tiny-sd folder; FileNotFoundError naming the command that makes it."""
+    if not os.path.isfile(os.path.join(TINY_SD_DIR, "unet", "config.json")):
+        raise FileNotFoundError(f"no shipped tiny-sd model at {TINY_SD_DIR}: train one with "
+                                "`fasttrack train tiny-sd` and scripts/ship_weights.py tiny-sd")
+    return TINY_SD_DIR
+
+
+class WordTokenizer:
+    """Lower-cased words (letters, digits, hyphens) -> ids: 0 padding, 1 start, 2 end, 3 unknown,
+    then the vocabulary. `__call__(texts)` -> (B, length) int64, CLIP-style: start, words, end,
+    then padding; longer texts are cut to length - 2 words."""
+
+    SPECIAL = ("<pad>", "<start>", "<end>", "<unk>")
+
+    def __init__(self, words, length: int):
+        self.words = sorted(set(words))
+        self.length = int(length)
+        self.index = {w: i + len(self.SPECIAL) for i, w in enumerate(self.words)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.SPECIAL) + len(self.words)
+
+    @staticmethod
+    def split(text: str) -> list[str]:
+        return re.findall(r"[a-z0-9-]+", text.lower())
+
+    def __call__(self, texts) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        ids = torch.zeros(len(texts), self.length, dtype=torch.long)
+        for r, text in enumerate(texts):
+            toks = [self.index.get(w, 3) for w in self.split(text)][: self.length - 2]
+            row = [1, *toks, 2]
+            ids[r, : len(row)] = torch.tensor(row)
+        return ids
+
+
+class TinyTextEncoder(nn.Module):
+    """Token ids (B, L) -> context (B, L, dim): embedding + learned positions, one pre-norm
+    transformer layer (bidirectional), final LayerNorm (as CLIP's output, what the UNet reads)."""
+
+    def __init__(self, vocab_size: int, dim: int = 32, length: int = 16, heads: int = 2, hidden: int = 64):
+        super().__init__()
+        self.config = dict(vocab_size=int(vocab_size), dim=int(dim), length=int(length),
+                           heads=int(heads), hidden=int(hidden))
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(torch.randn(length, dim) * 0.02)
+        self.layer = nn.TransformerEncoderLayer(dim, heads, hidden, dropout=0.0, batch_first=True,
+                                                norm_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.layer(self.embed(ids) + self.pos[: ids.shape[1]]))
+
+
+def tiny_sd_modules(vocab_size: int, seed: int = 0):
+    """Fresh (vae, unet, text_encoder) of the tiny-sd architecture, seeded."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**TINY_SD_VAE)
+    unet = UNet2DConditionModel(**TINY_SD_UNET)
+    text = TinyTextEncoder(vocab_size, **TINY_SD_TEXT)
+    return vae, unet, text
+
+
+def save_text_encoder(path, encoder: TinyTextEncoder, tokenizer: WordTokenizer) -> None:
+    """Write text_encoder/ (config.json, model.safetensors) and tokenizer/vocab.json."""
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    for sub in ("text_encoder", "tokenizer"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    with open(os.path.join(path, "text_encoder", "config.json"), "w") as f:
+        json.dump({"_class_name": "fasttrack.TinyTextEncoder", **encoder.config}, f, indent=2)
+    save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()},
+              os.path.join(path, "text_encoder", "model.safetensors"))
+    with open(os.path.join(path, "tokenizer", "vocab.json"), "w") as f:
+        json.dump({"words": tokenizer.words, "length": tokenizer.length}, f, indent=2)
+
+
+def load_text_encoder(path) -> tuple[TinyTextEncoder, WordTokenizer]:
+    """Read what save_text_encoder wrote (eval mode)."""
+    from safetensors.torch import load_file
+
+    path = os.fspath(path)
+    with open(os.path.join(path, "text_encoder", "config.json")) as f:
+        cfg = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+    with open(os.path.join(path, "tokenizer", "vocab.json")) as f:
+        voc = json.load(f)
+    enc = TinyTextEncoder(**cfg)
+    enc.load_state_dict(load_file(os.path.join(path, "text_encoder", "model.safetensors")))
+    return enc.eval(), WordTokenizer(voc["words"], voc["length"])
