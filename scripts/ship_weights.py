@@ -4,6 +4,13 @@ numbers in its meta:
 
     python scripts/ship_weights.py detrack runs/tiny/detrack.pt
     python scripts/ship_weights.py dmtrack runs/dmtrack/dmtrack.pt
+    python scripts/ship_weights.py tiny-sd runs/tiny-sd --updater runs/updater
+
+tiny-sd: copies the `fasttrack train tiny-sd` folder into the package (DiffTracker.pretrained(),
+DINTR.pretrained()) with both trackers' subfolders (Diff-Tracker's: the trained updater of
+`fasttrack train diff-tracker-updater` and the settings below; DINTR's: its settings), then
+scores both on synthetic:test and writes heldout.json beside them (AO per sequence, the static
+box's AO, ms per frame on this machine, one thread).
 
 meta gains "test" (AO per sequence of synthetic:test and their mean, the closed-loop AO
 `fasttrack eval synthetic:test` reports per sequence), "test4_ao" (the first 4 test sequences,
@@ -30,10 +37,15 @@ TRACKERS = {"detrack": ("fasttrack.trackers.detrack.tracker", "DeTrack"),
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("tracker", choices=sorted(TRACKERS))
-    p.add_argument("checkpoint", help="OUT/<tracker>.pt of a `fasttrack train <tracker>` run")
+    p.add_argument("tracker", choices=sorted(TRACKERS) + ["tiny-sd"])
+    p.add_argument("checkpoint", help="OUT/<tracker>.pt of a `fasttrack train <tracker>` run "
+                   "(tiny-sd: the OUT folder of `fasttrack train tiny-sd`)")
+    p.add_argument("--updater", default=None, help="tiny-sd: OUT of `fasttrack train "
+                   "diff-tracker-updater` (default: Diff-Tracker ships without a trained updater)")
     p.add_argument("--dest", default=None, help="default: the package's weights file")
     args = p.parse_args()
+    if args.tracker == "tiny-sd":
+        return ship_tiny_sd(args)
     import importlib
 
     module = importlib.import_module(TRACKERS[args.tracker][0])
@@ -56,6 +68,54 @@ def main() -> int:
           f"{meta['test4_ao']:.4f}, {meta['ms_per_frame']} ms/frame incl. init; per sequence: "
           + ", ".join(f"{k} {v:.3f}" for k, v in res["per_sequence"].items()))
     print(f"wrote {args.dest} ({Path(args.dest).stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def ship_tiny_sd(args) -> int:
+    import json
+    import shutil
+
+    from fasttrack.trackers import DINTR, DiffTracker
+    from fasttrack.trackers.diffusion.serialization import read_tracker_folder
+    from fasttrack.trackers.diffusion.tiny_sd import TINY_SD_DIR, TRACKER_SETTINGS
+
+    torch.set_num_threads(1)
+    dest = Path(args.dest or TINY_SD_DIR)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    src = Path(args.checkpoint)
+    for sub in ("vae", "unet", "scheduler", "text_encoder", "tokenizer"):
+        shutil.copytree(src / sub, dest / sub)
+    for f in ("null_context.safetensors", "train.json"):
+        shutil.copy(src / f, dest / f)
+    if args.updater:
+        shutil.copy(Path(args.updater) / "train.json", dest / "updater_train.json")
+    test = synthetic_split("test")
+    static = float(np.mean([metrics(np.repeat(s.gt[:1], len(s), 0), s.gt, skip_first=True)["ao"]
+                            for s in test]))
+    report = {"static_test_ao": static}
+    for cls in (DiffTracker, DINTR):
+        settings = dict(TRACKER_SETTINGS[cls.__name__])
+        if cls is DiffTracker and args.updater:
+            tracker = cls.from_pretrained(dest, tracker_path=args.updater, **settings)
+        else:
+            tracker = cls.from_pretrained(dest, **settings)
+        tracker.save_pretrained(dest)
+        tracker = cls.pretrained()
+        start = time.perf_counter()
+        res = heldout_ao(tracker, test)
+        frames = sum(len(s) for s in test)
+        res["ms_per_frame"] = round(1000 * (time.perf_counter() - start) / frames, 1)
+        res["settings"] = read_tracker_folder(dest, cls._folder)[0]
+        report[cls.__name__] = res
+        print(f"{cls.__name__}: test AO {res['ao']:.3f} (static box {static:.3f}), "
+              f"{res['ms_per_frame']} ms/frame incl. init; per sequence: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in res["per_sequence"].items()), flush=True)
+    with open(dest / "heldout.json", "w") as f:
+        json.dump(report, f, indent=1)
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    print(f"wrote {dest} ({size / 1e6:.1f} MB)")
     return 0
 
 

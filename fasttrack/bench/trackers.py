@@ -10,7 +10,11 @@
                     `prompt_steps` Adam steps of prompt learning; DINTR: `init_steps` of token
                     learning, a backward through the recorded maps); learning_steps and
                     ms_per_learning_step (ms / steps) beside it.
-CPU: the `tiny` models at 96 x 128 (quick: DINTR with 2 interpolation steps, K = 1 and 4).
+DINTR's update is its whole frame: the online in-place fine-tuning step(s) on the frame pair
+(a backward through the UNet, fused when patched), the readout at the next frame's latents and
+the token re-fit to the read-out indication: where the paper's 3.2 s per frame go.
+CPU: the shipped tiny-sd trackers (`pretrained()`) at 96 x 128 (quick: DINTR with 2
+interpolation steps, K = 1 and 4).
 CUDA: the SD 2.1 architecture with random weights at 480 x 640 frames (maps at 64 x 64,
 float16), built in memory once (no weights are downloaded) and shared by every case.
 """
@@ -48,8 +52,9 @@ def frames_and_boxes(num_frames: int, size: tuple[int, int], targets: int, seed:
 
 def build(tracker: str, model: str, device, *, dtype=torch.float32, patched: bool = True,
           backend: str = "auto", quick: bool = True, components=None, **settings):
-    """A benchmark tracker: tracker "diff_tracker" or "dintr"; model "tiny" (tiny(seed=0)) or
-    "sd2.1" (random SD 2.1 weights; pass `components` to reuse one copy of the model)."""
+    """A benchmark tracker: tracker "diff_tracker" or "dintr"; model "tiny" (tiny(seed=0)),
+    "tiny-sd" (pretrained(): the shipped tiny-sd model) or "sd2.1" (random SD 2.1 weights; pass
+    `components` to reuse one copy of the model)."""
     from ..trackers.diff_tracker import DiffTracker
     from ..trackers.diffusion.sd import random_components
     from ..trackers.dintr import DINTR
@@ -57,6 +62,8 @@ def build(tracker: str, model: str, device, *, dtype=torch.float32, patched: boo
     cls = {"diff_tracker": DiffTracker, "dintr": DINTR}[tracker]
     if model == "tiny":
         tr = cls.tiny(0, device=device, dtype=dtype, **settings)
+    elif model == "tiny-sd":
+        tr = cls.pretrained(device=device, dtype=dtype, **settings)
     elif model == "sd2.1":
         if components is None:
             components = random_components("sd2.1", seed=0, device=device, dtype=dtype)
@@ -64,7 +71,7 @@ def build(tracker: str, model: str, device, *, dtype=torch.float32, patched: boo
                     else dict(init_steps=5 if quick else 20, num_steps=5))
         tr = cls(components, **{**defaults, **settings})
     else:
-        raise ValueError(f"model must be 'tiny' or 'sd2.1', got {model!r}")
+        raise ValueError(f"model must be 'tiny', 'tiny-sd' or 'sd2.1', got {model!r}")
     # Shared components may come patched from an earlier build (with another backend).
     fasttrack.unpatch(tr)
     return fasttrack.patch(tr, backend=backend) if patched else tr
@@ -81,7 +88,7 @@ def cases(device, quick: bool = False) -> list[Case]:
 
     device = torch.device(device)
     on_gpu = device.type == "cuda"
-    model = "sd2.1" if on_gpu else "tiny"
+    model = "sd2.1" if on_gpu else "tiny-sd"
     dtype = torch.float16 if on_gpu else torch.float32
     # The fused path on CPU is the "torch" backend; "auto" could pick Triton's interpreter.
     backend = "auto" if on_gpu else "torch"

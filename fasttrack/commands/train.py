@@ -1,10 +1,17 @@
-"""`fasttrack train {detrack,dmtrack}`: train a DeTrack (fasttrack.train.detrack) or a DMTrack
+"""`fasttrack train {detrack,dmtrack,tiny-sd,diff-tracker-updater}`.
+
+detrack / dmtrack: train a DeTrack (fasttrack.train.detrack) or a DMTrack
 (fasttrack.train.dmtrack) on synthetic sequences generated on the fly (with descriptions) and /
 or real data sets (GOT-10k train, LaSOT, TNL2K, OTB-Lang: the readers `fasttrack eval` uses),
 with a progress bar, the held-out "val" AO every --eval-every steps, checkpoints in --out and
 --resume. The best-val weights land in OUT/detrack.pt (OUT/dmtrack.pt), ready for
 `--tracker detrack --weights OUT/detrack.pt`; score them on the held-out test split with
 `fasttrack eval synthetic:test --tracker detrack --weights OUT/detrack.pt`.
+
+tiny-sd: the small text-conditioned latent diffusion model the diffusion trackers ship with
+(fasttrack.train.tiny_sd; a diffusers-layout folder in --out, within --minutes).
+diff-tracker-updater: Diff-Tracker's online prompt updater on a frozen diffusion model
+(fasttrack.train.diff_tracker; --data labeled, --unlabeled pseudo-labeled by motion).
 """
 from __future__ import annotations
 
@@ -24,6 +31,9 @@ EXAMPLES = """examples:
   fasttrack eval synthetic:val:48x60 --tracker detrack --weights runs/tiny/detrack.pt  # compare recipes
   fasttrack train dmtrack --seed 1 --steps 3000 --threads 1 --eval-every 500 --out runs/dmtrack  # DMTrack's shipped recipe
   fasttrack train dmtrack --mask-module none --seed 0 --steps 3000 --threads 1 --out runs/dmtrack-nodiff  # ablation
+  fasttrack train tiny-sd --minutes 27 --threads 1 --out runs/tiny-sd       # the shipped tiny-sd's recipe
+  fasttrack train diff-tracker-updater --sd runs/tiny-sd --unlabeled synthetic --minutes 8 \
+      --threads 1 --out runs/updater                                   # its updater (labeled + pseudo-labeled)
   fasttrack train detrack --config detrack256 --data data/GOT-10k/train --init-vit mae_pretrain_vit_base.pth \\
       --steps 100000 --batch 32 --lr 4e-4 --device cuda --out runs/detrack256
 """
@@ -31,11 +41,12 @@ EXAMPLES = """examples:
 
 def register(sub) -> argparse.ArgumentParser:
     """Add the `train` subcommand to the subparsers `sub`."""
-    p = sub.add_parser("train", help="train a tracker (DeTrack, DMTrack) on synthetic or real sequences",
+    p = sub.add_parser("train", help="train a tracker (DeTrack, DMTrack), the tiny diffusion model "
+                       "or Diff-Tracker's updater",
                        description=__doc__.strip(), epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=["detrack", "dmtrack"], metavar="MODEL",
-                   help="what to train: detrack or dmtrack")
+    p.add_argument("model", choices=list(_MODELS), metavar="MODEL",
+                   help="what to train: " + ", ".join(_MODELS))
     p.add_argument("--config", default="tiny", choices=["tiny", "detrack256", "detrack384", "dmtrack256"],
                    help="model size: tiny, or the paper's (detrack256 / detrack384 for detrack, "
                         "dmtrack256 for dmtrack) (default: %(default)s)")
@@ -45,7 +56,8 @@ def register(sub) -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--data", nargs="+", default=["synthetic"], metavar="SRC",
                    help="'synthetic' and / or data set folders (GOT-10k split, LaSOT root, OTB "
-                        "root, a sequence folder) (default: synthetic)")
+                        "root, a sequence folder) (default: synthetic; diff-tracker-updater: "
+                        "'none' trains on --unlabeled pseudo-labels alone)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for last.pt, <model>.pt, curve.json (default: <model>-train)")
     p.add_argument("--minutes", type=float, default=None, metavar="M",
@@ -90,6 +102,19 @@ def register(sub) -> argparse.ArgumentParser:
                         "trims the mask targets (default: %(default)s)")
     d.add_argument("--ce-keep", type=float, default=0.7, metavar="R",
                    help="keep ratio of the candidate elimination (default: %(default)s)")
+    u = p.add_argument_group("diff-tracker-updater only")
+    u.add_argument("--sd", default=None, metavar="DIR",
+                   help="the frozen diffusion model, a local diffusers SD folder (default: the "
+                        "shipped tiny-sd)")
+    u.add_argument("--unlabeled", nargs="+", default=[], metavar="SRC",
+                   help="unlabeled video to pseudo-label by motion: 'synthetic' (train-split "
+                        "sequences, boxes dropped), video files or frame folders")
+    u.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help="passes over the sequences (default: until --minutes)")
+    u.add_argument("--sequences", type=int, default=24, metavar="N",
+                   help="sequences per source (default: %(default)s)")
+    u.add_argument("--frames", type=int, default=20, metavar="N",
+                   help="frames per sequence (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=250, metavar="N",
                    help="steps between held-out evaluations and checkpoints (default: %(default)s)")
     p.add_argument("--val-sequences", type=int, default=24, metavar="N",
@@ -109,6 +134,8 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
+_MODELS = ("detrack", "dmtrack", "tiny-sd", "diff-tracker-updater")
+_UPDATER_ONLY = ("sd", "unlabeled", "epochs", "sequences", "frames")
 _DETRACK_ONLY = ("box_head", "t_min", "fixed_noise", "small_jitter", "small_jitter_prob",
                  "close_distractors", "denoise_weight", "init_vit")
 _DMTRACK_ONLY = ("mask_module", "single_sample", "text_drop", "wrong_text", "ce_start", "ce_keep")
@@ -116,13 +143,18 @@ _DMTRACK_ONLY = ("mask_module", "single_sample", "text_drop", "wrong_text", "ce_
 
 def _check_model_options(args, parser_defaults: dict) -> None:
     """Options of the other model left at their defaults, or a ValueError naming them."""
-    other = _DMTRACK_ONLY if args.model == "detrack" else _DETRACK_ONLY
+    loop = ("config", "weight_decay", "warmup_steps", "center_jitter", "eval_every",
+            "val_sequences", "val_frames", "resume", "steps")
+    other = {"detrack": _DMTRACK_ONLY + _UPDATER_ONLY, "dmtrack": _DETRACK_ONLY + _UPDATER_ONLY,
+             "tiny-sd": _DETRACK_ONLY + _DMTRACK_ONLY + _UPDATER_ONLY + loop + ("data",),
+             "diff-tracker-updater": _DETRACK_ONLY + _DMTRACK_ONLY + ("batch",)
+             + tuple(n for n in loop if not n.startswith("val_"))}[args.model]
     given = [n for n in other if getattr(args, n) != parser_defaults[n]]
     if given:
         raise ValueError(f"{', '.join('--' + n.replace('_', '-') for n in given)} do not apply "
                          f"to {args.model}")
     configs = {"detrack": ("tiny", "detrack256", "detrack384"), "dmtrack": ("tiny", "dmtrack256")}
-    if args.config not in configs[args.model]:
+    if args.model in configs and args.config not in configs[args.model]:
         raise ValueError(f"--config {args.config} is not a {args.model} size; choose from "
                          f"{', '.join(configs[args.model])}")
 
@@ -132,6 +164,8 @@ def run(args) -> int:
     device = default_device(args.device)
     _check_model_options(args, _DEFAULTS)
     args.out = args.out or f"{args.model}-train"
+    if args.model in ("tiny-sd", "diff-tracker-updater"):
+        return _run_diffusion(args, device)
     if args.model == "dmtrack":
         from ..train.dmtrack import DMTrackTrainOptions, train_dmtrack
 
@@ -168,4 +202,40 @@ def run(args) -> int:
     result = train(opts)
     print("curve (minutes, val AO): " + ", ".join(f"{c['minutes']:.1f}: {c['val_ao']:.3f}"
                                                    for c in result["curve"]))
+    return 0
+
+
+def _run_diffusion(args, device: str) -> int:
+    """`fasttrack train tiny-sd` and `fasttrack train diff-tracker-updater`."""
+    if args.model == "tiny-sd":
+        from ..train.tiny_sd import TinySDOptions, train_tiny_sd
+
+        opts = TinySDOptions(out=args.out, minutes=27.0 if args.minutes is None else args.minutes,
+                             batch_size=16 if args.batch == _DEFAULTS["batch"] else args.batch,
+                             lr=1e-3 if args.lr == _DEFAULTS["lr"] else args.lr, seed=args.seed,
+                             device=device, progress=not args.no_progress)
+        opts.check()
+        threads = set_threads(args.threads)
+        print(f"fasttrack train tiny-sd, {run_label(device, threads)}, {opts.minutes:g} min", flush=True)
+        log = train_tiny_sd(opts)
+        print(f"tiny-sd: VAE {log['vae']['steps']} steps (L1 {log['vae']['val_l1']:.3f}), UNet "
+              f"{log['unet']['steps']} steps (loss {log['unet']['loss_last200']:.4f}), "
+              f"{log['minutes']:.1f} min -> {args.out}")
+        return 0
+    from ..train.diff_tracker import UpdaterTrainOptions, train_updater
+
+    opts = UpdaterTrainOptions(sd=args.sd, data=tuple(args.data) if args.data != ["none"] else (),
+                               unlabeled=tuple(args.unlabeled), sequences=args.sequences,
+                               frames=args.frames, epochs=args.epochs,
+                               minutes=10.0 if args.minutes is None and args.epochs is None else args.minutes,
+                               lr=5e-4 if args.lr == _DEFAULTS["lr"] else args.lr, out=args.out,
+                               val_sequences=6 if args.val_sequences == _DEFAULTS["val_sequences"] else args.val_sequences,
+                               val_frames=30 if args.val_frames == _DEFAULTS["val_frames"] else args.val_frames,
+                               seed=args.seed, device=device, progress=not args.no_progress)
+    opts.check()
+    threads = set_threads(args.threads)
+    print(f"fasttrack train diff-tracker-updater, {run_label(device, threads)}", flush=True)
+    log = train_updater(opts)
+    print(f"updater: best val AO {log['best_val_ao']:.3f} (without updater "
+          f"{log['val_ao_without_updater']:.3f}), {log['minutes']:.1f} min -> {args.out}")
     return 0

@@ -29,7 +29,7 @@ from ..diffusion.prompt_learning import learn_prompt as adam_prompt
 from ..diffusion.sd import SDComponents, add_noise, diffusion_target, preprocess
 from ..diffusion.serialization import load_module_state, write_tracker_folder
 from ..diffusion.tracker import DiffusionTracker
-from .updater import PromptUpdater, UpdaterConfig, crop_boxes
+from .updater import PromptUpdater, UpdaterConfig, crop_boxes, updater_config_for
 
 __all__ = ["DiffTracker"]
 
@@ -37,8 +37,6 @@ SLIME_CROSS = ("up_blocks.1.*", "up_blocks.2.*")
 SLIME_SELF = ("up_blocks.3.*",)
 
 # The `tiny` tracker: updater sized for 128 px frames and prompt dim 32, 3 prompt-learning steps.
-_TINY_UPDATER = dict(prompt_dim=32, num_tokens=1, width=8, dim=32, heads=2, history=5,
-                     frame_size=64, template_size=32, hidden=64)
 _TINY_SETTINGS = dict(prompt_steps=3)
 
 
@@ -97,7 +95,7 @@ class DiffTracker(DiffusionTracker):
         self.seed = int(seed)
         D = int(components.unet.config.cross_attention_dim)
         if updater is None:
-            updater = PromptUpdater(prompt_dim=D, num_tokens=self.num_tokens)
+            updater = PromptUpdater(updater_config_for(D, self.num_tokens))
         if updater.config["prompt_dim"] != D or updater.config["num_tokens"] != self.num_tokens:
             raise ValueError(f"updater is built for prompts ({updater.config['num_tokens']}, "
                              f"{updater.config['prompt_dim']}), the model needs ({self.num_tokens}, {D})")
@@ -130,7 +128,7 @@ class DiffTracker(DiffusionTracker):
     @classmethod
     def _tiny_setup(cls, path, seed):
         torch.manual_seed(seed)
-        updater = PromptUpdater(**_TINY_UPDATER)
+        updater = PromptUpdater(updater_config_for(32, 1))
         # Random weights everywhere, the zero-started last layers included, so that the tiny
         # tracker's updater really moves the prompt (a trained one would).
         with torch.no_grad():
@@ -230,7 +228,8 @@ class DiffTracker(DiffusionTracker):
 
     # ------------------------------------------------------------------ updater training
     def train_updater(self, sequences, *, epochs: int = 1, lr: float = 5e-4, prompt_steps: int | None = None,
-                      max_frames: int | None = None, progress: bool = True) -> list[float]:
+                      max_frames: int | None = None, progress: bool = True,
+                      optimizer_state: dict | None = None) -> list[float]:
         """Train the online prompt updater (Adam, lr 5e-4) on sequences with boxes.
 
         For each sequence: learn the first-frame prompt, then from frame `update_from` on update
@@ -241,7 +240,9 @@ class DiffTracker(DiffusionTracker):
         Args:
             sequences: iterable of fasttrack Sequence objects or (frames, boxes (N, 4)) pairs.
             epochs: passes over the sequences; prompt_steps: first-frame steps (default: the
-            tracker's); max_frames: frames used per sequence (None: all).
+            tracker's); max_frames: frames used per sequence (None: all);
+            optimizer_state: an Adam state to continue from (the previous call's is kept in
+            `_updater_opt_state`).
         Returns:
             the mean loss of every trained frame, in order.
         """
@@ -258,6 +259,10 @@ class DiffTracker(DiffusionTracker):
         self.use_updater = True
         self.updater.requires_grad_(True).train()
         opt = torch.optim.Adam(self.updater.parameters(), lr=lr)
+        if optimizer_state is not None:
+            opt.load_state_dict(optimizer_state)
+            for g in opt.param_groups:
+                g["lr"] = lr
         steps = self.prompt_steps if prompt_steps is None else int(prompt_steps)
         losses = []
         try:
@@ -277,6 +282,7 @@ class DiffTracker(DiffusionTracker):
         finally:
             self.updater.requires_grad_(False).eval()
             self.use_updater = was
+            self._updater_opt_state = opt.state_dict()
         return losses
 
     def _train_frame(self, opt, image, box) -> list[float]:

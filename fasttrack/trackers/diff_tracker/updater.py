@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .resnet import ResNet18
 
-__all__ = ["MotionEncoder", "PromptUpdater", "UpdaterConfig", "crop_boxes"]
+__all__ = ["MotionEncoder", "PromptUpdater", "UpdaterConfig", "crop_boxes", "updater_config_for"]
 
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
@@ -46,6 +46,18 @@ class UpdaterConfig(dict):
             raise ValueError(f"beta must be in [0, 1], got {self['beta']!r}")
         if int(self["history"]) < 1:
             raise ValueError(f"history must be >= 1, got {self['history']!r}")
+
+
+# The updater of toy models (prompt dim <= 64: `tiny`, tiny-sd): 64 px frames, 32-d tokens.
+TOY_UPDATER = dict(width=8, dim=32, heads=2, history=5, frame_size=64, template_size=32, hidden=64)
+
+
+def updater_config_for(prompt_dim: int, num_tokens: int = 1) -> UpdaterConfig:
+    """The updater a model of this prompt size gets by default: the paper's (DEFAULTS) for
+    Stable Diffusion, the toy one for prompt dims up to 64 (a paper-size ResNet18 updater
+    would outweigh a toy UNet many times)."""
+    extra = TOY_UPDATER if int(prompt_dim) <= 64 else {}
+    return UpdaterConfig(prompt_dim=int(prompt_dim), num_tokens=int(num_tokens), **extra)
 
 
 def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:

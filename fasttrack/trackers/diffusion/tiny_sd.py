@@ -31,7 +31,7 @@ from torch import nn
 
 __all__ = ["TINY_SD_VAE", "TINY_SD_UNET", "TINY_SD_TEXT", "TinyTextEncoder", "WordTokenizer",
            "tiny_sd_modules", "save_text_encoder", "load_text_encoder", "shipped_folder",
-           "TINY_SD_DIR"]
+           "TINY_SD_DIR", "TRACKER_SETTINGS"]
 
 TINY_SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                    up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32),
@@ -44,6 +44,15 @@ TINY_SD_UNET = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_bl
                     attention_head_dim=(2, 4, 4), cross_attention_dim=32, norm_num_groups=8,
                     use_linear_projection=True)
 TINY_SD_TEXT = dict(dim=32, length=16, heads=2, hidden=64)
+
+# The trackers' settings on tiny-sd, written into the shipped folder by scripts/ship_weights.py.
+# Layers: SLiMe's choice carried over to three levels -- cross maps of the two cross-attention
+# up levels (16 and 32), self maps of the top one (32); DINTR averages all layers.
+TRACKER_SETTINGS = {
+    "DiffTracker": dict(cross_layers=["up_blocks.1.*", "up_blocks.2.*"], self_layers=["up_blocks.2.*"],
+                        prompt_steps=50),
+    "DINTR": dict(num_steps=3, init_steps=20),
+}
 
 # Where `DiffTracker.pretrained()` / `DINTR.pretrained()` read the shipped model.
 TINY_SD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "tiny_sd")
