@@ -142,7 +142,8 @@ def _setup() -> None:
         package_dir={"fasttrack.kernels": "kernels"},
         # the trained tiny DeTrack and DMTrack (their pretrained(), about 2 MB each)
         package_data={"fasttrack.trackers.detrack": ["weights/*.pt"],
-                      "fasttrack.trackers.dmtrack": ["weights/*.pt"]},
+                      "fasttrack.trackers.dmtrack": ["weights/*.pt"],
+                      "fasttrack.trackers.diffusion": ["weights/tiny_sd/*", "weights/tiny_sd/*/*"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
     )

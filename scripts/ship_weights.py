@@ -87,7 +87,7 @@ def ship_tiny_sd(args) -> int:
     src = Path(args.checkpoint)
     for sub in ("vae", "unet", "scheduler", "text_encoder", "tokenizer"):
         shutil.copytree(src / sub, dest / sub)
-    for f in ("null_context.safetensors", "train.json"):
+    for f in ("null_context.safetensors", "prompt_init.safetensors", "train.json"):
         shutil.copy(src / f, dest / f)
     if args.updater:
         shutil.copy(Path(args.updater) / "train.json", dest / "updater_train.json")

@@ -153,7 +153,9 @@ def test_point_and_mask_indications(seq):
     b = point.update(seq[1])
     assert np.allclose(b[2:], seq.gt[0][2:])                       # point tracking keeps the size
     assert np.allclose(b[:2] + b[2:] / 2, point.points[0].numpy())
-    masker = DINTR.tiny(0, indication="mask", num_steps=2, threshold=0.8)
+    # scale_step inf: the box is then exactly the mask's bounding box (with the readout's size
+    # prior the box may be clamped while the mask keeps the activated pixels).
+    masker = DINTR.tiny(0, indication="mask", num_steps=2, threshold=0.8, scale_step=float("inf"))
     m0 = np.zeros(seq[0].shape[:2], bool)
     x, y, w, h = seq.gt[0].astype(int)
     m0[y:y + h, x:x + w // 2] = True
@@ -215,3 +217,26 @@ def test_cuda_patched_equals_unpatched_and_no_sync_inside_a_frame(seq):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert boxes.is_cuda and boxes.shape == (2, 4) and scores.shape == (2,)
+
+
+def test_online_finetuning_restores_and_keeps_half_precision(seq):
+    """The in-place fine-tuning (Eq. 7) moves the UNet, lowers the offset loss on the pair, and
+    a new init restores the loaded weights; bfloat16 models step float32 master copies."""
+    for dtype in (torch.float32, torch.bfloat16):
+        tr = DINTR.tiny(0, dtype=dtype, num_steps=2, init_steps=1, finetune_steps=4,
+                        finetune_lr=1e-3, reinject_steps=0)
+        name, p = next(iter(tr._tuned.items()))
+        loaded = p.detach().clone()
+        tr.init(seq[0], seq.gt[0])
+        z0, z1 = tr._encode(seq[0]), tr._encode(seq[1])
+        tr._finetune(z0, z1)
+        losses = torch.stack(tr.finetune_losses)
+        assert p.dtype == dtype and not torch.equal(p, loaded), name
+        assert losses[2:].mean() < losses[:2].mean(), losses          # the pair's loss goes down
+        assert (tr._masters is not None) == (dtype != torch.float32)
+        tr.init(seq[0], seq.gt[0])
+        assert torch.equal(p, loaded)
+    with pytest.raises(ValueError, match="finetune_params"):
+        DINTR.tiny(0, finetune_params="everything")
+    with pytest.raises(ValueError, match="finetune_steps"):
+        DINTR.tiny(0, finetune_steps=-1)

@@ -44,8 +44,9 @@ def add_tracker_args(parser: argparse.ArgumentParser, default: str | None = None
                             help="run the plain PyTorch model instead of fasttrack's fused kernels")
     parser.add_argument("--device", default=None,
                         help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of a random-weight tiny "
-                                                            "model (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a tracker's own noise "
+                        "(Diff-Tracker's latent noise; the others are deterministic) "
+                        "(default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch CPU threads per process (default: half the CPUs, at most 8, "
                              "shared among --workers; 1 is often fastest for the tiny models)")

@@ -5,10 +5,10 @@
     tracker = build_tracker("detrack", weights="detrack.pt")     # a DeTrack.save() checkpoint
     tracker = build_tracker("dintr", weights="sd-2-1/", patched=False)
 
-Names: "detrack", "diff-tracker", "dintr", "dmtrack". Without `weights`, DeTrack and DMTrack
-are the tiny models trained on fasttrack's synthetic sequences that ship in the package
-(`DeTrack.pretrained()`, `DMTrack.pretrained()`: they track), and Diff-Tracker and DINTR build their random-weight `tiny(seed)` model (for speed
-and equivalence checks: their boxes mean nothing). With `weights`:
+Names: "detrack", "diff-tracker", "dintr", "dmtrack". Without `weights`, every tracker is the
+tiny model trained on fasttrack's synthetic sequences that ships in the package
+(`DeTrack.pretrained()`, `DMTrack.pretrained()`, and `DiffTracker.pretrained()` /
+`DINTR.pretrained()` on the shipped tiny-sd diffusion model: they track). With `weights`:
 DeTrack and DMTrack load a checkpoint file written by their `save` (`from_checkpoint`);
 Diff-Tracker and DINTR load a local Stable Diffusion folder in the diffusers layout
 (`from_pretrained`; the tracker's own learned parts are read from its subfolder when present).
@@ -79,7 +79,8 @@ def _diffusion(module: str, cls_name: str):
 
         cls = getattr(importlib.import_module(module), cls_name)
         if weights is None:
-            tracker = cls.tiny(seed=seed, device=device)
+            # Diff-Tracker draws its latent noise from `seed`; DINTR is deterministic.
+            tracker = cls.pretrained(device=device, **({"seed": seed} if "seed" in cls._config_keys else {}))
         else:
             if not os.path.isdir(weights):
                 given = "is a file" if os.path.isfile(weights) else "is not a folder"
@@ -122,11 +123,9 @@ def build_tracker(name: str, weights=None, *, patched: bool = True, seed: int = 
 
     Args:
         name: one of :func:`tracker_names`.
-        weights: None for the default model (DeTrack, DMTrack: the shipped trained tiny model; the
-            diffusion trackers: random-weight tiny), else a path (see the module docstring).
+        weights: None for the shipped trained tiny model, else a path (see the module docstring).
         patched: fasttrack's fused kernels (True) or plain PyTorch (False).
-        seed: seed of the random tiny model's weights (ignored with `weights` and by DeTrack
-            and DMTrack).
+        seed: Diff-Tracker's noise seed (the other trackers are deterministic).
         device: torch device string.
     Returns:
         a :class:`fasttrack.trackers.Tracker`.

@@ -118,7 +118,7 @@ def train_tiny_sd(opts: TinySDOptions) -> dict:
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
 
-    from ..trackers.diffusion.sd import _SD_SCHEDULE, save_null_context
+    from ..trackers.diffusion.sd import _SD_SCHEDULE, PROMPT_INIT_FILE, save_null_context
     from ..recorder import EagerRecorder
     from ..trackers.diffusion.tiny_sd import (TINY_SD_TEXT, TINY_SD_UNET, TINY_SD_VAE,
                                               WordTokenizer, save_text_encoder, tiny_sd_modules)
@@ -234,6 +234,12 @@ def train_tiny_sd(opts: TinySDOptions) -> dict:
     save_text_encoder(out, text.cpu(), tok)
     with torch.no_grad():
         save_null_context(out, text(tok([""])))
+        # Where the trackers' prompt tokens start: the encoder's "object" (position 1, where
+        # the trackers insert their token), a word grounded on every target during training.
+        from safetensors.torch import save_file
+
+        save_file({"prompt_init": text(tok(["object"]))[:, 1:2].contiguous()},
+                  os.path.join(out, PROMPT_INIT_FILE))
     # The trackers' settings for this model, so from_pretrained(out) reads it as intended.
     from ..trackers.diffusion.serialization import write_tracker_folder
     from ..trackers.diffusion.tiny_sd import TRACKER_SETTINGS

@@ -56,7 +56,8 @@ class DiffTracker(DiffusionTracker):
         prompt_steps: Adam steps of the first-frame prompt learning; lr: its learning rate.
         dm_weight: weight of L_DM in the first-frame loss.
         threshold: activation level of the window-normalized map (diffusion.readout).
-        search: readout window, a multiple of the previous box.
+        search: readout window, a multiple of the previous box; scale_step: the readout's
+            largest per-frame size change (diffusion.readout).
         normalize: divide S^T C by the attention each pixel receives (AttentionRecorder).
         use_updater: run the online prompt updater; update_from: 0-based frame index of its
             first update (5: the 6th frame).
@@ -64,7 +65,7 @@ class DiffTracker(DiffusionTracker):
     """
 
     _config_keys = ("resolution", "cross_layers", "self_layers", "alpha", "timestep", "num_tokens",
-                    "prompt_steps", "lr", "dm_weight", "threshold", "search", "normalize", "use_updater",
+                    "prompt_steps", "lr", "dm_weight", "threshold", "search", "scale_step", "normalize", "use_updater",
                     "update_from", "seed")
     _folder = "fasttrack_diff_tracker"
 
@@ -73,6 +74,7 @@ class DiffTracker(DiffusionTracker):
                  cross_layers=SLIME_CROSS, self_layers=SLIME_SELF, alpha: float = 0.5,
                  timestep: int = 100, num_tokens: int = 1, prompt_steps: int = 50, lr: float = 5e-3,
                  dm_weight: float = 1.0, threshold: float = 0.5, search: float = 3.0,
+                 scale_step: float = 1.1,
                  normalize: bool = True, use_updater: bool = True,
                  update_from: int = 5, seed: int = 0):
         super().__init__(components, resolution=resolution, cross_layers=cross_layers,
@@ -86,11 +88,14 @@ class DiffTracker(DiffusionTracker):
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
         if not float(search) > 0:
             raise ValueError(f"search must be > 0, got {search!r}")
+        if not float(scale_step) >= 1:
+            raise ValueError(f"scale_step must be >= 1, got {scale_step!r}")
         if not isinstance(update_from, int) or update_from < 1:
             raise ValueError(f"update_from must be an int >= 1, got {update_from!r}")
         self.alpha, self.timestep, self.num_tokens = float(alpha), timestep, int(num_tokens)
         self.prompt_steps, self.lr, self.dm_weight = int(prompt_steps), float(lr), float(dm_weight)
         self.search, self.normalize = float(search), bool(normalize)
+        self.scale_step = float(scale_step)
         self.threshold, self.use_updater, self.update_from = float(threshold), bool(use_updater), update_from
         self.seed = int(seed)
         D = int(components.unet.config.cross_attention_dim)
@@ -188,7 +193,7 @@ class DiffTracker(DiffusionTracker):
             l_dm = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
             return normalized_mse(maps, gt) + self.dm_weight * l_dm
 
-        p0 = initial_prompt(self.sd.null_context, gt.shape[0], self.num_tokens)
+        p0 = initial_prompt(self.sd.null_context, gt.shape[0], self.num_tokens, self.sd.prompt_init)
         return adam_prompt(p0, loss_fn, steps, self.lr)
 
     def _push_features(self, x: torch.Tensor) -> None:
@@ -223,7 +228,7 @@ class DiffTracker(DiffusionTracker):
 
     def _boxes_from_maps(self, maps: torch.Tensor):
         r = read_boxes(maps, self._boxes, self._image_size, threshold=self.threshold,
-                       search=self.search)
+                       search=self.search, scale_step=self.scale_step)
         return r.boxes, r.scores
 
     # ------------------------------------------------------------------ updater training

@@ -37,10 +37,15 @@ def insert_prompt(null_context: torch.Tensor, prompt: torch.Tensor) -> torch.Ten
     return torch.cat([null[:, :1], prompt, null[:, 1:L - P]], dim=1)
 
 
-def initial_prompt(null_context: torch.Tensor, num_targets: int, num_tokens: int = 1) -> torch.Tensor:
-    """Starting value of the learnable prompt: the empty prompt's end-of-text embedding (position
-    1 of the null context), a point the UNet has seen, for every token. Returns (K, P, D)."""
-    return null_context[:, 1:2].detach().clone().expand(num_targets, num_tokens, -1).clone()
+def initial_prompt(null_context: torch.Tensor, num_targets: int, num_tokens: int = 1,
+                   init: torch.Tensor | None = None) -> torch.Tensor:
+    """Starting value of the learnable prompt, for every target and token: `init` (1, 1, D) when
+    the model provides one (SDComponents.prompt_init: the model's own embedding of a generic
+    word such as "object", whose maps already cover objects), else the empty prompt's
+    end-of-text embedding (position 1 of the null context), a point the UNet has seen.
+    Returns (K, P, D)."""
+    start = null_context[:, 1:2] if init is None else init.to(null_context).view(1, 1, -1)
+    return start.detach().clone().expand(num_targets, num_tokens, -1).clone()
 
 
 def normalized_mse(maps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,8 @@ Both trackers need the same four things: the VAE encoder, the UNet, the noise sc
 learned prompt tokens are inserted. `load_components(path)` reads them from a folder in the
 diffusers layout (vae/, unet/, scheduler/, text_encoder/ + tokenizer/), never from the network.
 
+An optional `prompt_init.safetensors` at the root holds (1, 1, D), where the trackers' learnable
+prompt tokens start (prompt_learning.initial_prompt; tiny-sd writes its encoder's "object").
 The null context is read, in this order, from `null_context.safetensors` at the folder root
 (written by `tiny_folder` and by `save_null_context`), or computed by the folder's text encoder
 (needs the `transformers` package). `tiny_folder(path, seed)` writes a small random-weight model
@@ -22,9 +24,11 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["SDComponents", "load_components", "tiny_folder", "random_components", "preprocess",
-           "add_noise", "diffusion_target", "save_null_context", "NULL_CONTEXT_FILE"]
+           "add_noise", "diffusion_target", "save_null_context", "NULL_CONTEXT_FILE",
+           "PROMPT_INIT_FILE"]
 
 NULL_CONTEXT_FILE = "null_context.safetensors"
+PROMPT_INIT_FILE = "prompt_init.safetensors"
 
 # SD 2.x training schedule: scaled-linear betas, used when the folder has no scheduler/.
 _SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
@@ -62,7 +66,8 @@ class SDComponents:
     vae: AutoencoderKL; unet: UNet2DConditionModel (both frozen, eval mode);
     null_context: (1, L, D) empty-prompt text embedding; alphas_cumprod: (num_train_timesteps,)
     float32; prediction_type: "epsilon" or "v_prediction"; image_size: S, the square input size
-    (UNet sample_size x VAE downsampling factor, 512 for SD 2.1 base).
+    (UNet sample_size x VAE downsampling factor, 512 for SD 2.1 base); prompt_init: (1, 1, D)
+    start of the learnable prompt tokens, or None (the null context's end token).
     """
 
     vae: torch.nn.Module
@@ -71,6 +76,7 @@ class SDComponents:
     alphas_cumprod: torch.Tensor
     prediction_type: str
     image_size: int
+    prompt_init: torch.Tensor | None = None
 
     @property
     def latent_size(self) -> int:
@@ -167,10 +173,12 @@ def load_components(path, *, device="cpu", dtype=torch.float32, image_size: int 
         sched_cfg = {k: v for k, v in sched_cfg.items()
                      if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
                               "prediction_type", "trained_betas")}
-    return _assemble(vae, unet, null, sched_cfg, device, dtype, image_size)
+    init_file = os.path.join(path, PROMPT_INIT_FILE)
+    init = load_file(init_file)["prompt_init"] if os.path.isfile(init_file) else None
+    return _assemble(vae, unet, null, sched_cfg, device, dtype, image_size, init)
 
 
-def _assemble(vae, unet, null, sched_cfg, device, dtype, image_size) -> SDComponents:
+def _assemble(vae, unet, null, sched_cfg, device, dtype, image_size, init=None) -> SDComponents:
     if null.ndim != 3 or null.shape[0] != 1 or null.shape[2] != unet.config.cross_attention_dim:
         raise ValueError(f"null context must be (1, L, {unet.config.cross_attention_dim}), got "
                          f"{tuple(null.shape)}")
@@ -184,7 +192,10 @@ def _assemble(vae, unet, null, sched_cfg, device, dtype, image_size) -> SDCompon
     size = int(image_size) if image_size is not None else int(unet.config.sample_size) * factor
     if size % factor:
         raise ValueError(f"image_size must be a multiple of the VAE factor {factor}, got {size}")
-    return SDComponents(vae, unet, null.to(device=device, dtype=dtype), acp.to(device), pred, size)
+    if init is not None and tuple(init.shape) != (1, 1, null.shape[2]):
+        raise ValueError(f"{PROMPT_INIT_FILE} must hold (1, 1, {null.shape[2]}), got {tuple(init.shape)}")
+    init = None if init is None else init.to(device=device, dtype=dtype)
+    return SDComponents(vae, unet, null.to(device=device, dtype=dtype), acp.to(device), pred, size, init)
 
 
 def _random_modules(vae_cfg, unet_cfg, context_shape, seed, device=None):

@@ -87,7 +87,7 @@ def indicator_maps(indication: str, boxes: torch.Tensor, image_size: tuple[int, 
 
 
 def extract(indication: str, maps: torch.Tensor, image_size: tuple[int, int], prev_boxes: torch.Tensor,
-            threshold: float = 0.5, search: float = 3.0) -> dict:
+            threshold: float = 0.5, search: float = 3.0, scale_step: float = float("inf")) -> dict:
     """Map K attention maps (K, h, w) (on a grid over the whole image) to the indication's
     output on the image, near the previous boxes (K, 4).
 
@@ -95,7 +95,8 @@ def extract(indication: str, maps: torch.Tensor, image_size: tuple[int, int], pr
     "points" (K, 2) [x, y] for "point", "masks" (K, H, W) bool for "mask".
     """
     check_indication(indication)
-    r = read_boxes(maps, prev_boxes, image_size, threshold=threshold, search=search)
+    r = read_boxes(maps, prev_boxes, image_size, threshold=threshold, search=search,
+                   scale_step=scale_step)
     out = {"boxes": r.boxes, "scores": r.scores}
     if indication == "point":
         wh = prev_boxes[:, 2:].to(r.points)

@@ -87,8 +87,12 @@ class DINTR(DiffusionTracker):
         cross_layers, self_layers: recorded layers (default: all of them).
         init_steps, lr: Adam steps and learning rate of the init-frame token learning.
         threshold: activation level of the window-normalized map (diffusion.readout).
-        search: readout window, a multiple of the previous box.
+        search: readout window, a multiple of the previous box; scale_step: the readout's
+            largest per-frame size change (diffusion.readout).
         normalize: divide S^T C by the attention each pixel receives (AttentionRecorder).
+        alpha: weight of the cross map itself in the map, alpha C + (1 - alpha) S^T C (0: the
+            paper's S^T C; a model whose self-attention does not stay on objects reads better
+            with more of C, as the shipped tiny-sd does).
         finetune_steps, finetune_lr, finetune_params: the online in-place fine-tuning per frame
             pair (0 steps: the UNet stays as loaded).
         reinject_steps: Adam steps (learning rate `lr`) that re-fit the tokens to the frame's
@@ -99,13 +103,14 @@ class DINTR(DiffusionTracker):
 
     _folder = "fasttrack_dintr"
     _config_keys = ("indication", "num_steps", "max_timestep", "offset", "resolution", "cross_layers",
-                    "self_layers", "init_steps", "lr", "threshold", "search", "normalize",
+                    "self_layers", "init_steps", "lr", "threshold", "search", "scale_step", "normalize", "alpha",
                     "finetune_steps", "finetune_lr", "finetune_params", "reinject_steps")
 
     def __init__(self, components: SDComponents, *, indication: str = "box", num_steps: int = 5,
                  max_timestep: int = 250, offset: str = "anchor", resolution: int | None = None,
                  cross_layers="all", self_layers="all", init_steps: int = 20, lr: float = 5e-3,
-                 threshold: float = 0.5, search: float = 3.0, normalize: bool = True,
+                 threshold: float = 0.5, search: float = 3.0, scale_step: float = 1.1,
+                 normalize: bool = True, alpha: float = 0.0,
                  finetune_steps: int = 1, finetune_lr: float = 1e-4, finetune_params: str = "attention",
                  reinject_steps: int = 1):
         super().__init__(components, resolution=resolution, cross_layers=cross_layers,
@@ -125,11 +130,17 @@ class DINTR(DiffusionTracker):
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
         if not float(search) > 0:
             raise ValueError(f"search must be > 0, got {search!r}")
+        if not float(scale_step) >= 1:
+            raise ValueError(f"scale_step must be >= 1, got {scale_step!r}")
         if not float(finetune_lr) > 0 or not float(lr) > 0:
             raise ValueError(f"lr and finetune_lr must be > 0, got {lr!r} and {finetune_lr!r}")
         self.num_steps, self.max_timestep, self.offset = num_steps, max_timestep, offset
         self.init_steps, self.lr, self.threshold = init_steps, float(lr), float(threshold)
         self.search, self.normalize = float(search), bool(normalize)
+        self.scale_step = float(scale_step)
+        if isinstance(alpha, bool) or not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        self.alpha = float(alpha)
         self.finetune_steps, self.finetune_lr = finetune_steps, float(finetune_lr)
         self.finetune_params, self.reinject_steps = finetune_params, reinject_steps
         self._tuned = _finetune_parameters(components.unet, finetune_params)
@@ -140,6 +151,7 @@ class DINTR(DiffusionTracker):
         self.points = self.masks = None
         self._init_masks = None
         self.finetune_losses = []
+        self._masters = None
 
     @classmethod
     def _tiny_setup(cls, path, seed):
@@ -182,7 +194,7 @@ class DINTR(DiffusionTracker):
         with self.reader.start():
             for t in (self._t if labels is None else labels):
                 self.sd.unet(z.expand(K, -1, -1, -1), t, encoder_hidden_states=ctx)
-        return self.reader.self_cross(self.normalize)
+        return self.reader.harmonized(self.alpha, self.normalize)
 
     def _fit_tokens(self, tokens: torch.Tensor, z: torch.Tensor, gt: torch.Tensor, steps: int):
         """Adam on the tokens so that their maps at z match gt (K, R, R); one timestep label
@@ -216,11 +228,19 @@ class DINTR(DiffusionTracker):
                     pred = self.sd.unet(x_t, self._t[s], encoder_hidden_states=ctx).sample
                     loss = offset_loss(pred.float(), z_cur.float(), z_next.float()).sum()
                     loss.backward()
+                if self._masters is not None:
+                    for p, m in zip(params, self._masters):
+                        m.grad = None if p.grad is None else p.grad.float()
                 self._opt.step()
+                if self._masters is not None:
+                    with torch.no_grad():
+                        for p, m in zip(params, self._masters):
+                            p.copy_(m)
                 self.finetune_losses.append(loss.detach())
         finally:
             for p in params:
                 p.requires_grad_(False)
+                p.grad = None
             self._opt.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ tracker hooks
@@ -232,13 +252,18 @@ class DINTR(DiffusionTracker):
         with torch.no_grad():
             for n, p in self._tuned.items():
                 p.copy_(self._pristine[n])
-        self._opt = (torch.optim.Adam(list(self._tuned.values()), lr=self.finetune_lr)
-                     if self._tuned else None)
+        # Half-precision models: Adam steps float32 master copies (its eps and second moments
+        # underflow in float16), copied back into the UNet after each step.
+        tuned = list(self._tuned.values())
+        half = bool(tuned) and tuned[0].dtype != torch.float32
+        self._masters = [p.detach().float().clone() for p in tuned] if half else None
+        self._opt = (torch.optim.Adam(self._masters if half else tuned, lr=self.finetune_lr)
+                     if tuned else None)
         self.finetune_losses = []
         z = self._encode(image)
         masks = None if self._init_masks is None else self._init_masks.to(self.device)
         gt = self._indicator(b, masks)
-        self.tokens, self.loss_history = self._fit_tokens(initial_prompt(self.sd.null_context, K),
+        self.tokens, self.loss_history = self._fit_tokens(initial_prompt(self.sd.null_context, K, 1, self.sd.prompt_init),
                                                           z, gt, self.init_steps)
         self._z = z
         self._boxes = b
@@ -265,7 +290,7 @@ class DINTR(DiffusionTracker):
         with torch.no_grad():
             maps = self._maps(x0, self.tokens)
             out = extract(self.indication, maps, self._image_size, self._boxes, self.threshold,
-                          self.search)
+                          self.search, self.scale_step)
         if self.reinject_steps:
             masks = out["masks"].to(torch.float32) if self.indication == "mask" else None
             gt = self._indicator(out["boxes"], masks)
