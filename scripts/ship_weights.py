@@ -81,6 +81,8 @@ def ship_tiny_sd(args) -> int:
 
     torch.set_num_threads(1)
     dest = Path(args.dest or TINY_SD_DIR)
+    if Path(args.checkpoint).resolve() == dest.resolve():
+        raise SystemExit("the trained folder is the destination: nothing to copy")
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -102,7 +104,7 @@ def ship_tiny_sd(args) -> int:
         else:
             tracker = cls.from_pretrained(dest, **settings)
         tracker.save_pretrained(dest)
-        tracker = cls.pretrained()
+        tracker = cls.from_pretrained(dest)    # what pretrained() reads when dest is the package
         start = time.perf_counter()
         res = heldout_ao(tracker, test)
         frames = sum(len(s) for s in test)

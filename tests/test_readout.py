@@ -41,11 +41,12 @@ def _scene(rng, num_frames=7, size=(150, 240)):
 
 
 def _maps(box, dbox, size, noise_seed, grid=GRID):
-    """(1, h, w): the target's box mask + 1.4 x the distractor's + uniform noise in [0, 0.1)."""
+    """(1, h, w): the target's box mask + 1.4 x the distractor's + uniform noise in [0, 0.05)
+    (noise shifts the 0.5 level, and with it the box edges, by up to a twentieth of a cell)."""
     t = box_masks(torch.tensor(box)[None], size, grid)
     d = box_masks(torch.tensor(dbox)[None], size, grid)
     gen = torch.Generator().manual_seed(noise_seed)
-    return t + 1.4 * d + 0.1 * torch.rand(t.shape, generator=gen)
+    return t + 1.4 * d + 0.05 * torch.rand(t.shape, generator=gen)
 
 
 def test_readout_follows_target_not_stronger_distractor(rng):
@@ -92,6 +93,11 @@ def test_readout_batch_equals_single_and_constant_map_keeps_box(rng):
         one = read_boxes(m[k:k + 1], prev[k:k + 1], size)
         assert torch.equal(one.boxes[0], r.boxes[k]) and torch.equal(one.masks[0], r.masks[k])
     assert torch.equal(r.boxes[2], prev[2]) and float(r.scores[2]) == 0.0
+    assert r.found.tolist() == [True, True, False] and not r.masks[2].any()
+    assert torch.equal(r.points[2], prev[2, :2] + prev[2, 2:] / 2)     # the point stays put
+    # A threshold of 1 keeps the peak cell: the bilinear map never reaches 1 between centres.
+    one = read_boxes(m[:2], prev[:2], size, threshold=1.0, scale_step=float("inf"))
+    assert one.found.all() and (one.boxes[:, 2:] > 0).all()
     assert iou(r.boxes[:2].numpy(), (boxes + 2.0).numpy()).min() >= 0.9
 
 
@@ -114,6 +120,8 @@ def test_readout_rejects_bad_inputs():
         read_boxes(m, prev, (32, 32), threshold=0.0)
     with pytest.raises(ValueError, match="search"):
         read_boxes(m, prev, (32, 32), search=-1.0)
+    with pytest.raises(ValueError, match="scale_step"):
+        read_boxes(m, prev, (32, 32), scale_step=0.9)
 
 
 # --------------------------------------------------------------------- both trackers, injected maps

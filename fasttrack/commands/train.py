@@ -63,8 +63,10 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=None, metavar="M",
                    help="training time (evaluations not counted); with --steps, whichever ends first")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="optimizer steps")
-    p.add_argument("--batch", type=int, default=32, metavar="B", help="batch size (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=None, metavar="B",
+                   help="batch size (default: 32; tiny-sd 16)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: 3e-3; tiny-sd 1e-3; diff-tracker-updater 5e-4)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: %(default)s)")
     p.add_argument("--warmup-steps", type=int, default=100, metavar="N",
                    help="linear learning-rate warm-up (default: %(default)s)")
@@ -117,10 +119,11 @@ def register(sub) -> argparse.ArgumentParser:
                    help="frames per sequence (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=250, metavar="N",
                    help="steps between held-out evaluations and checkpoints (default: %(default)s)")
-    p.add_argument("--val-sequences", type=int, default=24, metavar="N",
-                   help="held-out val sequences tracked at each evaluation (default: %(default)s)")
-    p.add_argument("--val-frames", type=int, default=60, metavar="N",
-                   help="frames per val sequence (default: %(default)s)")
+    p.add_argument("--val-sequences", type=int, default=None, metavar="N",
+                   help="held-out val sequences tracked at each evaluation (default: 24; "
+                        "diff-tracker-updater 6)")
+    p.add_argument("--val-frames", type=int, default=None, metavar="N",
+                   help="frames per val sequence (default: 60; diff-tracker-updater 30)")
     p.add_argument("--init-vit", default=None, metavar="PATH",
                    help="initialise the ViT from an MAE / ViT-B checkpoint (detrack256/384)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -159,10 +162,22 @@ def _check_model_options(args, parser_defaults: dict) -> None:
                          f"{', '.join(configs[args.model])}")
 
 
+# Per-model defaults of the options left unset (None) on the command line.
+_MODEL_DEFAULTS = {
+    "detrack": dict(batch=32, lr=3e-3, val_sequences=24, val_frames=60),
+    "dmtrack": dict(batch=32, lr=3e-3, val_sequences=24, val_frames=60),
+    "tiny-sd": dict(batch=16, lr=1e-3),
+    "diff-tracker-updater": dict(lr=5e-4, val_sequences=6, val_frames=30),
+}
+
+
 def run(args) -> int:
     """Run `fasttrack train`; returns the exit status."""
     device = default_device(args.device)
     _check_model_options(args, _DEFAULTS)
+    for name, value in _MODEL_DEFAULTS[args.model].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.out = args.out or f"{args.model}-train"
     if args.model in ("tiny-sd", "diff-tracker-updater"):
         return _run_diffusion(args, device)
@@ -211,8 +226,7 @@ def _run_diffusion(args, device: str) -> int:
         from ..train.tiny_sd import TinySDOptions, train_tiny_sd
 
         opts = TinySDOptions(out=args.out, minutes=27.0 if args.minutes is None else args.minutes,
-                             batch_size=16 if args.batch == _DEFAULTS["batch"] else args.batch,
-                             lr=1e-3 if args.lr == _DEFAULTS["lr"] else args.lr, seed=args.seed,
+                             batch_size=args.batch, lr=args.lr, seed=args.seed,
                              device=device, progress=not args.no_progress)
         opts.check()
         threads = set_threads(args.threads)
@@ -228,9 +242,8 @@ def _run_diffusion(args, device: str) -> int:
                                unlabeled=tuple(args.unlabeled), sequences=args.sequences,
                                frames=args.frames, epochs=args.epochs,
                                minutes=10.0 if args.minutes is None and args.epochs is None else args.minutes,
-                               lr=5e-4 if args.lr == _DEFAULTS["lr"] else args.lr, out=args.out,
-                               val_sequences=6 if args.val_sequences == _DEFAULTS["val_sequences"] else args.val_sequences,
-                               val_frames=30 if args.val_frames == _DEFAULTS["val_frames"] else args.val_frames,
+                               lr=args.lr, out=args.out, val_sequences=args.val_sequences,
+                               val_frames=args.val_frames,
                                seed=args.seed, device=device, progress=not args.no_progress)
     opts.check()
     threads = set_threads(args.threads)

@@ -89,4 +89,6 @@ class Recorder(abc.ABC):
         normalize as in self_cross."""
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
+        if alpha == 1.0:   # the cross map alone: no S^T C pass (nor its backward)
+            return self.cross()
         return alpha * self.cross() + (1.0 - alpha) * self.self_cross(normalize)

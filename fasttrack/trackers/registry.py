@@ -78,9 +78,10 @@ def _diffusion(module: str, cls_name: str):
         import importlib
 
         cls = getattr(importlib.import_module(module), cls_name)
+        # Diff-Tracker draws its latent noise from `seed`; DINTR is deterministic.
+        seeded = {"seed": seed} if "seed" in cls._config_keys else {}
         if weights is None:
-            # Diff-Tracker draws its latent noise from `seed`; DINTR is deterministic.
-            tracker = cls.pretrained(device=device, **({"seed": seed} if "seed" in cls._config_keys else {}))
+            tracker = cls.pretrained(device=device, **seeded)
         else:
             if not os.path.isdir(weights):
                 given = "is a file" if os.path.isfile(weights) else "is not a folder"
@@ -88,7 +89,7 @@ def _diffusion(module: str, cls_name: str):
                                  "local Stable Diffusion model in the diffusers layout (a DeTrack "
                                  "checkpoint file goes with --tracker detrack)")
             try:
-                tracker = cls.from_pretrained(weights, device=device)
+                tracker = cls.from_pretrained(weights, device=device, **seeded)
             except OSError as exc:  # diffusers: missing or broken config / weight files
                 raise ValueError(f"weights {weights!r}: cannot load a Stable Diffusion folder "
                                  f"({_first_sentence(exc)})") from None

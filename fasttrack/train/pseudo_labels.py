@@ -48,7 +48,12 @@ def motion_pseudo_labels(frames, first_box=None, *, cell: int = 2, threshold: fl
     x = torch.from_numpy(imgs).float()
     background = x.median(0).values
     motion = (x - background).abs().sum(-1)[:, None]                       # (N, 1, H, W)
-    motion = F.avg_pool2d(motion, cell, ceil_mode=True)[:, 0]               # (N, h, w)
+    # Whole cells only: the readout's grid covers (h cell, w cell) pixels from the top left,
+    # so boxes keep the frame's coordinates (a partial last row / column is dropped).
+    H, W = (H // cell) * cell, (W // cell) * cell
+    if H < cell or W < cell:
+        raise ValueError(f"frames must be at least {cell} x {cell} pixels, got {imgs.shape[1:3]}")
+    motion = F.avg_pool2d(motion[..., :H, :W], cell)[:, 0]                  # (N, h, w)
     if first_box is None:
         prev = torch.tensor([[0.0, 0.0, float(W), float(H)]])
         r = read_boxes(motion[:1], prev, (H, W), threshold=threshold, search=1.0)

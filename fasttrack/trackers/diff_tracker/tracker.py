@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..diffusion.boxes import box_masks
-from ..diffusion.readout import read_boxes
+from ..diffusion.readout import check_readout, read_boxes
 from ..diffusion.prompt_learning import initial_prompt, insert_prompt, normalized_mse
 from ..diffusion.prompt_learning import learn_prompt as adam_prompt
 from ..diffusion.sd import SDComponents, add_noise, diffusion_target, preprocess
@@ -84,12 +84,7 @@ class DiffTracker(DiffusionTracker):
             raise ValueError(f"timestep must be an int in [0, {n_train}), got {timestep!r}")
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-        if not 0.0 < float(threshold) <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-        if not float(search) > 0:
-            raise ValueError(f"search must be > 0, got {search!r}")
-        if not float(scale_step) >= 1:
-            raise ValueError(f"scale_step must be >= 1, got {scale_step!r}")
+        check_readout(threshold, search, scale_step)
         if not isinstance(update_from, int) or update_from < 1:
             raise ValueError(f"update_from must be an int >= 1, got {update_from!r}")
         self.alpha, self.timestep, self.num_tokens = float(alpha), timestep, int(num_tokens)
@@ -108,6 +103,7 @@ class DiffTracker(DiffusionTracker):
         self._t = torch.tensor(timestep, device=self.device)
         self.prompt = None
         self.loss_history = None
+        self._updater_opt_state = None   # Adam state of the last train_updater call
 
     @classmethod
     def pretrained(cls, *, device="cpu", dtype=torch.float32, **settings):

@@ -11,20 +11,24 @@ tracker has, and reads the region that holds the target:
    is relative to the target's neighbourhood, not to the strongest response anywhere;
 3. the peak: the window's largest m' cell;
 4. the connected region (4-neighbourhood) of cells with m' >= `threshold` holding the peak,
-   grown from the peak by geodesic dilation (3 x 3 max-pool masked by the threshold, repeated
-   Rh + Rw times: enough for any convex region of the window, run without host syncs);
+   grown from the peak by geodesic dilation (a 4-neighbour cross kernel masked by the
+   threshold, repeated Rh + Rw times: enough for any convex region of the window, run without
+   host syncs);
 5. the box, at image resolution: the bilinearly upsampled m' (align_corners=False, DESIGN 3) at
-   or above `threshold`, restricted to the region grown by one cell; its smallest enclosing box.
-   Sub-cell edges come from the interpolation; the one-cell margin only stops a neighbouring
-   blob from joining;
+   or above `threshold`, restricted to the region grown by one cell, plus the peak cell's own
+   pixels (the interpolated map peaks below the cell value, so a threshold near 1 could leave
+   nothing); its smallest enclosing box. Sub-cell edges come from the interpolation; the
+   one-cell margin only stops a neighbouring blob from joining;
 6. the size prior: width and height change by at most a factor `scale_step` per frame about
    the region box's centre. Attention maps are peaky or blurred by turns; without the bound a
    peaky frame shrinks the box, the smaller box shrinks the next window, and the track
    collapses to a point (measured on the shipped tiny-sd: AO 0.02 on "val" without a learned
    prompt). Trackers bound their per-frame scale change for the same reason (SiamFC's scale
    steps). `scale_step=inf` turns it off.
-The score is the peak's raw map value relative to the whole map's maximum: 1 when the target
-holds the frame's strongest response, lower when something else outshines it.
+The score is the peak's raw value min-max normalized over the whole map: 1 when the target
+holds the frame's strongest response, lower when something else outshines it. A window with
+nothing to read (a constant map) keeps the previous box, its centre as the point and an empty
+mask, with score 0 and `found` False.
 
 Everything is batched over K targets and stays on the device.
 """
@@ -37,18 +41,31 @@ import torch.nn.functional as F
 
 from .boxes import _first_last
 
-__all__ = ["read_boxes", "search_window", "Readout"]
+__all__ = ["read_boxes", "search_window", "Readout", "check_readout"]
+
+
+def check_readout(threshold, search, scale_step) -> None:
+    """ValueError naming the readout setting out of range: threshold in (0, 1], search > 0,
+    scale_step >= 1 (the trackers check their settings with it at construction)."""
+    if not 0.0 < float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    if not float(search) > 0:
+        raise ValueError(f"search must be > 0, got {search!r}")
+    if not float(scale_step) >= 1:
+        raise ValueError(f"scale_step must be >= 1, got {scale_step!r}")
 
 
 class Readout(NamedTuple):
     """What `read_boxes` reads, all device tensors: boxes (K, 4) float32 [x, y, w, h] pixels;
     scores (K,) float32 in [0, 1]; points (K, 2) float32 [x, y], the peak cell's centre;
-    masks (K, H, W) bool, the activated pixels the box encloses."""
+    masks (K, H, W) bool, the region's activated pixels (the box is their bounding box up to
+    the scale_step bound); found (K,) bool, False where the window was constant."""
 
     boxes: torch.Tensor
     scores: torch.Tensor
     points: torch.Tensor
     masks: torch.Tensor
+    found: torch.Tensor
 
 
 def search_window(prev_boxes: torch.Tensor, image_size: tuple[int, int], grid: tuple[int, int],
@@ -89,12 +106,7 @@ def read_boxes(maps: torch.Tensor, prev_boxes: torch.Tensor, image_size: tuple[i
     K, h, w = maps.shape
     if prev_boxes.shape != (K, 4):
         raise ValueError(f"prev_boxes must be ({K}, 4), got {tuple(prev_boxes.shape)}")
-    if not 0.0 < float(threshold) <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-    if not float(search) > 0:
-        raise ValueError(f"search must be > 0, got {search!r}")
-    if not float(scale_step) >= 1:
-        raise ValueError(f"scale_step must be >= 1, got {scale_step!r}")
+    check_readout(threshold, search, scale_step)
     H, W = int(image_size[0]), int(image_size[1])
     m = maps.to(torch.float32)
     prev = prev_boxes.to(device=m.device, dtype=torch.float32)
@@ -116,13 +128,18 @@ def read_boxes(maps: torch.Tensor, prev_boxes: torch.Tensor, image_size: tuple[i
         region = grown * active
     near = F.max_pool2d(region, 3, stride=1, padding=1)   # the region grown by one cell
     up = F.interpolate(norm[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
-    allowed = F.interpolate(near, size=(H, W), mode="nearest")[:, 0] > 0
-    pix = (up >= threshold) & allowed
+    # nearest-exact: the cell holding each pixel's centre (DESIGN 3's pixel squares)
+    allowed = F.interpolate(near, size=(H, W), mode="nearest-exact")[:, 0] > 0
+    seed = torch.zeros(K, h * w, device=m.device)
+    seed.scatter_(1, peak[:, None], 1.0)
+    peak_pix = F.interpolate(seed.view(K, 1, h, w), size=(H, W), mode="nearest-exact")[:, 0] > 0
+    constant = (hi.view(K) <= lo.view(K))[:, None, None]
+    pix = ((up >= threshold) & allowed | peak_pix) & ~constant
     rows, cols = pix.any(2), pix.any(1)
     y0, y1 = _first_last(rows)
     x0, x1 = _first_last(cols)
     boxes = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], 1).to(torch.float32)
-    found = rows.any(1) & (hi.view(K) > lo.view(K))
+    found = rows.any(1)
     if float(scale_step) != float("inf"):
         centre = boxes[:, :2] + boxes[:, 2:] / 2
         wh = torch.minimum(torch.maximum(boxes[:, 2:], prev[:, 2:] / scale_step), prev[:, 2:] * scale_step)
@@ -134,4 +151,5 @@ def read_boxes(maps: torch.Tensor, prev_boxes: torch.Tensor, image_size: tuple[i
     scores = ((peak_val - bottom) / (top - bottom).clamp_min(1e-12)).clamp(0, 1)
     cell = m.new_tensor([W / w, H / h])
     points = torch.stack([peak % w, peak // w], 1).to(torch.float32).add(0.5) * cell
-    return Readout(boxes, torch.where(found, scores, torch.zeros_like(scores)), points, pix)
+    points = torch.where(found[:, None], points, prev[:, :2] + prev[:, 2:] / 2)
+    return Readout(boxes, torch.where(found, scores, torch.zeros_like(scores)), points, pix, found)

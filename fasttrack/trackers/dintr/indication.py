@@ -17,7 +17,7 @@ the connected region holding the map's peak near the previous box, on the window
 map) into
 - point: the peak (the box keeps its size and follows the point);
 - box: the smallest box around the region's pixels at or above the threshold;
-- mask: those pixels (their bounding box is the box).
+- mask: those pixels (their bounding box is the box, up to the readout's per-frame size bound).
 """
 from __future__ import annotations
 
@@ -92,12 +92,13 @@ def extract(indication: str, maps: torch.Tensor, image_size: tuple[int, int], pr
     output on the image, near the previous boxes (K, 4).
 
     Returns a dict of device tensors: "boxes" (K, 4) float32, "scores" (K,) (readout score),
-    "points" (K, 2) [x, y] for "point", "masks" (K, H, W) bool for "mask".
+    "found" (K,) bool (False: nothing to read, the previous box kept), "points" (K, 2) [x, y]
+    for "point", "masks" (K, H, W) bool for "mask".
     """
     check_indication(indication)
     r = read_boxes(maps, prev_boxes, image_size, threshold=threshold, search=search,
                    scale_step=scale_step)
-    out = {"boxes": r.boxes, "scores": r.scores}
+    out = {"boxes": r.boxes, "scores": r.scores, "found": r.found}
     if indication == "point":
         wh = prev_boxes[:, 2:].to(r.points)
         out["boxes"] = torch.cat([r.points - wh / 2, wh], 1)

@@ -32,8 +32,12 @@ are not offered.
 
 Several targets (appendix D): their tokens are concatenated along the batch axis of one UNet
 pass and the maps split back by index. The batch axis, not the token axis: tokens sharing one
-softmax would change each other's maps, while batch rows reproduce K single runs exactly. The
-fine-tuning loss sums over the targets (one UNet for all of them, as in the paper).
+softmax would change each other's maps, while batch rows keep the targets' maps apart. The
+fine-tuning loss sums over the targets (one UNet for all of them, as in the paper), so with
+`finetune_steps` > 0 K targets tracked together are not exactly K single runs.
+The fine-tuned weights stay in the UNet until the next `init`: do not run another tracker on
+the same components in between (DINTR's own inits restore the loaded weights, recorded on the
+UNet by the first DINTR built on it).
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from ..base import as_image
 from ..diffusion.boxes import masks_to_boxes
 from ..diffusion.prompt_learning import initial_prompt, insert_prompt, learn_prompt, normalized_mse
 from ..diffusion.sd import SDComponents, preprocess
+from ..diffusion.readout import check_readout
 from ..diffusion.serialization import write_tracker_folder
 from ..diffusion.tracker import DiffusionTracker
 from .indication import check_indication, check_masks, extract, indicator_maps
@@ -53,6 +58,7 @@ __all__ = ["DINTR"]
 
 _TINY_SETTINGS = dict(init_steps=3, num_steps=3, finetune_steps=1, reinject_steps=1)
 FINETUNE_PARAMS = ("attention", "cross", "all")
+_KEEP_LOSSES = 1000   # finetune_losses keeps the last this many steps (long videos)
 
 
 def _finetune_parameters(unet, which: str) -> dict:
@@ -91,8 +97,7 @@ class DINTR(DiffusionTracker):
             largest per-frame size change (diffusion.readout).
         normalize: divide S^T C by the attention each pixel receives (AttentionRecorder).
         alpha: weight of the cross map itself in the map, alpha C + (1 - alpha) S^T C (0: the
-            paper's S^T C; a model whose self-attention does not stay on objects reads better
-            with more of C, as the shipped tiny-sd does).
+            paper's S^T C, also the shipped tiny-sd setting: see tiny_sd.TRACKER_SETTINGS).
         finetune_steps, finetune_lr, finetune_params: the online in-place fine-tuning per frame
             pair (0 steps: the UNet stays as loaded).
         reinject_steps: Adam steps (learning rate `lr`) that re-fit the tokens to the frame's
@@ -126,12 +131,7 @@ class DINTR(DiffusionTracker):
                         ("reinject_steps", reinject_steps)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        if not 0.0 < float(threshold) <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-        if not float(search) > 0:
-            raise ValueError(f"search must be > 0, got {search!r}")
-        if not float(scale_step) >= 1:
-            raise ValueError(f"scale_step must be >= 1, got {scale_step!r}")
+        check_readout(threshold, search, scale_step)
         if not float(finetune_lr) > 0 or not float(lr) > 0:
             raise ValueError(f"lr and finetune_lr must be > 0, got {lr!r} and {finetune_lr!r}")
         self.num_steps, self.max_timestep, self.offset = num_steps, max_timestep, offset
@@ -144,8 +144,14 @@ class DINTR(DiffusionTracker):
         self.finetune_steps, self.finetune_lr = finetune_steps, float(finetune_lr)
         self.finetune_params, self.reinject_steps = finetune_params, reinject_steps
         self._tuned = _finetune_parameters(components.unet, finetune_params)
-        # The loaded weights of what the fine-tuning changes: restored at every init.
-        self._pristine = {n: p.detach().clone() for n, p in self._tuned.items()}
+        # The loaded weights of what the fine-tuning changes, restored at every init. Kept on the
+        # UNet module itself, recorded by the first DINTR built on it: a later tracker sharing
+        # these components must not take already fine-tuned weights for the loaded ones.
+        unet = components.unet
+        loaded = unet.__dict__.setdefault("_fasttrack_loaded_weights", {})
+        for n, p in self._tuned.items():
+            loaded.setdefault(n, p.detach().clone())
+        self._pristine = {n: loaded[n] for n in self._tuned}
         self._t = [torch.tensor(t, device=self.device) for t in self._timesteps]
         self.tokens = None
         self.points = self.masks = None
@@ -231,12 +237,14 @@ class DINTR(DiffusionTracker):
                 if self._masters is not None:
                     for p, m in zip(params, self._masters):
                         m.grad = None if p.grad is None else p.grad.float()
+                        p.grad = None          # the next step's backward starts from zero
                 self._opt.step()
                 if self._masters is not None:
                     with torch.no_grad():
                         for p, m in zip(params, self._masters):
                             p.copy_(m)
                 self.finetune_losses.append(loss.detach())
+                del self.finetune_losses[:-_KEEP_LOSSES]
         finally:
             for p in params:
                 p.requires_grad_(False)
@@ -263,6 +271,7 @@ class DINTR(DiffusionTracker):
         z = self._encode(image)
         masks = None if self._init_masks is None else self._init_masks.to(self.device)
         gt = self._indicator(b, masks)
+        self._gt = gt
         self.tokens, self.loss_history = self._fit_tokens(initial_prompt(self.sd.null_context, K, 1, self.sd.prompt_init),
                                                           z, gt, self.init_steps)
         self._z = z
@@ -294,7 +303,10 @@ class DINTR(DiffusionTracker):
         if self.reinject_steps:
             masks = out["masks"].to(torch.float32) if self.indication == "mask" else None
             gt = self._indicator(out["boxes"], masks)
+            # A target with nothing read keeps its last indicator (an empty mask would erase it).
+            gt = torch.where(out["found"][:, None, None], gt, self._gt)
             self.tokens, _ = self._fit_tokens(self.tokens, z_next, gt, self.reinject_steps)
+            self._gt = gt
         self._z = z_next
         self._boxes = out["boxes"]
         self.points = out.get("points")
