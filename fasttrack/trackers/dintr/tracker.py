@@ -11,7 +11,9 @@ Each new frame k+1, with latents z_{k+1} (the paper's algorithm D.4/D.5, in this
    ||(z_k - z_{k+1}) - psi(x_t, t, tau)||^2 over the interpolated states x_t of the pair
    (interpolation.py), on the UNet parameters `finetune_params` ("attention": every attention
    projection; "cross": the cross-attentions' key / value projections; "all"), learning rate
-   `finetune_lr`. Patched, the backward runs through fasttrack's fused attention (no N x N map).
+   `finetune_lr`. Patched, the backward runs through fasttrack's fused attention (no N x N map;
+   tested on the CPU only: the GPU path, and the float32 master copies of half-precision
+   models, have never run on a GPU and are unverified).
    The weights go back to the loaded ones at every `init`: each sequence starts from the
    pretrained model.
 2. the interpolation process to the next frame: offset "anchor" ends at x_0 = z_{k+1} exactly;
