@@ -14,6 +14,7 @@ from fasttrack.eval.metrics import iou
 from fasttrack.trackers import DINTR, NotInitializedError
 from fasttrack.trackers.diffusion import sd
 from fasttrack.trackers.diffusion.prompt_learning import initial_prompt
+from fasttrack.trackers.diffusion.readout import BoxReader
 from fasttrack.trackers.dintr.indication import check_masks, extract, indicator_maps
 from fasttrack.trackers.dintr.interpolation import (blend, interpolate, interpolation_timesteps, offset,
                                                     offset_loss)
@@ -80,9 +81,16 @@ def test_extract_each_indication():
     maps[0, 2:4, 5:7] = 1.0
     maps[0, 3, 6] = 2.0
     prev = torch.tensor([[0.0, 0.0, 10.0, 6.0]])
-    box = extract("box", maps, (16, 16), prev, threshold=0.4)
-    mask = extract("mask", maps, (16, 16), prev, threshold=0.4)
-    point = extract("point", maps, (16, 16), prev)
+
+    def reader(threshold):
+        r = BoxReader(threshold, scale_step=float("inf"))
+        r.start(prev)
+        return r
+
+    box = extract("box", reader(0.4), maps, (16, 16))
+    mask = extract("mask", reader(0.4), maps, (16, 16))
+    point_reader = reader(0.5)
+    point = extract("point", point_reader, maps, (16, 16))
     assert torch.equal(box["boxes"], mask["boxes"])
     up_mask = mask["masks"][0]
     ys, xs = np.nonzero(up_mask.numpy())
@@ -91,6 +99,7 @@ def test_extract_each_indication():
     assert 12 <= px <= 14 and 6 <= py <= 8                      # the peak cell (3, 6) covers x 12-14
     assert point["boxes"][0, 2:].tolist() == [10.0, 6.0]          # size kept, centred on the point
     assert torch.allclose(point["boxes"][0, :2] + point["boxes"][0, 2:] / 2, point["points"][0])
+    assert torch.equal(point_reader.boxes, point["boxes"])        # the next frame searches there
     assert 0.0 < float(box["scores"][0]) <= 1.0
 
 

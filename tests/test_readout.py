@@ -15,7 +15,7 @@ pytest.importorskip("diffusers")
 
 from fasttrack.eval.metrics import iou  # noqa: E402
 from fasttrack.trackers.diffusion.boxes import box_masks  # noqa: E402
-from fasttrack.trackers.diffusion.readout import read_boxes, search_window  # noqa: E402
+from fasttrack.trackers.diffusion.readout import BoxReader, read_boxes, search_window  # noqa: E402
 
 GRID = (32, 32)
 
@@ -44,6 +44,16 @@ def _maps(box, dbox, size, noise_seed, grid=GRID):
     """(1, h, w): the target's box mask + 1.4 x the distractor's + uniform noise in [0, 0.05)
     (noise shifts the 0.5 level, and with it the box edges, by up to a twentieth of a cell)."""
     t = box_masks(torch.tensor(box)[None], size, grid)
+    return _with_distractor(t, dbox, size, noise_seed, grid)
+
+
+def _core(box, fw, fh):
+    """The box's central fw x fh part: a map that covers only part of its target."""
+    x, y, w, h = (float(v) for v in box)
+    return [x + w * (1 - fw) / 2, y + h * (1 - fh) / 2, w * fw, h * fh]
+
+
+def _with_distractor(t, dbox, size, noise_seed, grid=GRID):
     d = box_masks(torch.tensor(dbox)[None], size, grid)
     gen = torch.Generator().manual_seed(noise_seed)
     return t + 1.4 * d + 0.05 * torch.rand(t.shape, generator=gen)
@@ -124,6 +134,64 @@ def test_readout_rejects_bad_inputs():
         read_boxes(m, prev, (32, 32), scale_step=0.9)
 
 
+# --------------------------------------------------------------------- BoxReader: the size model
+def test_box_reader_calibrates_to_a_partial_map(rng):
+    """Maps that cover only the central 65% x 75% of the target: the calibrated reader learns
+    the ratio on the first read and keeps IoU >= 0.85 (a region edge is only good to a fraction of a cell, and the ratio scales its error); the region box alone shrinks away."""
+    frames, boxes, dboxes, size = _scene(rng, num_frames=9)
+    reader, plain = BoxReader(0.5, calibrate=True), BoxReader(0.5)
+    reader.start(torch.tensor(boxes[:1]))
+    plain.start(torch.tensor(boxes[:1]))
+    for k in range(1, len(boxes)):
+        m = _with_distractor(box_masks(torch.tensor(_core(boxes[k], 0.65, 0.75))[None], size, GRID),
+                             dboxes[k], size, k)
+        got, base = reader.read(m, size), plain.read(m, size)
+        assert torch.equal(got.boxes, reader.boxes)
+        assert iou(got.boxes.numpy(), boxes[k:k + 1])[0] >= 0.85, k
+    assert iou(base.boxes.numpy(), boxes[-1:])[0] < 0.6          # without calibration: the core only
+
+
+def test_box_reader_bounds_and_smooths_the_size(rng):
+    """Size = prev^(1 - size_lr) x (ratio x region size, bounded to prev / s .. prev x s), centred
+    on the region box; checked against read_boxes' region box on random maps."""
+    K, size = 3, (90, 120)
+    prev = torch.tensor([[30.0, 20.0, 20.0, 16.0], [50.0, 40.0, 10.0, 30.0], [5.0, 5.0, 40.0, 40.0]])
+    reader = BoxReader(0.4, search=2.5, scale_step=1.2, size_lr=0.3)
+    reader.start(prev)
+    m = torch.rand(K, 12, 16, generator=rng)
+    got = reader.read(m, size)
+    region = read_boxes(m, prev, size, threshold=0.4, search=2.5).boxes
+    bounded = region[:, 2:].clamp_min(1.0).clamp(prev[:, 2:] / 1.2, prev[:, 2:] * 1.2)
+    wh = prev[:, 2:] ** 0.7 * bounded ** 0.3
+    centre = region[:, :2] + region[:, 2:] / 2
+    assert torch.allclose(got.boxes, torch.cat([centre - wh / 2, wh], 1), rtol=1e-5, atol=1e-4)
+
+
+def test_box_reader_nothing_found_keeps_box_and_waits_to_calibrate(rng):
+    prev = torch.tensor([[10.0, 12.0, 20.0, 18.0]])
+    reader = BoxReader(0.5, calibrate=True)
+    reader.start(prev)
+    flat = reader.read(torch.ones(1, 8, 8), (64, 64))
+    assert not flat.found.any() and torch.equal(flat.boxes, prev) and torch.equal(reader.boxes, prev)
+    m = box_masks(torch.tensor([[14.0, 16.0, 8.0, 6.0]]), (64, 64), (8, 8))
+    first = reader.read(m, (64, 64))               # the first read calibrates: the size stays
+    assert first.found.all()
+    assert torch.allclose(first.boxes[0, 2:], prev[0, 2:])
+    assert torch.allclose(first.boxes[0, :2] + first.boxes[0, 2:] / 2, torch.tensor([18.0, 19.0]), atol=1.0)
+    again = reader.read(m, (64, 64))               # same region, calibrated: same size
+    assert torch.allclose(again.boxes, first.boxes, atol=1e-4)
+
+
+def test_box_reader_rejects_bad_settings_and_use():
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match="size_lr"):
+            BoxReader(size_lr=bad)
+    with pytest.raises(ValueError, match="scale_step"):
+        BoxReader(scale_step=0.5)
+    with pytest.raises(RuntimeError, match="start"):
+        BoxReader().read(torch.rand(1, 4, 4), (16, 16))
+
+
 # --------------------------------------------------------------------- both trackers, injected maps
 def _nearest_frame(z, latents):
     d = torch.stack([(z[:1].float() - l.float()).pow(2).sum() for l in latents])
@@ -169,3 +237,40 @@ def test_trackers_follow_target_with_injected_maps(which, rng, monkeypatch):
     assert ious.min() >= 0.9, ious
     if which == "dintr":
         assert calls == list(range(1, len(frames)))   # one readout per frame, at z_{k+1}
+
+
+@pytest.mark.parametrize("which", ["diff_tracker", "dintr"])
+def test_trackers_calibrate_size_with_partial_maps(which, rng, monkeypatch):
+    """Maps covering the central 65% x 75% of the target (as tiny-sd's do: DESIGN 1.7): with
+    calibrate_size the trackers keep next-frame IoU >= 0.85."""
+    from fasttrack.trackers import DINTR, DiffTracker
+
+    frames, boxes, dboxes, size = _scene(rng)
+    kw = dict(resolution=GRID[0], calibrate_size=True, size_lr=0.5)
+    if which == "diff_tracker":
+        tr = DiffTracker.tiny(0, prompt_steps=0, use_updater=False, **kw)
+    else:
+        tr = DINTR.tiny(0, init_steps=0, reinject_steps=0, finetune_steps=0, **kw)
+    from fasttrack.trackers.diffusion.sd import preprocess
+
+    with torch.no_grad():
+        latents = [tr.sd.encode(preprocess(f, tr.sd.image_size, "cpu", torch.float32)) for f in frames]
+
+    def injected(z):
+        k = _nearest_frame(z, latents)
+        core = box_masks(torch.tensor(_core(boxes[k], 0.65, 0.75))[None], size, GRID)
+        return _with_distractor(core, dboxes[k], size, k)
+
+    if which == "diff_tracker":
+        orig = tr._forward
+
+        def forward(z, prompt):
+            maps, pred, noise = orig(z, prompt)
+            return injected(z).expand_as(maps), pred, noise
+
+        monkeypatch.setattr(tr, "_forward", forward)
+    else:
+        monkeypatch.setattr(tr, "_maps", lambda z, tokens, labels=None: injected(z))
+    out, _ = tr.run(frames, boxes[0], progress=False)
+    ious = iou(out[1:], boxes[1:])
+    assert ious.min() >= 0.85, ious

@@ -7,7 +7,9 @@ harmonization M = alpha C + (1 - alpha) S^T C at R x R (alpha 0.5) from the chos
 SD 2.1; with `normalize`, S^T C divided by the attention each pixel receives) -> the diffusion
 trackers' readout (diffusion.readout: the connected region holding the map's peak within
 `search` times the previous box, on the window-normalized map, its pixels at or above
-`threshold`, and the smallest box around them). `score` is the readout's peak score.
+`threshold`, and the smallest box around them; then the size model of `BoxReader`: with
+`calibrate_size`, the region-to-target size ratio learned on frame 2, sizes bounded by
+`scale_step` and smoothed by `size_lr`). `score` is the readout's peak score.
 
 Frame 1: the prompt (P tokens, D = prompt dim) is learned with Adam (lr 5e-3) on
 normalized MSE(M, box mask) + dm_weight * L_DM (the UNet's denoising loss), the UNet frozen.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..diffusion.boxes import box_masks
-from ..diffusion.readout import check_readout, read_boxes
+from ..diffusion.readout import BoxReader, check_readout
 from ..diffusion.prompt_learning import initial_prompt, insert_prompt, normalized_mse
 from ..diffusion.prompt_learning import learn_prompt as adam_prompt
 from ..diffusion.sd import SDComponents, add_noise, diffusion_target, preprocess
@@ -58,6 +60,9 @@ class DiffTracker(DiffusionTracker):
         threshold: activation level of the window-normalized map (diffusion.readout).
         search: readout window, a multiple of the previous box; scale_step: the readout's
             largest per-frame size change (diffusion.readout).
+        size_lr: weight of each frame's size measurement (1: none kept from the previous box);
+            calibrate_size: learn the map-region-to-target size ratio on frame 2
+            (diffusion.readout.BoxReader).
         normalize: divide S^T C by the attention each pixel receives (AttentionRecorder).
         use_updater: run the online prompt updater; update_from: 0-based frame index of its
             first update (5: the 6th frame).
@@ -65,8 +70,8 @@ class DiffTracker(DiffusionTracker):
     """
 
     _config_keys = ("resolution", "cross_layers", "self_layers", "alpha", "timestep", "num_tokens",
-                    "prompt_steps", "lr", "dm_weight", "threshold", "search", "scale_step", "normalize", "use_updater",
-                    "update_from", "seed")
+                    "prompt_steps", "lr", "dm_weight", "threshold", "search", "scale_step", "size_lr", "calibrate_size", "normalize",
+                    "use_updater", "update_from", "seed")
     _folder = "fasttrack_diff_tracker"
 
     def __init__(self, components: SDComponents, *, updater: PromptUpdater | None = None,
@@ -74,7 +79,7 @@ class DiffTracker(DiffusionTracker):
                  cross_layers=SLIME_CROSS, self_layers=SLIME_SELF, alpha: float = 0.5,
                  timestep: int = 100, num_tokens: int = 1, prompt_steps: int = 50, lr: float = 5e-3,
                  dm_weight: float = 1.0, threshold: float = 0.5, search: float = 3.0,
-                 scale_step: float = 1.1,
+                 scale_step: float = 1.1, size_lr: float = 1.0, calibrate_size: bool = False,
                  normalize: bool = True, use_updater: bool = True,
                  update_from: int = 5, seed: int = 0):
         super().__init__(components, resolution=resolution, cross_layers=cross_layers,
@@ -84,13 +89,13 @@ class DiffTracker(DiffusionTracker):
             raise ValueError(f"timestep must be an int in [0, {n_train}), got {timestep!r}")
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-        check_readout(threshold, search, scale_step)
+        check_readout(threshold, search, scale_step, size_lr)
         if not isinstance(update_from, int) or update_from < 1:
             raise ValueError(f"update_from must be an int >= 1, got {update_from!r}")
         self.alpha, self.timestep, self.num_tokens = float(alpha), timestep, int(num_tokens)
         self.prompt_steps, self.lr, self.dm_weight = int(prompt_steps), float(lr), float(dm_weight)
         self.search, self.normalize = float(search), bool(normalize)
-        self.scale_step = float(scale_step)
+        self.scale_step, self.size_lr, self.calibrate_size = float(scale_step), float(size_lr), bool(calibrate_size)
         self.threshold, self.use_updater, self.update_from = float(threshold), bool(use_updater), update_from
         self.seed = int(seed)
         D = int(components.unet.config.cross_attention_dim)
@@ -169,7 +174,9 @@ class DiffTracker(DiffusionTracker):
         x, z = self._encode(image)
         gt = box_masks(b, (H, W), (self.resolution, self.resolution))
         self.prompt, self.loss_history = self.learn_prompt(z, gt, self.prompt_steps)
-        self._boxes = b
+        self._reader = BoxReader(self.threshold, self.search, self.scale_step, self.size_lr,
+                                 self.calibrate_size)
+        self._reader.start(b)
         self._frame = 0
         self._short, self._long = [], []
         if self.use_updater:
@@ -219,12 +226,10 @@ class DiffTracker(DiffusionTracker):
                     self.prompt = self.updater(self.prompt, self._template, short, long)
             maps, _, _ = self._forward(z, self.prompt)
             boxes, scores = self._boxes_from_maps(maps)
-        self._boxes = boxes
         return boxes, scores
 
     def _boxes_from_maps(self, maps: torch.Tensor):
-        r = read_boxes(maps, self._boxes, self._image_size, threshold=self.threshold,
-                       search=self.search, scale_step=self.scale_step)
+        r = self._reader.read(maps, self._image_size)
         return r.boxes, r.scores
 
     # ------------------------------------------------------------------ updater training

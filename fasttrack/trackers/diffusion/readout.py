@@ -30,6 +30,18 @@ holds the frame's strongest response, lower when something else outshines it. A 
 nothing to read (a constant map) keeps the previous box, its centre as the point and an empty
 mask, with score 0 and `found` False.
 
+`BoxReader` is the readout of one tracked sequence, what the trackers call: `read_boxes` near
+its previous boxes, then a size model. The region's extent is a biased measure of the target's:
+how much of the target a token's map covers, and how far it bleeds, depends on the target (on
+tiny-sd's "val" split, region size / true size, open loop, ranged 0.1 to 1.7 between sequences
+with a spread of 0.05-0.3 within one). So the first read calibrates: ratio = init size / that
+read's region size, per target and axis, and the box keeps the init size on that frame; later
+reads measure size = ratio x region size, bounded to a factor `scale_step` of the previous size
+and smoothed geometrically, size = prev^(1 - size_lr) x measured^size_lr. The centre is the
+region box's. (Measured on the shipped tiny-sd, Diff-Tracker, 20 "val" sequences x 40 frames,
+closed loop: region boxes bounded by 1.1, AO 0.44; the init size kept, 0.53; calibrated and
+smoothed with size_lr 0.5, 0.55.)
+
 Everything is batched over K targets and stays on the device.
 """
 from __future__ import annotations
@@ -41,12 +53,15 @@ import torch.nn.functional as F
 
 from .boxes import _first_last
 
-__all__ = ["read_boxes", "search_window", "Readout", "check_readout"]
+__all__ = ["read_boxes", "search_window", "Readout", "BoxReader", "check_readout"]
 
 
-def check_readout(threshold, search, scale_step) -> None:
+def check_readout(threshold, search, scale_step, size_lr=1.0) -> None:
     """ValueError naming the readout setting out of range: threshold in (0, 1], search > 0,
-    scale_step >= 1 (the trackers check their settings with it at construction)."""
+    scale_step >= 1, size_lr in (0, 1] (the trackers check their settings with it at
+    construction)."""
+    if not 0.0 < float(size_lr) <= 1.0:
+        raise ValueError(f"size_lr must be in (0, 1], got {size_lr!r}")
     if not 0.0 < float(threshold) <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
     if not float(search) > 0:
@@ -153,3 +168,52 @@ def read_boxes(maps: torch.Tensor, prev_boxes: torch.Tensor, image_size: tuple[i
     points = torch.stack([peak % w, peak // w], 1).to(torch.float32).add(0.5) * cell
     points = torch.where(found[:, None], points, prev[:, :2] + prev[:, 2:] / 2)
     return Readout(boxes, torch.where(found, scores, torch.zeros_like(scores)), points, pix, found)
+
+
+class BoxReader:
+    """The readout of one tracked sequence (module docstring): `read_boxes` near the previous
+    boxes, then the size model (calibrated on the first read, bounded, smoothed).
+
+    Args:
+        threshold, search, scale_step: as `read_boxes` (scale_step bounds the size model's step).
+        size_lr: weight in (0, 1] of the new size measurement (1: no smoothing).
+        calibrate: learn the region-to-target size ratio on the first read (False: ratio 1).
+    Use: `start(boxes)` with the init boxes (K, 4), then `read(maps, image_size)` per frame;
+    `boxes` holds the last boxes (K, 4) float32 on the maps' device.
+    """
+
+    def __init__(self, threshold: float = 0.5, search: float = 3.0, scale_step: float = 1.1,
+                 size_lr: float = 1.0, calibrate: bool = False):
+        check_readout(threshold, search, scale_step, size_lr)
+        self.threshold, self.search, self.scale_step = float(threshold), float(search), float(scale_step)
+        self.size_lr, self.calibrate = float(size_lr), bool(calibrate)
+        self.boxes = None
+
+    def start(self, boxes: torch.Tensor) -> None:
+        """Begin a sequence at the init boxes (K, 4) [x, y, w, h]."""
+        self.boxes = boxes.detach().to(torch.float32).clone()
+        self._ratio = torch.ones_like(self.boxes[:, 2:])
+        self._calibrated = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+
+    def read(self, maps: torch.Tensor, image_size: tuple[int, int]) -> Readout:
+        """maps (K, h, w) -> the frame's `Readout`, its boxes from the size model; updates
+        `boxes`. A target with nothing to read keeps its box (and stays uncalibrated)."""
+        if self.boxes is None:
+            raise RuntimeError("BoxReader.read before start(boxes)")
+        prev = self.boxes.to(maps.device)
+        r = read_boxes(maps, prev, image_size, threshold=self.threshold, search=self.search)
+        region = r.boxes[:, 2:].clamp_min(1.0)
+        centre = r.boxes[:, :2] + r.boxes[:, 2:] / 2
+        measured = region * self._ratio
+        bounded = torch.minimum(torch.maximum(measured, prev[:, 2:] / self.scale_step),
+                                prev[:, 2:] * self.scale_step)
+        # geometric smoothing: equal steps up and down in log size
+        wh = prev[:, 2:].pow(1 - self.size_lr) * bounded.pow(self.size_lr)
+        if self.calibrate:
+            first = (r.found & ~self._calibrated)[:, None]
+            self._ratio = torch.where(first, prev[:, 2:] / region, self._ratio)
+            wh = torch.where(first, prev[:, 2:], wh)
+            self._calibrated = self._calibrated | r.found
+        boxes = torch.where(r.found[:, None], torch.cat([centre - wh / 2, wh], 1), prev)
+        self.boxes = boxes
+        return r._replace(boxes=boxes)

@@ -12,12 +12,12 @@ The target's condition token is then learned in place on the init frame so that 
 matches this indicator map (the paper's one-shot in-place fine-tuning, restricted to the
 condition; the diffusion model stays frozen).
 
-Extraction (Eq. 12), through the diffusion trackers' one readout (diffusion.readout.read_boxes:
+Extraction (Eq. 12), through the diffusion trackers' one readout (diffusion.readout.BoxReader:
 the connected region holding the map's peak near the previous box, on the window-normalized
-map) into
+map, then the reader's size model) into
 - point: the peak (the box keeps its size and follows the point);
-- box: the smallest box around the region's pixels at or above the threshold;
-- mask: those pixels (their bounding box is the box, up to the readout's per-frame size bound).
+- box: the reader's box (the region's box, its size calibrated, bounded and smoothed);
+- mask: the region's pixels at or above the threshold (the box as for "box").
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion.boxes import box_masks, gaussian_masks
-from ..diffusion.readout import read_boxes
+from ..diffusion.readout import BoxReader
 
 __all__ = ["INDICATIONS", "check_indication", "check_masks", "indicator_maps", "extract"]
 
@@ -86,22 +86,22 @@ def indicator_maps(indication: str, boxes: torch.Tensor, image_size: tuple[int, 
     return box_masks(boxes, image_size, map_size)
 
 
-def extract(indication: str, maps: torch.Tensor, image_size: tuple[int, int], prev_boxes: torch.Tensor,
-            threshold: float = 0.5, search: float = 3.0, scale_step: float = float("inf")) -> dict:
+def extract(indication: str, reader: BoxReader, maps: torch.Tensor, image_size: tuple[int, int]) -> dict:
     """Map K attention maps (K, h, w) (on a grid over the whole image) to the indication's
-    output on the image, near the previous boxes (K, 4).
+    output on the image, through the sequence's `reader` (started at the init boxes; it holds
+    the previous boxes and is advanced to this frame's).
 
     Returns a dict of device tensors: "boxes" (K, 4) float32, "scores" (K,) (readout score),
     "found" (K,) bool (False: nothing to read, the previous box kept), "points" (K, 2) [x, y]
     for "point", "masks" (K, H, W) bool for "mask".
     """
     check_indication(indication)
-    r = read_boxes(maps, prev_boxes, image_size, threshold=threshold, search=search,
-                   scale_step=scale_step)
+    prev = reader.boxes
+    r = reader.read(maps, image_size)
     out = {"boxes": r.boxes, "scores": r.scores, "found": r.found}
     if indication == "point":
-        wh = prev_boxes[:, 2:].to(r.points)
-        out["boxes"] = torch.cat([r.points - wh / 2, wh], 1)
+        wh = prev[:, 2:].to(r.points)
+        out["boxes"] = reader.boxes = torch.cat([r.points - wh / 2, wh], 1)
         out["points"] = r.points
     elif indication == "mask":
         out["masks"] = r.masks

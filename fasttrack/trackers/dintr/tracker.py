@@ -50,7 +50,7 @@ from ..base import as_image
 from ..diffusion.boxes import masks_to_boxes
 from ..diffusion.prompt_learning import initial_prompt, insert_prompt, learn_prompt, normalized_mse
 from ..diffusion.sd import SDComponents, preprocess
-from ..diffusion.readout import check_readout
+from ..diffusion.readout import BoxReader, check_readout
 from ..diffusion.serialization import write_tracker_folder
 from ..diffusion.tracker import DiffusionTracker
 from .indication import check_indication, check_masks, extract, indicator_maps
@@ -97,6 +97,9 @@ class DINTR(DiffusionTracker):
         threshold: activation level of the window-normalized map (diffusion.readout).
         search: readout window, a multiple of the previous box; scale_step: the readout's
             largest per-frame size change (diffusion.readout).
+        size_lr: weight of each frame's size measurement (1: none kept from the previous box);
+            calibrate_size: learn the map-region-to-target size ratio on frame 2
+            (diffusion.readout.BoxReader; not used by indication "point", whose box keeps its size).
         normalize: divide S^T C by the attention each pixel receives (AttentionRecorder).
         alpha: weight of the cross map itself in the map, alpha C + (1 - alpha) S^T C (0: the
             paper's S^T C, also the shipped tiny-sd setting: see tiny_sd.TRACKER_SETTINGS).
@@ -110,13 +113,15 @@ class DINTR(DiffusionTracker):
 
     _folder = "fasttrack_dintr"
     _config_keys = ("indication", "num_steps", "max_timestep", "offset", "resolution", "cross_layers",
-                    "self_layers", "init_steps", "lr", "threshold", "search", "scale_step", "normalize", "alpha",
+                    "self_layers", "init_steps", "lr", "threshold", "search", "scale_step", "size_lr", "calibrate_size",
+                    "normalize", "alpha",
                     "finetune_steps", "finetune_lr", "finetune_params", "reinject_steps")
 
     def __init__(self, components: SDComponents, *, indication: str = "box", num_steps: int = 5,
                  max_timestep: int = 250, offset: str = "anchor", resolution: int | None = None,
                  cross_layers="all", self_layers="all", init_steps: int = 20, lr: float = 5e-3,
                  threshold: float = 0.5, search: float = 3.0, scale_step: float = 1.1,
+                 size_lr: float = 1.0, calibrate_size: bool = False,
                  normalize: bool = True, alpha: float = 0.0,
                  finetune_steps: int = 1, finetune_lr: float = 1e-4, finetune_params: str = "attention",
                  reinject_steps: int = 1):
@@ -133,13 +138,13 @@ class DINTR(DiffusionTracker):
                         ("reinject_steps", reinject_steps)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        check_readout(threshold, search, scale_step)
+        check_readout(threshold, search, scale_step, size_lr)
         if not float(finetune_lr) > 0 or not float(lr) > 0:
             raise ValueError(f"lr and finetune_lr must be > 0, got {lr!r} and {finetune_lr!r}")
         self.num_steps, self.max_timestep, self.offset = num_steps, max_timestep, offset
         self.init_steps, self.lr, self.threshold = init_steps, float(lr), float(threshold)
         self.search, self.normalize = float(search), bool(normalize)
-        self.scale_step = float(scale_step)
+        self.scale_step, self.size_lr, self.calibrate_size = float(scale_step), float(size_lr), bool(calibrate_size)
         if isinstance(alpha, bool) or not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         self.alpha = float(alpha)
@@ -277,7 +282,9 @@ class DINTR(DiffusionTracker):
         self.tokens, self.loss_history = self._fit_tokens(initial_prompt(self.sd.null_context, K, 1, self.sd.prompt_init),
                                                           z, gt, self.init_steps)
         self._z = z
-        self._boxes = b
+        self._reader = BoxReader(self.threshold, self.search, self.scale_step, self.size_lr,
+                                 self.calibrate_size)
+        self._reader.start(b)
         self.points = b[:, :2] + b[:, 2:] / 2
         self.masks = None
 
@@ -300,8 +307,7 @@ class DINTR(DiffusionTracker):
                     pass
         with torch.no_grad():
             maps = self._maps(x0, self.tokens)
-            out = extract(self.indication, maps, self._image_size, self._boxes, self.threshold,
-                          self.search, self.scale_step)
+            out = extract(self.indication, self._reader, maps, self._image_size)
         if self.reinject_steps:
             masks = out["masks"].to(torch.float32) if self.indication == "mask" else None
             gt = self._indicator(out["boxes"], masks)
@@ -310,7 +316,6 @@ class DINTR(DiffusionTracker):
             self.tokens, _ = self._fit_tokens(self.tokens, z_next, gt, self.reinject_steps)
             self._gt = gt
         self._z = z_next
-        self._boxes = out["boxes"]
         self.points = out.get("points")
         self.masks = out.get("masks")
         return out["boxes"], out["scores"]
