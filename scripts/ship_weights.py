@@ -5,12 +5,15 @@ numbers in its meta:
     python scripts/ship_weights.py detrack runs/tiny/detrack.pt
     python scripts/ship_weights.py dmtrack runs/dmtrack/dmtrack.pt
     python scripts/ship_weights.py tiny-sd runs/tiny-sd --updater runs/updater
+    python scripts/ship_weights.py tiny-sd fasttrack/trackers/diffusion/weights/tiny_sd
 
 tiny-sd: copies the `fasttrack train tiny-sd` folder into the package (DiffTracker.pretrained(),
 DINTR.pretrained()) with both trackers' subfolders (Diff-Tracker's: the trained updater of
 `fasttrack train diff-tracker-updater` and the settings below; DINTR's: its settings), then
 scores both on synthetic:test and writes heldout.json beside them (AO per sequence, the static
-box's AO, ms per frame on this machine, one thread).
+box's AO, ms per frame on this machine, one thread). Given the package folder itself, it copies
+nothing: it rewrites both trackers' settings from TRACKER_SETTINGS (the learned modules stay)
+and re-scores them.
 
 meta gains "test" (AO per sequence of synthetic:test and their mean, the closed-loop AO
 `fasttrack eval synthetic:test` reports per sequence), "test4_ao" (the first 4 test sequences,
@@ -81,18 +84,20 @@ def ship_tiny_sd(args) -> int:
 
     torch.set_num_threads(1)
     dest = Path(args.dest or TINY_SD_DIR)
-    if Path(args.checkpoint).resolve() == dest.resolve():
-        raise SystemExit("the trained folder is the destination: nothing to copy")
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    src = Path(args.checkpoint)
-    for sub in ("vae", "unet", "scheduler", "text_encoder", "tokenizer"):
-        shutil.copytree(src / sub, dest / sub)
-    for f in ("null_context.safetensors", "prompt_init.safetensors", "train.json"):
-        shutil.copy(src / f, dest / f)
-    if args.updater:
-        shutil.copy(Path(args.updater) / "train.json", dest / "updater_train.json")
+    in_place = Path(args.checkpoint).resolve() == dest.resolve()
+    if in_place and args.updater:
+        raise SystemExit("--updater with the package folder itself: ship a trained folder instead")
+    if not in_place:
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        src = Path(args.checkpoint)
+        for sub in ("vae", "unet", "scheduler", "text_encoder", "tokenizer"):
+            shutil.copytree(src / sub, dest / sub)
+        for f in ("null_context.safetensors", "prompt_init.safetensors", "train.json"):
+            shutil.copy(src / f, dest / f)
+        if args.updater:
+            shutil.copy(Path(args.updater) / "train.json", dest / "updater_train.json")
     test = synthetic_split("test")
     static = float(np.mean([metrics(np.repeat(s.gt[:1], len(s), 0), s.gt, skip_first=True)["ao"]
                             for s in test]))

@@ -55,21 +55,34 @@ TINY_SD_TEXT = dict(dim=32, length=16, heads=2, hidden=64)
 #   target's pixels to the background, so S^T C is lower inside the target than around it
 #   (alpha 1, threshold 0.2: 0.33; with threshold 0.3 and the readout's scale_step 1.1: 0.36);
 # - DINTR normalize False: its all-layer S^T C reads better raw (0.26) than divided by the
-#   attention received (0.12) or replaced by C (alpha 1: 0.18);
+#   attention received (0.12) or replaced by C (alpha 1: 0.18) -- with 20 init steps and
+#   re-injection; with the size model below (10 "val" sequences x 40 frames) those settings give
+#   0.42, Diff-Tracker's maps (cross maps of up levels 1-2, alpha 1) 0.33 at 20 init steps and
+#   0.46 at 50, and without re-injection 0.54 (100 init steps: 0.558, 200: 0.488). Re-fitting
+#   the token each frame to its own read (lr 0.05) drifts it onto misreads (re-injection alone:
+#   0.47), so DINTR ships with reinject_steps 0; the online fine-tuning stays on (one step:
+#   0.540, none: 0.539, at 50 init steps); num_steps 1 (max_timestep 100): 0.536, 25 % faster;
 # - threshold 0.3: tiny-sd's cross maps are peaky; 0.5 cuts the target;
+# - Diff-Tracker prompt_steps 100 (20 x 40 frames, with the size model): 0.552 at 50, 0.566 at
+#   100 (lr 0.1: 0.559), 0.573 at 200, not taken: twice the first-frame time for a gain inside
+#   the spread, and DINTR's token overfits at 200 (above); the maps hardly depend on the noise (the clean latent: 0.560; three timestep labels
+#   averaged: 0.560), and none of a Hann-window prior on the peak, a constant-velocity window, a
+#   larger window, another component choice or a prompt loss restricted to the window or
+#   rewarding mass did better: the misreads are same-texture distractors, which the maps cannot
+#   tell apart (benchmarks/results/diffusion-trackers-tiny-sd-cpu-2026-12-06c);
 # - size_lr 0.5 and calibrate_size (diffusion.readout.BoxReader): Diff-Tracker's val AO, 20 x 40
 #   frames, from 0.44 (region box bounded by scale_step) to 0.55; threshold 0.2/0.3/0.4/0.5 with
-#   them: 0.49/0.50/0.48/0.49 on a model trained with the pixel loss, whose maps differ; DINTR
-#   takes the same readout untuned;
+#   them: 0.49/0.50/0.48/0.49 on a model trained with the pixel loss, whose maps differ;
 # - Diff-Tracker's updater off: one pass of `fasttrack train diff-tracker-updater` (24 labeled
 #   + 24 pseudo-labeled sequences, 10 min) took val AO from 0.355 (identity updater) to 0.200,
 #   so the best-val weights shipped are the identity ones and running them changes nothing.
 TRACKER_SETTINGS = {
     "DiffTracker": dict(cross_layers=["up_blocks.1.*", "up_blocks.2.*"], self_layers=["up_blocks.2.*"],
-                        prompt_steps=50, lr=0.05, alpha=1.0, threshold=0.3, use_updater=False,
+                        prompt_steps=100, lr=0.05, alpha=1.0, threshold=0.3, use_updater=False,
                         size_lr=0.5, calibrate_size=True),
-    "DINTR": dict(num_steps=3, init_steps=20, lr=0.05, threshold=0.3, normalize=False,
-                  size_lr=0.5, calibrate_size=True),
+    "DINTR": dict(cross_layers=["up_blocks.1.*", "up_blocks.2.*"], self_layers=["up_blocks.2.*"],
+                  alpha=1.0, num_steps=3, init_steps=100, lr=0.05, threshold=0.3, normalize=False,
+                  reinject_steps=0, size_lr=0.5, calibrate_size=True),
 }
 
 # Where `DiffTracker.pretrained()` / `DINTR.pretrained()` read the shipped model.

@@ -27,7 +27,9 @@ Each new frame k+1, with latents z_{k+1} (the paper's algorithm D.4/D.5, in this
    mask (Eq. 12).
 4. the indication re-extracted: the new point / box / mask becomes the target's indicator map
    on frame k+1 and its token takes `reinject_steps` Adam steps towards it (the paper
-   re-injects the indication of each frame as the condition of the next pair).
+   re-injects the indication of each frame as the condition of the next pair; off in the
+   shipped tiny-sd settings, where the re-fitted token follows its own misreads: val AO 0.47
+   with it, 0.54 without, tiny_sd.TRACKER_SETTINGS).
 Pose and text indications need inputs this pipeline does not have (no pose estimator; a text
 prompt gives the start of a box search, not a box: the paper's D.28 text handling), so they
 are not offered.
@@ -102,7 +104,8 @@ class DINTR(DiffusionTracker):
             (diffusion.readout.BoxReader; not used by indication "point", whose box keeps its size).
         normalize: divide S^T C by the attention each pixel receives (AttentionRecorder).
         alpha: weight of the cross map itself in the map, alpha C + (1 - alpha) S^T C (0: the
-            paper's S^T C, also the shipped tiny-sd setting: see tiny_sd.TRACKER_SETTINGS).
+            paper's S^T C; the shipped tiny-sd setting is 1, the cross map alone: see
+            tiny_sd.TRACKER_SETTINGS).
         finetune_steps, finetune_lr, finetune_params: the online in-place fine-tuning per frame
             pair (0 steps: the UNet stays as loaded).
         reinject_steps: Adam steps (learning rate `lr`) that re-fit the tokens to the frame's
