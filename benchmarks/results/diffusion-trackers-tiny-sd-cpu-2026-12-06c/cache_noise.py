@@ -4,7 +4,8 @@ torch.set_num_threads(1)
 from fasttrack.trackers.diff_tracker import DiffTracker
 from fasttrack.trackers.diffusion.prompt_learning import insert_prompt
 from fasttrack.trackers.diffusion.sd import add_noise
-from fasttrack.data.synthetic import synthetic_split
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "diffusion-trackers-tiny-sd-cpu-2026-12-06b"))
+from cache_maps import cache_maps
 split, num, frames, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 extra = eval(sys.argv[5]) if len(sys.argv) > 5 else {}
 ND = int(os.environ.get("NDRAW", "1"))
@@ -27,15 +28,4 @@ def fwd(self, z, prompt):
     return self.reader.harmonized(self.alpha, self.normalize).mean(0, keepdim=True), pred, noise
 DiffTracker._forward = fwd
 tr = DiffTracker.pretrained(**extra)
-rec = []
-orig = tr._boxes_from_maps
-def hook(maps):
-    rec[-1].append(maps[0].clone()); return orig(maps)
-tr._boxes_from_maps = hook
-data = {}; t0 = time.time()
-for s in synthetic_split(split, num=num, num_frames=frames):
-    rec.append([])
-    tr.run(s, s.gt[0], progress=False)
-    data[s.name] = dict(maps=torch.stack(rec[-1]), gt=torch.as_tensor(s.gt), size=s.frames[0].shape[:2])
-    print(s.name, round(time.time() - t0), float(data[s.name]["maps"].amax()), flush=True)
-torch.save(data, out)
+cache_maps(tr, split, num, frames, out)

@@ -6,7 +6,8 @@ import fasttrack.trackers.diff_tracker.tracker as T
 from fasttrack.trackers.diffusion.prompt_learning import initial_prompt, learn_prompt as adam_prompt
 from fasttrack.trackers.diffusion.readout import search_window
 from fasttrack.trackers.diffusion.sd import diffusion_target
-from fasttrack.data.synthetic import synthetic_split
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "diffusion-trackers-tiny-sd-cpu-2026-12-06b"))
+from cache_maps import cache_maps
 split, num, frames, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 extra = eval(sys.argv[5]) if len(sys.argv) > 5 else {}
 WS = float(os.environ.get("WS", "3"))
@@ -34,15 +35,4 @@ def learn_prompt(self, z, gt, steps):
 DiffTracker._start = _start2
 DiffTracker.learn_prompt = learn_prompt
 tr = DiffTracker.pretrained(**extra)
-rec = []
-orig = tr._boxes_from_maps
-def hook(maps):
-    rec[-1].append(maps[0].clone()); return orig(maps)
-tr._boxes_from_maps = hook
-data = {}; t0 = time.time()
-for s in synthetic_split(split, num=num, num_frames=frames):
-    rec.append([])
-    tr.run(s, s.gt[0], progress=False)
-    data[s.name] = dict(maps=torch.stack(rec[-1]), gt=torch.as_tensor(s.gt), size=s.frames[0].shape[:2])
-    print(s.name, round(time.time() - t0), float(data[s.name]["maps"].amax()), flush=True)
-torch.save(data, out)
+cache_maps(tr, split, num, frames, out)
