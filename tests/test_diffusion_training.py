@@ -104,11 +104,12 @@ def test_train_updater_cli_writes_a_loadable_updater(tiny_sd_folder, tmp_path, c
     code, text, err = run_cli(capsys, "train", "diff-tracker-updater", "--sd", str(sd), "--epochs", "1",
                          "--sequences", "1", "--frames", "7", "--unlabeled", "synthetic",
                          "--val-sequences", "1", "--val-frames", "3", "--threads", "1",
-                         "--no-progress", "--out", str(out))
+                         "--prompt-steps", "5", "--no-progress", "--out", str(out))
     assert code == 0, err
     assert "best val AO" in text
     log = json.loads((out / "train.json").read_text())
     assert log["labeled"] == 1 and log["pseudo_labeled"] == 1 and len(log["passes"]) == 1
+    assert log["options"]["settings"] == {"prompt_steps": 5}
     assert 0.0 <= log["pseudo_label_iou"] <= 1.0
     tr = DiffTracker.from_pretrained(sd, tracker_path=out)
     assert tr.updater.config["prompt_dim"] == 32 and tr.use_updater
@@ -118,6 +119,8 @@ def test_train_cli_rejects_options_of_other_models(capsys):
     for argv, name in ((("tiny-sd", "--box-head", "center", "--minutes", "1"), "--box-head"),
                        (("diff-tracker-updater", "--batch", "8"), "--batch"),
                        (("detrack", "--unlabeled", "synthetic", "--steps", "1"), "--unlabeled"),
-                       (("tiny-sd", "--minutes", "0"), "--minutes")):
+                       (("tiny-sd", "--minutes", "0"), "--minutes"),
+                       (("tiny-sd", "--prompt-steps", "5", "--minutes", "1"), "--prompt-steps"),
+                       (("diff-tracker-updater", "--prompt-steps", "-1", "--epochs", "1"), "--prompt-steps")):
         code, _, err = run_cli(capsys, "train", *argv)
         assert code != 0 and name in err, (argv, err)

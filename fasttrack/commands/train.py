@@ -117,6 +117,9 @@ def register(sub) -> argparse.ArgumentParser:
                    help="sequences per source (default: %(default)s)")
     u.add_argument("--frames", type=int, default=20, metavar="N",
                    help="frames per sequence (default: %(default)s)")
+    u.add_argument("--prompt-steps", type=int, default=None, metavar="N",
+                   help="first-frame prompt-learning steps per sequence, in training and val "
+                        "(default: the tracker settings of the --sd folder)")
     p.add_argument("--eval-every", type=int, default=250, metavar="N",
                    help="steps between held-out evaluations and checkpoints (default: %(default)s)")
     p.add_argument("--val-sequences", type=int, default=None, metavar="N",
@@ -138,7 +141,7 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 _MODELS = ("detrack", "dmtrack", "tiny-sd", "diff-tracker-updater")
-_UPDATER_ONLY = ("sd", "unlabeled", "epochs", "sequences", "frames")
+_UPDATER_ONLY = ("sd", "unlabeled", "epochs", "sequences", "frames", "prompt_steps")
 _DETRACK_ONLY = ("box_head", "t_min", "fixed_noise", "small_jitter", "small_jitter_prob",
                  "close_distractors", "denoise_weight", "init_vit")
 _DMTRACK_ONLY = ("mask_module", "single_sample", "text_drop", "wrong_text", "ce_start", "ce_keep")
@@ -244,7 +247,8 @@ def _run_diffusion(args, device: str) -> int:
                                minutes=10.0 if args.minutes is None and args.epochs is None else args.minutes,
                                lr=args.lr, out=args.out, val_sequences=args.val_sequences,
                                val_frames=args.val_frames,
-                               seed=args.seed, device=device, progress=not args.no_progress)
+                               seed=args.seed, device=device, progress=not args.no_progress,
+                               settings={} if args.prompt_steps is None else {"prompt_steps": args.prompt_steps})
     opts.check()
     threads = set_threads(args.threads)
     print(f"fasttrack train diff-tracker-updater, {run_label(device, threads)}", flush=True)

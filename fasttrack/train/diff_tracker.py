@@ -64,6 +64,9 @@ class UpdaterTrainOptions:
                              f"{self.sequences}, {self.frames}, {self.val_sequences}, {self.val_frames}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
+        steps = self.settings.get("prompt_steps")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+            raise ValueError(f"--prompt-steps must be an int >= 0, got {steps!r}")
         if not self.data and not self.unlabeled:
             raise ValueError("give labeled --data or --unlabeled video (or both)")
 
