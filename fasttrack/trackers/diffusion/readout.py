@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from .boxes import _first_last
+from .crops import from_window, to_window, window_side
 
 __all__ = ["read_boxes", "search_window", "Readout", "BoxReader", "check_readout"]
 
@@ -195,13 +196,24 @@ class BoxReader:
         self._ratio = torch.ones_like(self.boxes[:, 2:])
         self._calibrated = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
 
-    def read(self, maps: torch.Tensor, image_size: tuple[int, int]) -> Readout:
+    def read(self, maps: torch.Tensor, image_size: tuple[int, int], windows: torch.Tensor | None = None) -> Readout:
         """maps (K, h, w) -> the frame's `Readout`, its boxes from the size model; updates
-        `boxes`. A target with nothing to read keeps its box (and stays uncalibrated)."""
+        `boxes`. A target with nothing to read keeps its box (and stays uncalibrated).
+        windows: None when the maps cover the whole (H, W) image; else (K, 3) [x0, y0, L], the
+        square each target's map covers (diffusion.crops): the region is read in the window's
+        frame, a virtual image of 8 pixels per map cell, and its box and point come back in
+        image pixels (its mask stays in the window's frame)."""
         if self.boxes is None:
             raise RuntimeError("BoxReader.read before start(boxes)")
         prev = self.boxes.to(maps.device)
-        r = read_boxes(maps, prev, image_size, threshold=self.threshold, search=self.search)
+        if windows is None:
+            r = read_boxes(maps, prev, image_size, threshold=self.threshold, search=self.search)
+        else:
+            side = window_side(maps.shape[-2:])
+            win = windows.to(device=maps.device, dtype=torch.float32)
+            r = read_boxes(maps, to_window(prev, win, side), (side, side), threshold=self.threshold,
+                           search=self.search)
+            r = r._replace(boxes=from_window(r.boxes, win, side), points=from_window(r.points, win, side))
         region = r.boxes[:, 2:].clamp_min(1.0)
         centre = r.boxes[:, :2] + r.boxes[:, 2:] / 2
         measured = region * self._ratio

@@ -86,18 +86,22 @@ def indicator_maps(indication: str, boxes: torch.Tensor, image_size: tuple[int, 
     return box_masks(boxes, image_size, map_size)
 
 
-def extract(indication: str, reader: BoxReader, maps: torch.Tensor, image_size: tuple[int, int]) -> dict:
-    """Map K attention maps (K, h, w) (on a grid over the whole image) to the indication's
-    output on the image, through the sequence's `reader` (started at the init boxes; it holds
-    the previous boxes and is advanced to this frame's).
+def extract(indication: str, reader: BoxReader, maps: torch.Tensor, image_size: tuple[int, int],
+            windows: torch.Tensor | None = None) -> dict:
+    """Map K attention maps (K, h, w) (on a grid over the whole image, or over each target's
+    crop window (K, 3) [x0, y0, L] with `windows`: diffusion.crops; not for "mask") to the
+    indication's output on the image, through the sequence's `reader` (started at the init
+    boxes; it holds the previous boxes and is advanced to this frame's).
 
     Returns a dict of device tensors: "boxes" (K, 4) float32, "scores" (K,) (readout score),
     "found" (K,) bool (False: nothing to read, the previous box kept), "points" (K, 2) [x, y]
     for "point", "masks" (K, H, W) bool for "mask".
     """
     check_indication(indication)
+    if windows is not None and indication == "mask":
+        raise ValueError("the mask indication reads whole-frame maps (no crop windows)")
     prev = reader.boxes
-    r = reader.read(maps, image_size)
+    r = reader.read(maps, image_size, windows)
     out = {"boxes": r.boxes, "scores": r.scores, "found": r.found}
     if indication == "point":
         wh = prev[:, 2:].to(r.points)

@@ -50,8 +50,9 @@ import torch
 
 from ..base import as_image
 from ..diffusion.boxes import masks_to_boxes
+from ..diffusion.crops import check_context, crop_images, crop_windows, to_window, window_side
 from ..diffusion.prompt_learning import initial_prompt, insert_prompt, learn_prompt, normalized_mse
-from ..diffusion.sd import SDComponents, preprocess
+from ..diffusion.sd import SDComponents, add_noise, diffusion_target, preprocess
 from ..diffusion.readout import BoxReader, check_readout
 from ..diffusion.serialization import write_tracker_folder
 from ..diffusion.tracker import DiffusionTracker
@@ -110,6 +111,13 @@ class DINTR(DiffusionTracker):
             pair (0 steps: the UNet stays as loaded).
         reinject_steps: Adam steps (learning rate `lr`) that re-fit the tokens to the frame's
             own read-out indication (0: the init tokens are kept).
+        dm_weight: weight of the UNet's denoising loss in the token learning (0: the map loss
+            alone, as the paper; > 0: Diff-Tracker's regularizer, the UNet then runs at the
+            latents noised to each step's timestep label, noise seeded per sequence).
+        context: 0 (the paper: the UNet sees the whole frame) or >= 1: each target's UNet input
+            is a square search region of side context x sqrt(w h) around its previous box
+            (diffusion.crops): every step above runs on the crops (the fine-tuning pair is both
+            frames through the new frame's window). Not with indication "mask".
     After each step: `scores` (K,), `points` (K, 2) [x, y] (indication "point") and `masks`
     (K, H, W) bool device tensor (indication "mask").
     """
@@ -118,7 +126,8 @@ class DINTR(DiffusionTracker):
     _config_keys = ("indication", "num_steps", "max_timestep", "offset", "resolution", "cross_layers",
                     "self_layers", "init_steps", "lr", "threshold", "search", "scale_step", "size_lr", "calibrate_size",
                     "normalize", "alpha",
-                    "finetune_steps", "finetune_lr", "finetune_params", "reinject_steps")
+                    "finetune_steps", "finetune_lr", "finetune_params", "reinject_steps", "dm_weight",
+                    "context")
 
     def __init__(self, components: SDComponents, *, indication: str = "box", num_steps: int = 5,
                  max_timestep: int = 250, offset: str = "anchor", resolution: int | None = None,
@@ -127,7 +136,7 @@ class DINTR(DiffusionTracker):
                  size_lr: float = 1.0, calibrate_size: bool = False,
                  normalize: bool = True, alpha: float = 0.0,
                  finetune_steps: int = 1, finetune_lr: float = 1e-4, finetune_params: str = "attention",
-                 reinject_steps: int = 1):
+                 reinject_steps: int = 1, dm_weight: float = 0.0, context: float = 0.0):
         super().__init__(components, resolution=resolution, cross_layers=cross_layers,
                          self_layers=self_layers, tokens=[1])
         self.indication = check_indication(indication)
@@ -153,6 +162,12 @@ class DINTR(DiffusionTracker):
         self.alpha = float(alpha)
         self.finetune_steps, self.finetune_lr = finetune_steps, float(finetune_lr)
         self.finetune_params, self.reinject_steps = finetune_params, reinject_steps
+        if isinstance(dm_weight, bool) or not float(dm_weight) >= 0:
+            raise ValueError(f"dm_weight must be >= 0, got {dm_weight!r}")
+        self.dm_weight = float(dm_weight)
+        self.context = check_context(context)
+        if self.context and self.indication == "mask":
+            raise ValueError("indication 'mask' reads whole-frame maps: use context 0 with it")
         self._tuned = _finetune_parameters(components.unet, finetune_params)
         # The loaded weights of what the fine-tuning changes, restored at every init. Kept on the
         # UNet module itself, recorded by the first DINTR built on it: a later tracker sharing
@@ -195,9 +210,16 @@ class DINTR(DiffusionTracker):
             self._init_masks = None
 
     # ------------------------------------------------------------------ pieces of a step
-    def _encode(self, image) -> torch.Tensor:
+    def _encode(self, image, windows=None) -> torch.Tensor:
+        """Latents of the whole frame (1, 4, h, w), or of the K crop windows (K, 4, h, w)."""
         with torch.no_grad():
-            return self.sd.encode(preprocess(image, self.sd.image_size, self.device, self.dtype))
+            if windows is None:
+                return self.sd.encode(preprocess(image, self.sd.image_size, self.device, self.dtype))
+            return self.sd.encode(crop_images(image, windows, self.sd.image_size, self.device, self.dtype))
+
+    def _windows(self, boxes: torch.Tensor):
+        """The crop windows (K, 3) around boxes (K, 4) in image pixels (None: whole frame)."""
+        return crop_windows(boxes.to(self.device), self.context) if self.context else None
 
     def _context(self, tokens: torch.Tensor) -> torch.Tensor:
         return insert_prompt(self.sd.null_context, tokens.to(self.dtype))
@@ -214,16 +236,34 @@ class DINTR(DiffusionTracker):
 
     def _fit_tokens(self, tokens: torch.Tensor, z: torch.Tensor, gt: torch.Tensor, steps: int):
         """Adam on the tokens so that their maps at z match gt (K, R, R); one timestep label
-        per step, cycling. Returns (tokens, losses (steps, K))."""
+        per step, cycling. With `dm_weight` > 0 the UNet runs at z noised to the step's label
+        and the loss adds dm_weight x its denoising loss. Returns (tokens, losses (steps, K))."""
         S = len(self._t)
 
         def loss_fn(tok, step):
-            return normalized_mse(self._maps(z, tok, [self._t[step % S]]), gt)
+            t = self._t[step % S]
+            if not self.dm_weight:
+                return normalized_mse(self._maps(z, tok, [t]), gt)
+            K = tok.shape[0]
+            ts = self._timesteps[step % S]
+            noise = torch.randn(z.shape, generator=self._gen, device=self.device, dtype=self.dtype)
+            zt = add_noise(z, noise, ts, self.sd.alphas_cumprod).expand(K, -1, -1, -1)
+            with self.reader.start():
+                pred = self.sd.unet(zt, t, encoder_hidden_states=self._context(tok)).sample
+            target = diffusion_target(z, noise, ts, self.sd.alphas_cumprod, self.sd.prediction_type)
+            l_dm = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+            return normalized_mse(self.reader.harmonized(self.alpha, self.normalize), gt) + self.dm_weight * l_dm
 
         return learn_prompt(tokens, loss_fn, steps, self.lr)
 
-    def _indicator(self, boxes, masks=None) -> torch.Tensor:
-        return indicator_maps(self.indication, boxes, self._image_size, (self.resolution,) * 2, masks)
+    def _indicator(self, boxes, masks=None, windows=None) -> torch.Tensor:
+        """Indicator maps (K, R, R) of boxes (K, 4) in image pixels, on the whole frame or on
+        each target's window."""
+        if windows is None:
+            return indicator_maps(self.indication, boxes, self._image_size, (self.resolution,) * 2, masks)
+        side = window_side((self.resolution,) * 2)
+        return indicator_maps(self.indication, to_window(boxes, windows, side), (side, side),
+                              (self.resolution,) * 2)
 
     def _finetune(self, z_cur: torch.Tensor, z_next: torch.Tensor) -> None:
         """`finetune_steps` Adam steps of Eq. 7 on the pair (z_k, z_{k+1}), in place."""
@@ -278,13 +318,15 @@ class DINTR(DiffusionTracker):
         self._opt = (torch.optim.Adam(self._masters if half else tuned, lr=self.finetune_lr)
                      if tuned else None)
         self.finetune_losses = []
-        z = self._encode(image)
+        self._gen = torch.Generator(device=self.device).manual_seed(0)
+        windows = self._windows(b)
+        z = self._encode(image, windows)
         masks = None if self._init_masks is None else self._init_masks.to(self.device)
-        gt = self._indicator(b, masks)
+        gt = self._indicator(b, masks, windows)
         self._gt = gt
         self.tokens, self.loss_history = self._fit_tokens(initial_prompt(self.sd.null_context, K, 1, self.sd.prompt_init),
                                                           z, gt, self.init_steps)
-        self._z = z
+        self._z, self._image = z, image
         self._reader = BoxReader(self.threshold, self.search, self.scale_step, self.size_lr,
                                  self.calibrate_size)
         self._reader.start(b)
@@ -293,7 +335,11 @@ class DINTR(DiffusionTracker):
 
     def _step(self, image) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame, all on the device: boxes (K, 4) and scores (K,) as device tensors."""
-        z_next = self._encode(image)
+        windows = self._windows(self._reader.boxes)
+        z_next = self._encode(image, windows)
+        if windows is not None and (self.finetune_steps or self.offset == "predicted"):
+            # the pair's first frame seen through this frame's windows
+            self._z = self._encode(self._image, windows)
         self._finetune(self._z, z_next)
         x0 = z_next
         if self.offset == "predicted":
@@ -310,15 +356,17 @@ class DINTR(DiffusionTracker):
                     pass
         with torch.no_grad():
             maps = self._maps(x0, self.tokens)
-            out = extract(self.indication, self._reader, maps, self._image_size)
+            out = extract(self.indication, self._reader, maps, self._image_size, windows)
         if self.reinject_steps:
             masks = out["masks"].to(torch.float32) if self.indication == "mask" else None
-            gt = self._indicator(out["boxes"], masks)
-            # A target with nothing read keeps its last indicator (an empty mask would erase it).
-            gt = torch.where(out["found"][:, None, None], gt, self._gt)
+            gt = self._indicator(out["boxes"], masks, windows)
+            if windows is None:
+                # A target with nothing read keeps its last indicator (an empty mask would
+                # erase it; a kept box gives its own indicator again).
+                gt = torch.where(out["found"][:, None, None], gt, self._gt)
             self.tokens, _ = self._fit_tokens(self.tokens, z_next, gt, self.reinject_steps)
             self._gt = gt
-        self._z = z_next
+        self._z, self._image = z_next, image
         self.points = out.get("points")
         self.masks = out.get("masks")
         return out["boxes"], out["scores"]

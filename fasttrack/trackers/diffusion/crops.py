@@ -1,0 +1,104 @@
+"""Search-region crops: the diffusion model sees a square around each target, not the whole frame.
+
+Both papers feed the UNet the whole frame resized to its input size S (64 px for tiny-sd, 512
+or 768 for Stable Diffusion). A target then covers as many map cells as the frame's size allows:
+a 12 x 17 px target in a 120 x 150 frame is 3 x 4 cells of tiny-sd's 32 x 32 grid, and every
+same-looking object anywhere in the frame answers the target's token. Trackers since SiamFC
+(seed 003) look at a search region instead: a square of side
+
+    L = context * sqrt(w * h)        (w, h: the target's previous box)
+
+centred on the previous box, resized to S x S. The target then covers about 1 / context of the
+crop's side whatever its size in the frame (the token learned on the first crop sees the same
+scale later), and objects further than about L / 2 from it are not in the input at all. Parts
+of the square outside the frame are filled with the frame's mean colour (SiamFC's padding), so
+the padding carries no edge. Downscaling resizes the whole frame first, with antialiasing (as
+`sd.preprocess`), then samples the square bilinearly.
+
+Coordinates. A window is (x0, y0, L): the crop's top-left corner and side in image pixels. Maps
+read on a crop cover the window; `to_window` / `from_window` move boxes between image pixels and
+the window's own pixel frame of side `size` (the readout's virtual image: fasttrack.trackers.
+diffusion.readout reads sub-cell edges on a `size` x `size` upsampled map).
+
+Measured (tiny-sd, DINTR, "val"; tiny_sd.TRACKER_SETTINGS): crops of context 4 vs the whole frame.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["crop_windows", "crop_images", "to_window", "from_window", "check_context", "window_side"]
+
+
+def window_side(grid) -> int:
+    """Side of a window's own pixel frame for maps on an (h, w) grid: 8 pixels per cell, enough
+    for the readout's sub-cell edges (the bilinearly upsampled map)."""
+    return 8 * max(int(g) for g in grid)
+
+
+def check_context(context) -> float:
+    """The crop context as a float: 0 (whole frame) or >= 1 (a crop at least the box's size);
+    ValueError otherwise."""
+    if isinstance(context, bool) or not isinstance(context, (int, float)) or not (
+            context == 0 or (math.isfinite(context) and context >= 1)):
+        raise ValueError(f"context must be 0 (whole frame) or a number >= 1, got {context!r}")
+    return float(context)
+
+
+def crop_windows(boxes: torch.Tensor, context: float) -> torch.Tensor:
+    """Square windows around boxes (K, 4) [x, y, w, h] -> (K, 3) float32 [x0, y0, L] with
+    L = context * sqrt(w h) (at least 8 px), centred on each box's centre."""
+    b = boxes.to(torch.float32)
+    side = (context * (b[:, 2].clamp_min(1.0) * b[:, 3].clamp_min(1.0)).sqrt()).clamp_min(8.0)
+    cx, cy = b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2
+    return torch.stack([cx - side / 2, cy - side / 2, side], 1)
+
+
+def crop_images(image, windows: torch.Tensor, size: int, device, dtype) -> torch.Tensor:
+    """The K windows (K, 3) of an RGB (H, W, 3) uint8 image (numpy or tensor) -> model inputs
+    (K, 3, size, size) in [-1, 1], outside the frame the frame's mean colour (module docstring).
+    Pixel centres map as align_corners=False: output column j samples image x = x0 + (j + 1/2) L / size."""
+    t = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    t = t.to(device=device).permute(2, 0, 1)[None].float()
+    H, W = int(t.shape[-2]), int(t.shape[-1])
+    win = windows.to(device=device, dtype=torch.float32)
+    K = win.shape[0]
+    out = []
+    for k in range(K):
+        x0, y0, side = (float(v) for v in win[k].tolist())
+        src = t
+        f = size / side
+        if f < 1:   # antialiased downscale first: bilinear sampling alone would alias textures
+            src = F.interpolate(t, size=(max(1, round(H * f)), max(1, round(W * f))), mode="bilinear",
+                                align_corners=False, antialias=True)
+        Hs, Ws = int(src.shape[-2]), int(src.shape[-1])
+        mean = src.mean((2, 3), keepdim=True)
+        centres = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) * (side / size)
+        gx = (x0 + centres) * (Ws / W) / Ws * 2 - 1        # grid_sample's [-1, 1], align_corners=False
+        gy = (y0 + centres) * (Hs / H) / Hs * 2 - 1
+        grid = torch.stack([gx[None, :].expand(size, size), gy[:, None].expand(size, size)], -1)[None]
+        # zero padding of (image - mean): the mean colour outside the frame, no edge at the border
+        out.append(F.grid_sample(src - mean, grid, mode="bilinear", padding_mode="zeros",
+                                 align_corners=False) + mean)
+    x = torch.cat(out, 0)
+    return (x / 127.5 - 1.0).clamp_(-1.0, 1.0).to(dtype)
+
+
+def to_window(boxes: torch.Tensor, windows: torch.Tensor, size: float) -> torch.Tensor:
+    """Boxes (K, 4) [x, y, w, h] in image pixels -> the same boxes in each window's frame of
+    side `size` (window k's top-left is 0, its side `size`)."""
+    w = windows.to(boxes)
+    scale = (size / w[:, 2])[:, None]
+    return torch.cat([(boxes[:, :2] - w[:, :2]) * scale, boxes[:, 2:] * scale], 1)
+
+
+def from_window(boxes: torch.Tensor, windows: torch.Tensor, size: float) -> torch.Tensor:
+    """Inverse of `to_window`: boxes (K, 4) in the windows' frames -> image pixels. Points
+    (K, 2) [x, y] are accepted too (their first two columns move the same way)."""
+    w = windows.to(boxes)
+    scale = (w[:, 2] / size)[:, None]
+    xy = boxes[:, :2] * scale + w[:, :2]
+    return torch.cat([xy, boxes[:, 2:] * scale], 1) if boxes.shape[1] == 4 else xy
