@@ -62,6 +62,13 @@ TINY_SD_TEXT = dict(dim=32, length=16, heads=2, hidden=64)
 #   the token each frame to its own read (lr 0.05) drifts it onto misreads (re-injection alone:
 #   0.47), so DINTR ships with reinject_steps 0; the online fine-tuning stays on (one step:
 #   0.540, none: 0.539, at 50 init steps); num_steps 1 (max_timestep 100): 0.536, 25 % faster;
+# - DINTR context 3 (diffusion.crops: the UNet sees a square of side 3 sqrt(w h) around the
+#   previous box instead of the whole frame; 10 "val" x 40 frames): context 2 / 2.5 / 3 / 4 / 6:
+#   0.451 / 0.607 / 0.644 / 0.582 / 0.539 (whole frame 0.558, at the same cost per frame); on
+#   the next 10 "val" sequences (10-19) 3 vs the whole frame: see the 2026-12-07 results folder.
+#   Too small a context cuts the target's surroundings that the token's map contrasts with;
+#   too large a one brings the copies and the padding back. The whole frame at 96 px input
+#   instead of 64 (more map cells per target): 0.609 at 4.5 x the time;
 # - threshold 0.3: tiny-sd's cross maps are peaky; 0.5 cuts the target;
 # - Diff-Tracker prompt_steps 100 (20 x 40 frames, with the size model): 0.552 at 50, 0.566 at
 #   100 (lr 0.1: 0.559), 0.573 at 200, not taken: twice the first-frame time for a gain inside
@@ -82,7 +89,7 @@ TRACKER_SETTINGS = {
                         size_lr=0.5, calibrate_size=True),
     "DINTR": dict(cross_layers=["up_blocks.1.*", "up_blocks.2.*"], self_layers=["up_blocks.2.*"],
                   alpha=1.0, num_steps=3, init_steps=100, lr=0.05, threshold=0.3, normalize=False,
-                  reinject_steps=0, size_lr=0.5, calibrate_size=True),
+                  reinject_steps=0, size_lr=0.5, calibrate_size=True, context=3.0),
 }
 
 # Where `DiffTracker.pretrained()` / `DINTR.pretrained()` read the shipped model.

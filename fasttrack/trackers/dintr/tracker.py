@@ -30,6 +30,12 @@ Each new frame k+1, with latents z_{k+1} (the paper's algorithm D.4/D.5, in this
    re-injects the indication of each frame as the condition of the next pair; off in the
    shipped tiny-sd settings, where the re-fitted token follows its own misreads: val AO 0.47
    with it, 0.54 without, tiny_sd.TRACKER_SETTINGS).
+Search-region crops (`context` > 0, diffusion.crops; not in the paper, which feeds the whole
+frame): every step above runs on a square of side context x sqrt(w h) around each target's
+previous box, resized to the UNet's input, instead of the whole frame: the target keeps about
+1 / context of the input's side whatever its size in the frame, and objects far from it are not
+in the input. The pair of step 1 is both frames seen through the new frame's window; the
+readout reads each map in its window and returns image pixels.
 Pose and text indications need inputs this pipeline does not have (no pose estimator; a text
 prompt gives the start of a box search, not a box: the paper's D.28 text handling), so they
 are not offered.
@@ -52,7 +58,7 @@ from ..base import as_image
 from ..diffusion.boxes import masks_to_boxes
 from ..diffusion.crops import check_context, crop_images, crop_windows, to_window, window_side
 from ..diffusion.prompt_learning import initial_prompt, insert_prompt, learn_prompt, normalized_mse
-from ..diffusion.sd import SDComponents, add_noise, diffusion_target, preprocess
+from ..diffusion.sd import SDComponents, preprocess
 from ..diffusion.readout import BoxReader, check_readout
 from ..diffusion.serialization import write_tracker_folder
 from ..diffusion.tracker import DiffusionTracker
@@ -111,9 +117,6 @@ class DINTR(DiffusionTracker):
             pair (0 steps: the UNet stays as loaded).
         reinject_steps: Adam steps (learning rate `lr`) that re-fit the tokens to the frame's
             own read-out indication (0: the init tokens are kept).
-        dm_weight: weight of the UNet's denoising loss in the token learning (0: the map loss
-            alone, as the paper; > 0: Diff-Tracker's regularizer, the UNet then runs at the
-            latents noised to each step's timestep label, noise seeded per sequence).
         context: 0 (the paper: the UNet sees the whole frame) or >= 1: each target's UNet input
             is a square search region of side context x sqrt(w h) around its previous box
             (diffusion.crops): every step above runs on the crops (the fine-tuning pair is both
@@ -126,8 +129,7 @@ class DINTR(DiffusionTracker):
     _config_keys = ("indication", "num_steps", "max_timestep", "offset", "resolution", "cross_layers",
                     "self_layers", "init_steps", "lr", "threshold", "search", "scale_step", "size_lr", "calibrate_size",
                     "normalize", "alpha",
-                    "finetune_steps", "finetune_lr", "finetune_params", "reinject_steps", "dm_weight",
-                    "context")
+                    "finetune_steps", "finetune_lr", "finetune_params", "reinject_steps", "context")
 
     def __init__(self, components: SDComponents, *, indication: str = "box", num_steps: int = 5,
                  max_timestep: int = 250, offset: str = "anchor", resolution: int | None = None,
@@ -136,7 +138,7 @@ class DINTR(DiffusionTracker):
                  size_lr: float = 1.0, calibrate_size: bool = False,
                  normalize: bool = True, alpha: float = 0.0,
                  finetune_steps: int = 1, finetune_lr: float = 1e-4, finetune_params: str = "attention",
-                 reinject_steps: int = 1, dm_weight: float = 0.0, context: float = 0.0):
+                 reinject_steps: int = 1, context: float = 0.0):
         super().__init__(components, resolution=resolution, cross_layers=cross_layers,
                          self_layers=self_layers, tokens=[1])
         self.indication = check_indication(indication)
@@ -162,9 +164,6 @@ class DINTR(DiffusionTracker):
         self.alpha = float(alpha)
         self.finetune_steps, self.finetune_lr = finetune_steps, float(finetune_lr)
         self.finetune_params, self.reinject_steps = finetune_params, reinject_steps
-        if isinstance(dm_weight, bool) or not float(dm_weight) >= 0:
-            raise ValueError(f"dm_weight must be >= 0, got {dm_weight!r}")
-        self.dm_weight = float(dm_weight)
         self.context = check_context(context)
         if self.context and self.indication == "mask":
             raise ValueError("indication 'mask' reads whole-frame maps: use context 0 with it")
@@ -236,23 +235,11 @@ class DINTR(DiffusionTracker):
 
     def _fit_tokens(self, tokens: torch.Tensor, z: torch.Tensor, gt: torch.Tensor, steps: int):
         """Adam on the tokens so that their maps at z match gt (K, R, R); one timestep label
-        per step, cycling. With `dm_weight` > 0 the UNet runs at z noised to the step's label
-        and the loss adds dm_weight x its denoising loss. Returns (tokens, losses (steps, K))."""
+        per step, cycling. Returns (tokens, losses (steps, K))."""
         S = len(self._t)
 
         def loss_fn(tok, step):
-            t = self._t[step % S]
-            if not self.dm_weight:
-                return normalized_mse(self._maps(z, tok, [t]), gt)
-            K = tok.shape[0]
-            ts = self._timesteps[step % S]
-            noise = torch.randn(z.shape, generator=self._gen, device=self.device, dtype=self.dtype)
-            zt = add_noise(z, noise, ts, self.sd.alphas_cumprod).expand(K, -1, -1, -1)
-            with self.reader.start():
-                pred = self.sd.unet(zt, t, encoder_hidden_states=self._context(tok)).sample
-            target = diffusion_target(z, noise, ts, self.sd.alphas_cumprod, self.sd.prediction_type)
-            l_dm = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
-            return normalized_mse(self.reader.harmonized(self.alpha, self.normalize), gt) + self.dm_weight * l_dm
+            return normalized_mse(self._maps(z, tok, [self._t[step % S]]), gt)
 
         return learn_prompt(tokens, loss_fn, steps, self.lr)
 
@@ -318,7 +305,6 @@ class DINTR(DiffusionTracker):
         self._opt = (torch.optim.Adam(self._masters if half else tuned, lr=self.finetune_lr)
                      if tuned else None)
         self.finetune_losses = []
-        self._gen = torch.Generator(device=self.device).manual_seed(0)
         windows = self._windows(b)
         z = self._encode(image, windows)
         masks = None if self._init_masks is None else self._init_masks.to(self.device)
