@@ -60,7 +60,7 @@ def test_whole_square_frame_window_equals_preprocess(rng):
 def test_windows_and_coordinates(rng):
     boxes = torch.rand(5, 4, generator=rng) * torch.tensor([100.0, 80.0, 40.0, 30.0]) + torch.tensor([0, 0, 3.0, 2.0])
     win = crop_windows(boxes, 3.5)
-    side = torch.sqrt(boxes[:, 2] * boxes[:, 3]) * 3.5
+    side = torch.maximum(boxes[:, 2], boxes[:, 3]) * 3.5
     assert torch.allclose(win[:, 2], side.clamp_min(8.0))
     assert torch.allclose(win[:, :2] + win[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2)  # centred
     inner = to_window(boxes, win, 256)

@@ -62,13 +62,14 @@ TINY_SD_TEXT = dict(dim=32, length=16, heads=2, hidden=64)
 #   the token each frame to its own read (lr 0.05) drifts it onto misreads (re-injection alone:
 #   0.47), so DINTR ships with reinject_steps 0; the online fine-tuning stays on (one step:
 #   0.540, none: 0.539, at 50 init steps); num_steps 1 (max_timestep 100): 0.536, 25 % faster;
-# - DINTR context 3 (diffusion.crops: the UNet sees a square of side 3 sqrt(w h) around the
-#   previous box instead of the whole frame; 10 "val" x 40 frames): context 2 / 2.5 / 3 / 4 / 6:
-#   0.451 / 0.607 / 0.644 / 0.582 / 0.539 (whole frame 0.558, at the same cost per frame); on
-#   the next 10 "val" sequences (10-19) 3 vs the whole frame: see the 2026-12-07 results folder.
-#   Too small a context cuts the target's surroundings that the token's map contrasts with;
-#   too large a one brings the copies and the padding back. The whole frame at 96 px input
-#   instead of 64 (more map cells per target): 0.609 at 4.5 x the time;
+# - DINTR context 3 (diffusion.crops: the UNet sees a square of side 3 max(w, h) around the
+#   previous box, the square holding the readout's 3x search window, instead of the whole
+#   frame): 20 "val" sequences x 40 frames 0.618 (0.649 on val 0-9, 0.586 on 10-19), the whole
+#   frame 0.558 (0.558 / 0.558), side 3 sqrt(w h) 0.603 (0.644 / 0.561), same cost per frame.
+#   Side c sqrt(w h) on val 0-9 for c = 2 / 2.5 / 3 / 4 / 6: 0.451 / 0.607 / 0.644 / 0.582 /
+#   0.539: too small a square loses fast targets and the surroundings the map contrasts with, a
+#   larger one brings the copies and the padding back. The whole frame at 96 px input instead
+#   of 64 (more map cells per target) gave 0.609 on val 0-9 at 4.5 x the time;
 # - threshold 0.3: tiny-sd's cross maps are peaky; 0.5 cuts the target;
 # - Diff-Tracker prompt_steps 100 (20 x 40 frames, with the size model): 0.552 at 50, 0.566 at
 #   100 (lr 0.1: 0.559), 0.573 at 200, not taken: twice the first-frame time for a gain inside

@@ -31,7 +31,7 @@ Each new frame k+1, with latents z_{k+1} (the paper's algorithm D.4/D.5, in this
    shipped tiny-sd settings, where the re-fitted token follows its own misreads: val AO 0.47
    with it, 0.54 without, tiny_sd.TRACKER_SETTINGS).
 Search-region crops (`context` > 0, diffusion.crops; not in the paper, which feeds the whole
-frame): every step above runs on a square of side context x sqrt(w h) around each target's
+frame): every step above runs on a square of side context x max(w, h) around each target's
 previous box, resized to the UNet's input, instead of the whole frame: the target keeps about
 1 / context of the input's side whatever its size in the frame, and objects far from it are not
 in the input. The pair of step 1 is both frames seen through the new frame's window; the
@@ -118,7 +118,7 @@ class DINTR(DiffusionTracker):
         reinject_steps: Adam steps (learning rate `lr`) that re-fit the tokens to the frame's
             own read-out indication (0: the init tokens are kept).
         context: 0 (the paper: the UNet sees the whole frame) or >= 1: each target's UNet input
-            is a square search region of side context x sqrt(w h) around its previous box
+            is a square search region of side context x max(w, h) around its previous box
             (diffusion.crops): every step above runs on the crops (the fine-tuning pair is both
             frames through the new frame's window). Not with indication "mask".
     After each step: `scores` (K,), `points` (K, 2) [x, y] (indication "point") and `masks`
