@@ -65,7 +65,7 @@ TINY_SD_TEXT = dict(dim=32, length=16, heads=2, hidden=64)
 # - DINTR context 3 (diffusion.crops: the UNet sees a square of side 3 max(w, h) around the
 #   previous box, the square holding the readout's 3x search window, instead of the whole
 #   frame): 20 "val" sequences x 40 frames 0.618 (0.649 on val 0-9, 0.586 on 10-19), the whole
-#   frame 0.558 (0.558 / 0.558), side 3 sqrt(w h) 0.603 (0.644 / 0.561), same cost per frame.
+#   frame 0.558 (0.558 / 0.558), side 3 sqrt(w h) 0.603 (0.644 / 0.561); 362 vs 307 ms per later frame.
 #   Side c sqrt(w h) on val 0-9 for c = 2 / 2.5 / 3 / 4 / 6: 0.451 / 0.607 / 0.644 / 0.582 /
 #   0.539: too small a square loses fast targets and the surroundings the map contrasts with, a
 #   larger one brings the copies and the padding back. The whole frame at 96 px input instead
