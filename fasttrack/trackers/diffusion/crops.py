@@ -64,7 +64,10 @@ def crop_windows(boxes: torch.Tensor, context: float) -> torch.Tensor:
 def crop_images(image, windows: torch.Tensor, size: int, device, dtype) -> torch.Tensor:
     """The K windows (K, 3) of an RGB (H, W, 3) uint8 image (numpy or tensor) -> model inputs
     (K, 3, size, size) in [-1, 1], outside the frame the frame's mean colour (module docstring).
-    Pixel centres map as align_corners=False: output column j samples image x = x0 + (j + 1/2) L / size."""
+    Pixel centres map as align_corners=False: output column j samples image x = x0 + (j + 1/2) L / size.
+    The windows are read on the host (each one's downscale size depends on its side): the
+    trackers call this at the start of a frame, when the previous frame's host copy of its
+    boxes has already drained the device queue, so the read waits for nothing."""
     t = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
     t = t.to(device=device).permute(2, 0, 1)[None].float()
     H, W = int(t.shape[-2]), int(t.shape[-1])
