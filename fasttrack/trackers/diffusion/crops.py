@@ -4,7 +4,7 @@ Both papers feed the UNet the whole frame resized to its input size S (64 px for
 or 768 for Stable Diffusion). A target then covers as many map cells as the frame's size allows:
 a 12 x 17 px target in a 120 x 150 frame is 3 x 4 cells of tiny-sd's 32 x 32 grid, and every
 same-looking object anywhere in the frame answers the target's token. Trackers since SiamFC
-(seed 003) look at a search region instead: a square of side
+(Bertinetto et al., 2016) look at a search region instead: a square of side
 
     L = context * max(w, h)        (w, h: the target's previous box)
 
