@@ -117,16 +117,18 @@ def _moving_scene(rng, num_frames=6, size=(120, 160)):
 
 
 def test_dintr_follows_injected_maps_through_its_windows(rng, monkeypatch):
-    """DINTR with context 4, its UNet maps replaced by the true box (plus a stronger copy 2.3
-    boxes to the right, inside the crop, outside the search window) drawn on the window it
-    reads: next-frame IoU >= 0.9 on every frame."""
+    """DINTR with context 4 and motion 0.5, its UNet maps replaced by the true box (plus a
+    stronger copy 2.3 boxes to the right, inside the crop, outside the search window) drawn on
+    the window it reads, centred on the readout's predicted box: next-frame IoU >= 0.9 on every
+    frame."""
     frames, boxes = _moving_scene(rng)
-    tr = DINTR.tiny(0, resolution=32, init_steps=0, reinject_steps=0, finetune_steps=0, context=4.0)
+    tr = DINTR.tiny(0, resolution=32, init_steps=0, reinject_steps=0, finetune_steps=0, context=4.0,
+                    motion=0.5)
     side, calls = window_side((32, 32)), []
 
     def injected(z, tokens, labels=None):
         calls.append(len(calls) + 1)
-        win = crop_windows(tr._reader.boxes, 4.0)           # the windows this frame was cropped at
+        win = crop_windows(tr._reader.predicted, 4.0)       # the windows this frame was cropped at
         b = torch.as_tensor(boxes[calls[-1]])[None]
         copy = b.clone()
         copy[:, 0] += 2.3 * copy[:, 2]
@@ -137,12 +139,13 @@ def test_dintr_follows_injected_maps_through_its_windows(rng, monkeypatch):
     out, _ = tr.run(frames, boxes[0], progress=False)
     ious = iou(out[1:], boxes[1:])
     assert ious.min() >= 0.9, ious
+    assert float(tr._reader.velocity[0, 0]) > 1.0          # the scene moves 3-5 px per frame to the right
 
 
 def test_dintr_crops_patched_equals_unpatched_and_batch_equals_singles(rng):
     frames, boxes = _moving_scene(rng, num_frames=3)
     tr = DINTR.tiny(0, num_steps=2, init_steps=2, finetune_steps=1, reinject_steps=1, context=4.0,
-                    normalize=False)
+                    normalize=False, motion=0.5)
     runs = {}
     for patched in (False, True):
         fasttrack.patch(tr, backend="torch") if patched else fasttrack.unpatch(tr)
@@ -152,7 +155,8 @@ def test_dintr_crops_patched_equals_unpatched_and_batch_equals_singles(rng):
     assert len(tr.finetune_losses) == 2                  # the fine-tuning ran on the crop pairs
     # K = 2: each target its own window; without fine-tuning (which sums over targets) the
     # batch is exactly the single runs
-    single = DINTR.tiny(0, num_steps=2, init_steps=2, finetune_steps=0, reinject_steps=1, context=4.0)
+    single = DINTR.tiny(0, num_steps=2, init_steps=2, finetune_steps=0, reinject_steps=1, context=4.0,
+                        motion=0.5)
     two = np.stack([boxes[0], boxes[0] + np.array([60, 50, 4, 0], np.float32)]).astype(np.float64)
     single.init_batch(frames[0], two)
     batch = np.stack([single.update_batch(f) for f in frames[1:]])
@@ -169,6 +173,8 @@ def test_dintr_context_settings():
         DINTR(tr.sd, indication="mask", context=4.0)
     with pytest.raises(ValueError, match="context"):
         DINTR(tr.sd, context=0.5)
+    with pytest.raises(ValueError, match="motion"):
+        DINTR(tr.sd, context=3.0, motion=1.5)
     point = DINTR(tr.sd, indication="point", init_steps=1, num_steps=1, context=4.0)
     img = np.random.default_rng(0).integers(0, 256, (80, 96, 3), dtype=np.uint8)
     point.init(img, [30.0, 20.0, 16.0, 12.0])

@@ -331,6 +331,8 @@ def test_bad_input(tracker, seq):
         fresh.update(img[:64])                                       # frame size changed
     with pytest.raises(ValueError, match="timestep"):
         DiffTracker(fresh.sd, timestep=5000)
+    with pytest.raises(ValueError, match="motion"):
+        DiffTracker(fresh.sd, motion=-0.5)
 
 
 # ---------------------------------------------------------------- GPU (skipped without CUDA)

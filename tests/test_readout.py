@@ -188,10 +188,50 @@ def test_box_reader_nothing_found_keeps_box_and_waits_to_calibrate(rng):
     assert torch.allclose(again.boxes, first.boxes, atol=1e-4)
 
 
+def test_box_reader_motion_follows_a_fast_target_past_a_trailing_copy(rng):
+    """A target moving 0.9 widths per frame, and from frame 3 on a stronger copy trailing it by
+    2.8 widths: the previous box's 4x window holds the copy, the predicted one does not. With
+    motion 1 the reader follows the target (IoU >= 0.9 every frame) and its velocity is the
+    exponential average of its own centre steps; without motion it jumps onto the copy."""
+    g = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
+    size, grid = (120, 400), (30, 100)                 # 4 px cells, boxes of 7-9 cells
+    w, h = g.uniform(30, 36), g.uniform(28, 36)
+    vx, vy = 0.9 * w, g.uniform(-1.5, 1.5)
+    x0, y0 = g.uniform(3, 7), g.uniform(20, 50)
+    boxes = np.array([[x0 + vx * k, y0 + vy * k, w, h] for k in range(9)], np.float32)
+    ious = {}
+    for a in (1.0, 0.5, 0.0):
+        reader = BoxReader(0.5, search=4.0, scale_step=float("inf"), motion=a)
+        reader.start(torch.tensor(boxes[:1]))
+        v, last, got = np.zeros(2), boxes[0], []
+        for k in range(1, len(boxes)):
+            b = torch.tensor(boxes[k:k + 1])
+            m = box_masks(b, size, grid)
+            if k >= 3:
+                copy = b.clone()
+                copy[:, 0] -= 2.8 * w
+                m = m + 1.5 * box_masks(copy, size, grid)
+            r = reader.read(m, size)
+            new = r.boxes[0].numpy()
+            v = (1 - a) * v + a * ((new[:2] + new[2:] / 2) - (last[:2] + last[2:] / 2))
+            last = new
+            assert np.allclose(reader.velocity[0].numpy(), v, atol=1e-4)
+            assert np.allclose(reader.predicted[0].numpy(), np.r_[new[:2] + v, new[2:]], atol=1e-4)
+            got.append(new)
+        ious[a] = iou(np.stack(got), boxes[1:])
+    assert ious[1.0].min() >= 0.9, ious[1.0]
+    assert ious[0.0].min() < 0.3, ious[0.0]           # the plain window's peak is the copy
+
+
 def test_box_reader_rejects_bad_settings_and_use():
     for bad in (0.0, 1.5, -0.2):
         with pytest.raises(ValueError, match="size_lr"):
             BoxReader(size_lr=bad)
+    for bad in (-0.1, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match="motion"):
+            BoxReader(motion=bad)
+    with pytest.raises(RuntimeError, match="start"):
+        BoxReader().predicted
     with pytest.raises(ValueError, match="scale_step"):
         BoxReader(scale_step=0.5)
     with pytest.raises(RuntimeError, match="start"):

@@ -63,6 +63,9 @@ class DiffTracker(DiffusionTracker):
         size_lr: weight of each frame's size measurement (1: none kept from the previous box);
             calibrate_size: learn the map-region-to-target size ratio on frame 2
             (diffusion.readout.BoxReader).
+        motion: momentum in [0, 1] of the readout's constant-velocity model, whose prediction
+            centres the search window (diffusion.readout.BoxReader; 0: the window is centred on
+            the previous box).
         normalize: divide S^T C by the attention each pixel receives (AttentionRecorder).
         use_updater: run the online prompt updater; update_from: 0-based frame index of its
             first update (5: the 6th frame).
@@ -70,8 +73,8 @@ class DiffTracker(DiffusionTracker):
     """
 
     _config_keys = ("resolution", "cross_layers", "self_layers", "alpha", "timestep", "num_tokens",
-                    "prompt_steps", "lr", "dm_weight", "threshold", "search", "scale_step", "size_lr", "calibrate_size", "normalize",
-                    "use_updater", "update_from", "seed")
+                    "prompt_steps", "lr", "dm_weight", "threshold", "search", "scale_step", "size_lr", "calibrate_size", "motion",
+                    "normalize", "use_updater", "update_from", "seed")
     _folder = "fasttrack_diff_tracker"
 
     def __init__(self, components: SDComponents, *, updater: PromptUpdater | None = None,
@@ -80,7 +83,7 @@ class DiffTracker(DiffusionTracker):
                  timestep: int = 100, num_tokens: int = 1, prompt_steps: int = 50, lr: float = 5e-3,
                  dm_weight: float = 1.0, threshold: float = 0.5, search: float = 3.0,
                  scale_step: float = 1.1, size_lr: float = 1.0, calibrate_size: bool = False,
-                 normalize: bool = True, use_updater: bool = True,
+                 motion: float = 0.0, normalize: bool = True, use_updater: bool = True,
                  update_from: int = 5, seed: int = 0):
         super().__init__(components, resolution=resolution, cross_layers=cross_layers,
                          self_layers=self_layers, tokens=range(1, 1 + int(num_tokens)))
@@ -89,13 +92,14 @@ class DiffTracker(DiffusionTracker):
             raise ValueError(f"timestep must be an int in [0, {n_train}), got {timestep!r}")
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-        check_readout(threshold, search, scale_step, size_lr)
+        check_readout(threshold, search, scale_step, size_lr, motion)
         if not isinstance(update_from, int) or update_from < 1:
             raise ValueError(f"update_from must be an int >= 1, got {update_from!r}")
         self.alpha, self.timestep, self.num_tokens = float(alpha), timestep, int(num_tokens)
         self.prompt_steps, self.lr, self.dm_weight = int(prompt_steps), float(lr), float(dm_weight)
         self.search, self.normalize = float(search), bool(normalize)
         self.scale_step, self.size_lr, self.calibrate_size = float(scale_step), float(size_lr), bool(calibrate_size)
+        self.motion = float(motion)
         self.threshold, self.use_updater, self.update_from = float(threshold), bool(use_updater), update_from
         self.seed = int(seed)
         D = int(components.unet.config.cross_attention_dim)
@@ -175,7 +179,7 @@ class DiffTracker(DiffusionTracker):
         gt = box_masks(b, (H, W), (self.resolution, self.resolution))
         self.prompt, self.loss_history = self.learn_prompt(z, gt, self.prompt_steps)
         self._reader = BoxReader(self.threshold, self.search, self.scale_step, self.size_lr,
-                                 self.calibrate_size)
+                                 self.calibrate_size, self.motion)
         self._reader.start(b)
         self._frame = 0
         self._short, self._long = [], []

@@ -70,6 +70,11 @@ TINY_SD_TEXT = dict(dim=32, length=16, heads=2, hidden=64)
 #   0.539: too small a square loses fast targets and the surroundings the map contrasts with, a
 #   larger one brings the copies and the padding back. The whole frame at 96 px input instead
 #   of 64 (more map cells per target) gave 0.609 on val 0-9 at 4.5 x the time;
+# - DINTR motion 0.3 (diffusion.readout.BoxReader: the crop and the search window centred on a
+#   constant-velocity prediction, v <- 0.7 v + 0.3 step): 20 x 40 "val" 0.618 -> 0.643 (0.669 /
+#   0.618 on the halves); momentum 0.5: 0.640, 1 (a script without the in-image bound): 0.631;
+#   a SiamFC cosine-window weight on the peak (influence 0.3) on top lost on the 9 sequences
+#   with copies or fast targets (0.474 -> 0.470; alone 0.385; the crops alone 0.426);
 # - threshold 0.3: tiny-sd's cross maps are peaky; 0.5 cuts the target;
 # - Diff-Tracker prompt_steps 100 (20 x 40 frames, with the size model): 0.552 at 50, 0.566 at
 #   100 (lr 0.1: 0.559), 0.573 at 200, not taken: twice the first-frame time for a gain inside
@@ -90,7 +95,7 @@ TRACKER_SETTINGS = {
                         size_lr=0.5, calibrate_size=True),
     "DINTR": dict(cross_layers=["up_blocks.1.*", "up_blocks.2.*"], self_layers=["up_blocks.2.*"],
                   alpha=1.0, num_steps=3, init_steps=100, lr=0.05, threshold=0.3, normalize=False,
-                  reinject_steps=0, size_lr=0.5, calibrate_size=True, context=3.0),
+                  reinject_steps=0, size_lr=0.5, calibrate_size=True, context=3.0, motion=0.3),
 }
 
 # Where `DiffTracker.pretrained()` / `DINTR.pretrained()` read the shipped model.

@@ -32,9 +32,9 @@ Each new frame k+1, with latents z_{k+1} (the paper's algorithm D.4/D.5, in this
    with it, 0.54 without, tiny_sd.TRACKER_SETTINGS).
 Search-region crops (`context` > 0, diffusion.crops; not in the paper, which feeds the whole
 frame): every step above runs on a square of side context x max(w, h) around each target's
-previous box, resized to the UNet's input, instead of the whole frame: the target keeps about
-1 / context of the input's side whatever its size in the frame, and objects far from it are not
-in the input. The pair of step 1 is both frames seen through the new frame's window; the
+previous box (moved by the readout's velocity estimate with `motion` > 0), resized to the
+UNet's input, instead of the whole frame: the target keeps about 1 / context of the input's
+side whatever its size in the frame, and objects far from it are not in the input. The pair of step 1 is both frames seen through the new frame's window; the
 readout reads each map in its window and returns image pixels.
 Pose and text indications need inputs this pipeline does not have (no pose estimator; a text
 prompt gives the start of a box search, not a box: the paper's D.28 text handling), so they
@@ -109,6 +109,9 @@ class DINTR(DiffusionTracker):
         size_lr: weight of each frame's size measurement (1: none kept from the previous box);
             calibrate_size: learn the map-region-to-target size ratio on frame 2
             (diffusion.readout.BoxReader; not used by indication "point", whose box keeps its size).
+        motion: momentum in [0, 1] of the readout's constant-velocity model (diffusion.readout.
+            BoxReader; not in the paper): its prediction centres the next frame's search window
+            and, with `context`, the crop (0: both centred on the previous box).
         normalize: divide S^T C by the attention each pixel receives (AttentionRecorder).
         alpha: weight of the cross map itself in the map, alpha C + (1 - alpha) S^T C (0: the
             paper's S^T C; the shipped tiny-sd setting is 1, the cross map alone: see
@@ -128,14 +131,14 @@ class DINTR(DiffusionTracker):
     _folder = "fasttrack_dintr"
     _config_keys = ("indication", "num_steps", "max_timestep", "offset", "resolution", "cross_layers",
                     "self_layers", "init_steps", "lr", "threshold", "search", "scale_step", "size_lr", "calibrate_size",
-                    "normalize", "alpha",
+                    "motion", "normalize", "alpha",
                     "finetune_steps", "finetune_lr", "finetune_params", "reinject_steps", "context")
 
     def __init__(self, components: SDComponents, *, indication: str = "box", num_steps: int = 5,
                  max_timestep: int = 250, offset: str = "anchor", resolution: int | None = None,
                  cross_layers="all", self_layers="all", init_steps: int = 20, lr: float = 5e-3,
                  threshold: float = 0.5, search: float = 3.0, scale_step: float = 1.1,
-                 size_lr: float = 1.0, calibrate_size: bool = False,
+                 size_lr: float = 1.0, calibrate_size: bool = False, motion: float = 0.0,
                  normalize: bool = True, alpha: float = 0.0,
                  finetune_steps: int = 1, finetune_lr: float = 1e-4, finetune_params: str = "attention",
                  reinject_steps: int = 1, context: float = 0.0):
@@ -152,13 +155,14 @@ class DINTR(DiffusionTracker):
                         ("reinject_steps", reinject_steps)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        check_readout(threshold, search, scale_step, size_lr)
+        check_readout(threshold, search, scale_step, size_lr, motion)
         if not float(finetune_lr) > 0 or not float(lr) > 0:
             raise ValueError(f"lr and finetune_lr must be > 0, got {lr!r} and {finetune_lr!r}")
         self.num_steps, self.max_timestep, self.offset = num_steps, max_timestep, offset
         self.init_steps, self.lr, self.threshold = init_steps, float(lr), float(threshold)
         self.search, self.normalize = float(search), bool(normalize)
         self.scale_step, self.size_lr, self.calibrate_size = float(scale_step), float(size_lr), bool(calibrate_size)
+        self.motion = float(motion)
         if isinstance(alpha, bool) or not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         self.alpha = float(alpha)
@@ -314,14 +318,14 @@ class DINTR(DiffusionTracker):
                                                           z, gt, self.init_steps)
         self._z, self._image = z, image
         self._reader = BoxReader(self.threshold, self.search, self.scale_step, self.size_lr,
-                                 self.calibrate_size)
+                                 self.calibrate_size, self.motion)
         self._reader.start(b)
         self.points = b[:, :2] + b[:, 2:] / 2
         self.masks = None
 
     def _step(self, image) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame, all on the device: boxes (K, 4) and scores (K,) as device tensors."""
-        windows = self._windows(self._reader.boxes)
+        windows = self._windows(self._reader.predicted)
         z_next = self._encode(image, windows)
         if windows is not None and (self.finetune_steps or self.offset == "predicted"):
             # the pair's first frame seen through this frame's windows
