@@ -223,6 +223,21 @@ def test_box_reader_motion_follows_a_fast_target_past_a_trailing_copy(rng):
     assert ious[0.0].min() < 0.3, ious[0.0]           # the plain window's peak is the copy
 
 
+def test_box_reader_prediction_stays_in_the_image():
+    """A target running into the right edge: the raw prediction c + v (about 70 px) would leave
+    the 64 px image; the predicted centre is held at the edge and the velocity shortened."""
+    reader = BoxReader(0.5, scale_step=float("inf"), motion=1.0)
+    reader.start(torch.tensor([[30.0, 20.0, 16.0, 16.0]]))
+    r = reader.read(box_masks(torch.tensor([[46.0, 20.0, 16.0, 16.0]]), (64, 64), (16, 16)), (64, 64))
+    centre = r.boxes[0, :2] + r.boxes[0, 2:] / 2
+    assert 50.0 < float(centre[0]) < 58.0                     # the read moved ~16 px right
+    pred = reader.predicted[0]
+    assert abs(float(pred[0] + pred[2] / 2) - 64.0) < 1e-4
+    # x: shortened to reach the edge; y: the plain step (motion 1), the start's centre y is 28
+    assert abs(float(reader.velocity[0, 0]) - (64.0 - float(centre[0]))) < 1e-4
+    assert abs(float(reader.velocity[0, 1]) - (float(centre[1]) - 28.0)) < 1e-4
+
+
 def test_box_reader_rejects_bad_settings_and_use():
     for bad in (0.0, 1.5, -0.2):
         with pytest.raises(ValueError, match="size_lr"):

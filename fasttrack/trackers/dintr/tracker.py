@@ -34,8 +34,9 @@ Search-region crops (`context` > 0, diffusion.crops; not in the paper, which fee
 frame): every step above runs on a square of side context x max(w, h) around each target's
 previous box (moved by the readout's velocity estimate with `motion` > 0), resized to the
 UNet's input, instead of the whole frame: the target keeps about 1 / context of the input's
-side whatever its size in the frame, and objects far from it are not in the input. The pair of step 1 is both frames seen through the new frame's window; the
-readout reads each map in its window and returns image pixels.
+side whatever its size in the frame, and objects far from it are not in the input. The pair
+of step 1 is both frames seen through the new frame's window; the readout reads each map in its
+window and returns image pixels.
 Pose and text indications need inputs this pipeline does not have (no pose estimator; a text
 prompt gives the start of a box search, not a box: the paper's D.28 text handling), so they
 are not offered.
