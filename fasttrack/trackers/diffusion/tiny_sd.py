@@ -75,7 +75,10 @@ TINY_SD_TEXT = dict(dim=32, length=16, heads=2, hidden=64)
 #   0.618 on the halves); momentum 0.5: 0.640, 1 (a script without the in-image bound): 0.631;
 #   a SiamFC cosine-window weight on the peak (influence 0.3) on top lost on the 9 sequences
 #   with copies or fast targets (0.474 -> 0.470; alone 0.385; the crops alone 0.426);
-# - threshold 0.3: tiny-sd's cross maps are peaky; 0.5 cuts the target;
+# - threshold 0.3 for Diff-Tracker: tiny-sd's cross maps are peaky; 0.5 cuts the target;
+#   DINTR on its crops 0.45 (20 x 40 "val", with context and motion: 0.3 0.643, 0.45 0.660
+#   (0.694 / 0.628 on the halves), 0.55 0.651): a higher cut keeps a copy touching the target
+#   out of the connected region more often (benchmarks/results/diffusion-trackers-tiny-sd-cpu-2026-12-07c);
 # - Diff-Tracker prompt_steps 100 (20 x 40 frames, with the size model): 0.552 at 50, 0.566 at
 #   100 (lr 0.1: 0.559), 0.573 at 200, not taken: twice the first-frame time for a gain inside
 #   the spread, and DINTR's token overfits at 200 (above); the maps hardly depend on the noise (the clean latent: 0.560; three timestep labels
@@ -94,7 +97,7 @@ TRACKER_SETTINGS = {
                         prompt_steps=100, lr=0.05, alpha=1.0, threshold=0.3, use_updater=False,
                         size_lr=0.5, calibrate_size=True),
     "DINTR": dict(cross_layers=["up_blocks.1.*", "up_blocks.2.*"], self_layers=["up_blocks.2.*"],
-                  alpha=1.0, num_steps=3, init_steps=100, lr=0.05, threshold=0.3, normalize=False,
+                  alpha=1.0, num_steps=3, init_steps=100, lr=0.05, threshold=0.45, normalize=False,
                   reinject_steps=0, size_lr=0.5, calibrate_size=True, context=3.0, motion=0.3),
 }
 
