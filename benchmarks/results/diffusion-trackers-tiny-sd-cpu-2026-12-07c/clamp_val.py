@@ -5,30 +5,30 @@ python clamp_val.py NAMES FRAMES "[(slack, [gate,] {settings}), ...]"   (slack 0
 library readout; gate: hold the size on an axis measured larger than gate x the previous)
 NAMES: comma-separated "val" indices or "0-19"."""
 import sys
-import time
 
-import numpy as np
 import torch
 
 import fasttrack.trackers.dintr.tracker as dt
-from fasttrack.data.synthetic import synthetic_split
-from fasttrack.eval.metrics import iou
+from subset_val import score
 from fasttrack.trackers.diffusion.crops import from_window, to_window, window_side
 from fasttrack.trackers.diffusion.readout import BoxReader, read_boxes
 
-torch.set_num_threads(1)
 SLACK = [0.0]
 GATE = [float("inf")]   # hold the size on an axis whose measurement exceeds GATE x the previous
 
 
 class ClampReader(BoxReader):
+    def read_window(self, maps, prev):
+        """The region in window coordinates (subclasses choose another component)."""
+        side = window_side(maps.shape[-2:])
+        return read_boxes(maps, prev, (side, side), threshold=self.threshold, search=self.search)
+
     def read(self, maps, image_size, windows=None):
         last = self.boxes.to(maps.device)
         prev = self.predicted.to(maps.device)
         side = window_side(maps.shape[-2:])
         win = windows.to(device=maps.device, dtype=torch.float32)
-        r = read_boxes(maps, to_window(prev, win, side), (side, side), threshold=self.threshold,
-                       search=self.search)
+        r = self.read_window(maps, to_window(prev, win, side))
         r = r._replace(boxes=from_window(r.boxes, win, side), points=from_window(r.points, win, side))
         region = r.boxes[:, 2:].clamp_min(1.0)
         centre = r.boxes[:, :2] + r.boxes[:, 2:] / 2
@@ -57,23 +57,12 @@ class ClampReader(BoxReader):
         return r._replace(boxes=boxes)
 
 
+def make(v):
+    """v = (slack, [gate,] settings)."""
+    SLACK[0], GATE[0] = v[0], v[1] if len(v) == 3 else float("inf")
+    return dt.DINTR.pretrained(**v[-1])
+
+
 if __name__ == "__main__":
     dt.BoxReader = ClampReader
-    arg = sys.argv[1]
-    names = ["%03d" % i for i in range(*map(int, (arg.split("-")[0], int(arg.split("-")[1]) + 1)))] \
-        if "-" in arg else arg.split(",")
-    frames = int(sys.argv[2])
-    variants = eval(sys.argv[3])
-    seqs = {s.name[-3:]: s for s in synthetic_split("val", num=20, num_frames=frames)}
-    for v in variants:
-        slack, extra = v[0], v[-1]
-        SLACK[0] = slack
-        GATE[0] = v[1] if len(v) == 3 else float("inf")
-        tr = dt.DINTR.pretrained(**extra)
-        per, t0 = {}, time.time()
-        for n in names:
-            s = seqs[n]
-            boxes = tr.run(s, s.gt[0], progress=False)[0]
-            per[n] = round(float(iou(np.asarray(boxes)[1:], np.asarray(s.gt)[1:]).mean()), 3)
-        print("slack", slack, "gate", GATE[0], extra, f"{len(names)} val x {frames}", "AO %.3f" % np.mean(list(per.values())),
-              per, "%.0f s" % (time.time() - t0), flush=True)
+    score(make, eval(sys.argv[3]), lambda v: f"slack {v[0]} gate {GATE[0]} {v[-1]}")

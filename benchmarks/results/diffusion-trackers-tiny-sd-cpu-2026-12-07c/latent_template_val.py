@@ -5,19 +5,15 @@ python latent_template_val.py NAMES FRAMES "[(mode, {settings}), ...]"
 mode 0: the library readout; 1: the NCC peak among positions whose box centre lies in the region
 (grown by one cell); 2: the NCC peak anywhere in the search window."""
 import sys
-import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 import fasttrack.trackers.dintr.tracker as dt
-from fasttrack.data.synthetic import synthetic_split
-from fasttrack.eval.metrics import iou
+from subset_val import score
 from fasttrack.trackers.diffusion.crops import from_window, to_window, window_side
 from fasttrack.trackers.diffusion.readout import BoxReader
 
-torch.set_num_threads(1)
 MODE = [0]
 
 
@@ -98,17 +94,11 @@ def _start(self, image, boxes):
 dt.BoxReader = TemplateReader
 dt.DINTR._maps, dt.DINTR._start = _maps, _start
 
+def make(v):
+    """v = (mode, settings)."""
+    MODE[0] = v[0]
+    return dt.DINTR.pretrained(**v[1])
+
+
 if __name__ == "__main__":
-    names, frames = sys.argv[1].split(","), int(sys.argv[2])
-    variants = eval(sys.argv[3])
-    seqs = {s.name[-3:]: s for s in synthetic_split("val", num=20, num_frames=frames)}
-    for mode, extra in variants:
-        MODE[0] = mode
-        tr = dt.DINTR.pretrained(**extra)
-        per, t0 = {}, time.time()
-        for n in names:
-            s = seqs[n]
-            boxes = tr.run(s, s.gt[0], progress=False)[0]
-            per[n] = round(float(iou(np.asarray(boxes)[1:], np.asarray(s.gt)[1:]).mean()), 3)
-        print("mode", mode, extra, f"{len(names)} val x {frames}", "AO %.3f" % np.mean(list(per.values())),
-              per, "%.0f s" % (time.time() - t0), flush=True)
+    score(make, eval(sys.argv[3]), lambda v: f"mode {v[0]} {v[1]}")

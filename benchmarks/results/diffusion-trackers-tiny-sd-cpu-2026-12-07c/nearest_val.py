@@ -3,21 +3,19 @@ holding the peak (components: 4-connected cells of the window-normalized map >= 
 own peak is >= MINPEAK), plus the merge clamp of clamp_val.py.
 python nearest_val.py NAMES FRAMES "[(slack, minpeak, {settings}), ...]"  (minpeak > 1: the peak's)"""
 import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import fasttrack.trackers.dintr.tracker as dt
-from fasttrack.data.synthetic import synthetic_split
-from fasttrack.eval.metrics import iou
+from clamp_val import SLACK, ClampReader
+from subset_val import score
 from fasttrack.trackers.diffusion.boxes import _first_last
-from fasttrack.trackers.diffusion.crops import from_window, to_window, window_side
-from fasttrack.trackers.diffusion.readout import BoxReader, Readout, search_window
+from fasttrack.trackers.diffusion.crops import window_side
+from fasttrack.trackers.diffusion.readout import Readout, search_window
 
-torch.set_num_threads(1)
-SLACK, MINPEAK = [0.0], [2.0]
+MINPEAK = [2.0]
 
 
 def components(active):
@@ -88,54 +86,17 @@ def read_choose(maps, prev, size, threshold, search):
                    torch.tensor(found))
 
 
-class NearestReader(BoxReader):
-    def read(self, maps, image_size, windows=None):
-        last = self.boxes.to(maps.device)
-        prev = self.predicted.to(maps.device)
-        side = window_side(maps.shape[-2:])
-        win = windows.to(device=maps.device, dtype=torch.float32)
-        r = read_choose(maps, to_window(prev, win, side), side, self.threshold, self.search)
-        r = r._replace(boxes=from_window(r.boxes, win, side), points=from_window(r.points, win, side))
-        region = r.boxes[:, 2:].clamp_min(1.0)
-        centre = r.boxes[:, :2] + r.boxes[:, 2:] / 2
-        if SLACK[0] and self._calibrated.any():
-            expected = prev[:, 2:] / self._ratio
-            slack = SLACK[0] * (region - expected).clamp_min(0) / 2
-            pc = prev[:, :2] + prev[:, 2:] / 2
-            clamped = torch.minimum(torch.maximum(pc, centre - slack), centre + slack)
-            centre = torch.where(self._calibrated[:, None], clamped, centre)
-        measured = region * self._ratio
-        bounded = torch.minimum(torch.maximum(measured, prev[:, 2:] / self.scale_step),
-                                prev[:, 2:] * self.scale_step)
-        wh = prev[:, 2:].pow(1 - self.size_lr) * bounded.pow(self.size_lr)
-        first = (r.found & ~self._calibrated)[:, None]
-        self._ratio = torch.where(first, prev[:, 2:] / region, self._ratio)
-        wh = torch.where(first, prev[:, 2:], wh)
-        self._calibrated = self._calibrated | r.found
-        boxes = torch.where(r.found[:, None], torch.cat([centre - wh / 2, wh], 1), prev)
-        step = (boxes[:, :2] + boxes[:, 2:] / 2) - (last[:, :2] + last[:, 2:] / 2)
-        v = (1 - self.motion) * self.velocity.to(step) + self.motion * step
-        c = boxes[:, :2] + boxes[:, 2:] / 2
-        size = torch.tensor([float(image_size[1]), float(image_size[0])], device=v.device)
-        self.velocity = torch.minimum(torch.maximum(c + v, torch.zeros_like(size)), size) - c
-        self.boxes = boxes
-        return r._replace(boxes=boxes)
+class NearestReader(ClampReader):
+    def read_window(self, maps, prev):
+        return read_choose(maps, prev, window_side(maps.shape[-2:]), self.threshold, self.search)
 
 
-dt.BoxReader = NearestReader
-arg = sys.argv[1]
-names = ["%03d" % i for i in range(int(arg.split("-")[0]), int(arg.split("-")[1]) + 1)] \
-    if "-" in arg else arg.split(",")
-frames = int(sys.argv[2])
-variants = eval(sys.argv[3])
-seqs = {s.name[-3:]: s for s in synthetic_split("val", num=20, num_frames=frames)}
-for slack, minpeak, extra in variants:
-    SLACK[0], MINPEAK[0] = slack, minpeak
-    tr = dt.DINTR.pretrained(**extra)
-    per, t0 = {}, time.time()
-    for n in names:
-        s = seqs[n]
-        boxes = tr.run(s, s.gt[0], progress=False)[0]
-        per[n] = round(float(iou(np.asarray(boxes)[1:], np.asarray(s.gt)[1:]).mean()), 3)
-    print("slack", slack, "minpeak", minpeak, extra, f"{len(names)} val x {frames}",
-          "AO %.3f" % np.mean(list(per.values())), per, "%.0f s" % (time.time() - t0), flush=True)
+def make(v):
+    """v = (slack, minpeak, settings)."""
+    SLACK[0], MINPEAK[0] = v[0], v[1]
+    return dt.DINTR.pretrained(**v[2])
+
+
+if __name__ == "__main__":
+    dt.BoxReader = NearestReader
+    score(make, eval(sys.argv[3]), lambda v: f"slack {v[0]} minpeak {v[1]} {v[2]}")
