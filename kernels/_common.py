@@ -1,4 +1,4 @@
-"""Shared helpers of the Triton kernels: launch wrapper, dtype handling, block-size heuristics.
+"""Shared helpers of the Triton kernels: the launch point, dtype handling, block-size heuristics.
 
 Every launcher makes its inputs contiguous, so the kernels address (B, H, N, D) tensors as
 ``((b * H + h) * N + n) * D + d`` from the sizes alone, with no stride arguments.
@@ -30,12 +30,47 @@ def load_tile(base, rows, cols, row_mask, col_mask, row_stride):
                    mask=row_mask[:, None] & col_mask[None, :], other=0.0)
 
 
+# While set, `launch` hands back a launcher that does nothing (`stub_launches`): host-cost
+# measurements then time everything fasttrack does for a call except the device launch.
+_STUB = None
+
+
+class _NoLaunch:
+    """``kernel[grid](*args, **kw)`` that launches nothing (the kernel is not run)."""
+
+    def __getitem__(self, grid):
+        return _no_launch
+
+
+def _no_launch(*args, **kwargs):
+    return None
+
+
 def launch(kernel):
-    """``kernel`` wrapped by torch.library.wrap_triton, so that a torch.library.triton_op can
-    trace the launch; the plain kernel on torch versions without wrap_triton (< 2.6).
-    wrap_triton also works under TRITON_INTERPRET=1 (checked with torch 2.13 / triton 3.9)."""
-    wrap = getattr(torch.library, "wrap_triton", None)
-    return kernel if wrap is None else wrap(kernel)
+    """``kernel`` itself: launchers call ``launch(kernel)[grid](...)``, a direct Triton launch.
+
+    The ops are opaque custom ops under torch.compile (their fake kernels give the shapes), so
+    the launch never needs torch.library.wrap_triton, whose eager path cost about 0.2 ms per
+    launch and, with num_warps / num_stages, kept a kernel side-table entry per call (a leak).
+    Inside `stub_launches()` the launcher is a no-op."""
+    return kernel if _STUB is None else _STUB
+
+
+class stub_launches:
+    """Context manager: every Triton launch in fasttrack.kernels does nothing while it is open.
+
+    For host-cost measurements only (fasttrack bench --sections host): outputs are left
+    uninitialized. Not thread-safe; nests."""
+
+    def __enter__(self):
+        global _STUB
+        self._prev, _STUB = _STUB, _NoLaunch()
+        return self
+
+    def __exit__(self, *exc):
+        global _STUB
+        _STUB = self._prev
+        return False
 
 
 def pad(n: int) -> int:

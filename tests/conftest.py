@@ -34,3 +34,12 @@ def rng():
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"rng seed: {seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dispatch_cache():
+    """Each test starts with an empty dispatch cache: tests monkeypatch backends' reasons."""
+    from fasttrack.ops import dispatch
+    dispatch.clear_cache()
+    yield
+    dispatch.clear_cache()

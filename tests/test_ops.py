@@ -35,7 +35,7 @@ def _dev(backend) -> str:
 
 
 def _shapes(backend):
-    return SHAPES + (SHAPES_TORCH_ONLY if backend == "torch" else [])
+    return SHAPES + (SHAPES_TORCH_ONLY if backend in ("torch", "aten") else [])
 
 
 def _grad_ok(got, want64, yard32, floor=3e-5) -> bool:
@@ -66,7 +66,7 @@ def _cot(t, gen):
     return torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + ["aten"])
 def test_attention(backend, rng):
     _need(backend)
     for shape in _shapes(backend):
@@ -174,6 +174,17 @@ def test_torch_backend_chunks(monkeypatch, rng):
     want = torch.autograd.grad(R.self_cross(q, k, cross), (q, k, cross), g)
     for a, b in zip(got, want):
         assert rel_err(a, b) < 1e-12
+    # attention on the CPU takes PyTorch's flash kernel; the chunked path (GPU tensors) too:
+    for flash in (True, False):
+        monkeypatch.setattr(torch_backend, "_cpu_flash", lambda *t, f=flash: f)
+        out, lse = ops.attention(q, k, v, backend="torch")
+        assert rel_err(out, ro) < 1e-12 and rel_err(lse, rl) < 1e-12
+        cots = (torch.randn(out.shape, generator=rng, dtype=torch.float64),
+                torch.randn(lse.shape, generator=rng, dtype=torch.float64))
+        got = torch.autograd.grad((out, lse), (q, k, v), cots)
+        want = torch.autograd.grad(R.attention(q, k, v), (q, k, v), cots)
+        for a, b in zip(got, want):
+            assert rel_err(a, b) < 1e-12, flash
 
 
 def test_gradcheck_torch_float64(rng):

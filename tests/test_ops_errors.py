@@ -65,11 +65,14 @@ def test_forced_backend_lists_reasons():
 
 
 def test_auto_falls_back_and_logs(caplog):
-    q, k, v, _ = _good(dtype=torch.float64)
+    q, k, v, cross = _good(dtype=torch.float64)
     with caplog.at_level(logging.DEBUG, logger="fasttrack.dispatch"):
         out, _ = ops.attention(q, k, v)
-    assert "auto chose backend torch" in caplog.text
-    assert out.dtype == torch.float64
+        sc = ops.self_cross(q, k, cross)
+    # attention on the CPU: PyTorch's CPU flash kernel (aten); self_cross: aten refuses it.
+    assert "attention: auto chose backend aten" in caplog.text
+    assert "self_cross: auto chose backend torch" in caplog.text
+    assert out.dtype == torch.float64 and sc.dtype == torch.float64
 
 
 def test_cuda_is_never_auto_until_verified():
@@ -94,12 +97,16 @@ def test_env_forces_backend(monkeypatch):
 def test_available_reports_every_backend():
     q, k, v, _ = _good()
     av = ops.available("attention", q, k, v)
-    assert set(av) == {"cuda", "triton", "torch"} and av["torch"] == []
+    assert set(av) == {"aten", "cuda", "triton", "torch"} and av["torch"] == [] and av["aten"] == []
+    assert any("attention and lse only" in r for r in ops.available("self_cross", q, k, _good()[3])["aten"])
 
 
 def test_auto_never_picks_the_interpreter(monkeypatch):
-    """Even with TRITON_INTERPRET=1, auto sends CPU tensors to the torch backend."""
+    """Even with TRITON_INTERPRET=1, auto sends CPU tensors to PyTorch's kernels (the aten
+    backend for attention, the torch backend for the map ops)."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    q, k, v, _ = _good()
-    assert dispatch.select("attention", "auto", q, k, v) == "torch"
+    q, k, v, cross = _good()
+    assert dispatch.select("attention", "auto", q, k, v) == "aten"
+    assert dispatch.select("self_cross", "auto", q, k, cross) == "torch"
+    assert dispatch.select("cross_attention", "auto", q, k, v) == "torch"
     assert any("interpreter is for testing" in r for r in dispatch.reasons("triton", "attention", q, k, v, auto=True))

@@ -35,7 +35,7 @@ def attention(q, k, v, *, scale=None, backend="auto"):
     checks.validate_attention(q, k, v)
     s = checks.resolve_scale(scale, q.shape[-1])
     _check_backend(backend)
-    return _lib.attention_op(q, k, v, s, backend)
+    return _lib.attention(q, k, v, s, backend)
 
 
 def self_cross(q, k, cross, *, scale=None, lse=None, backend="auto"):
@@ -53,7 +53,7 @@ def self_cross(q, k, cross, *, scale=None, lse=None, backend="auto"):
     checks.validate_self_cross(q, k, cross, lse)
     s = checks.resolve_scale(scale, q.shape[-1])
     _check_backend(backend)
-    out, _ = _lib.self_cross_op(q, k, cross, lse, s, backend)
+    out, _ = _lib.self_cross(q, k, cross, lse, s, backend)
     return out
 
 
@@ -87,5 +87,5 @@ def cross_attention(q, k, v, *, scale=None, backend="auto"):
     checks.validate_attention(q, k, v)
     s = checks.resolve_scale(scale, q.shape[-1])
     _check_backend(backend)
-    out, probs, _ = _lib.cross_attention_op(q, k, v, s, backend)
+    out, probs, _ = _lib.cross_attention(q, k, v, s, backend)
     return out, probs

@@ -13,6 +13,10 @@ Schemas (q (B,H,Nq,D), k (B,H,Nk,D), v (B,H,Nk,Dv), cross (B,Nq,T), lse (B,H,Nq)
     fasttrack::cross_attention(q, k, v, scale, backend) -> (out, probs (B,Nq,Nk), lse)
 `lse_used` is the computed lse when the caller passed none, else an empty tensor (an output may
 not alias an input); the caller's lse is then read from the inputs.
+
+`attention`, `self_cross` and `cross_attention` at the bottom are what fasttrack.ops calls: the
+custom op while anything may trace, the same implementation functions directly in eager mode
+(the custom op's dispatcher path alone costs several SDPA calls of host time).
 """
 from __future__ import annotations
 
@@ -29,9 +33,18 @@ def _lse_dtype(x: Tensor) -> torch.dtype:
 
 
 # ---------------------------------------------------------------- attention
+def _attention_fwd(q, k, v, scale, backend):
+    return backend_module(select("attention", backend, q, k, v)).attention_fwd(q, k, v, scale)
+
+
+def _attention_bwd(q, k, v, out, lse, dout, dlse, scale, backend):
+    mod = backend_module(select("attention_bwd", backend, q, k, v))
+    return tuple(t.contiguous() for t in mod.attention_bwd(q, k, v, out, lse, dout, dlse, scale))
+
+
 @torch.library.custom_op("fasttrack::attention", mutates_args=())
 def attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> tuple[Tensor, Tensor]:
-    return backend_module(select("attention", backend, q, k, v)).attention_fwd(q, k, v, scale)
+    return _attention_fwd(q, k, v, scale, backend)
 
 
 @attention_op.register_fake
@@ -42,8 +55,7 @@ def _(q, k, v, scale, backend):
 @torch.library.custom_op("fasttrack::attention_bwd", mutates_args=())
 def attention_bwd_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Optional[Tensor],
                      dlse: Optional[Tensor], scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    mod = backend_module(select("attention_bwd", backend, q, k, v))
-    return tuple(t.contiguous() for t in mod.attention_bwd(q, k, v, out, lse, dout, dlse, scale))
+    return _attention_bwd(q, k, v, out, lse, dout, dlse, scale, backend)
 
 
 @attention_bwd_op.register_fake
@@ -68,9 +80,7 @@ attention_op.register_autograd(_attention_backward, setup_context=_attention_set
 
 
 # ---------------------------------------------------------------- self_cross
-@torch.library.custom_op("fasttrack::self_cross", mutates_args=())
-def self_cross_op(q: Tensor, k: Tensor, cross: Tensor, lse: Optional[Tensor], scale: float,
-                  backend: str) -> tuple[Tensor, Tensor]:
+def _self_cross_fwd(q, k, cross, lse, scale, backend):
     mod = backend_module(select("self_cross", backend, q, k, cross))
     if lse is None:
         if hasattr(mod, "self_cross_lse_fwd"):  # backends whose passes hold whole rows
@@ -78,6 +88,20 @@ def self_cross_op(q: Tensor, k: Tensor, cross: Tensor, lse: Optional[Tensor], sc
         lse_used = mod.lse_fwd(q, k, scale)
         return mod.self_cross_fwd(q, k, cross, lse_used, scale), lse_used
     return mod.self_cross_fwd(q, k, cross, lse, scale), q.new_empty(0, dtype=_lse_dtype(q))
+
+
+def _self_cross_bwd(q, k, cross, lse, dout, scale, lse_given, backend):
+    mod = backend_module(select("self_cross_bwd", backend, q, k, cross))
+    dq, dk, dcross, dlse = mod.self_cross_bwd(q, k, cross, lse, dout, scale, lse_given)
+    if dlse is None:
+        dlse = q.new_empty(0, dtype=lse.dtype)
+    return dq.contiguous(), dk.contiguous(), dcross.contiguous(), dlse.contiguous()
+
+
+@torch.library.custom_op("fasttrack::self_cross", mutates_args=())
+def self_cross_op(q: Tensor, k: Tensor, cross: Tensor, lse: Optional[Tensor], scale: float,
+                  backend: str) -> tuple[Tensor, Tensor]:
+    return _self_cross_fwd(q, k, cross, lse, scale, backend)
 
 
 @self_cross_op.register_fake
@@ -91,11 +115,7 @@ def _(q, k, cross, lse, scale, backend):
 @torch.library.custom_op("fasttrack::self_cross_bwd", mutates_args=())
 def self_cross_bwd_op(q: Tensor, k: Tensor, cross: Tensor, lse: Tensor, dout: Optional[Tensor], scale: float,
                       lse_given: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    mod = backend_module(select("self_cross_bwd", backend, q, k, cross))
-    dq, dk, dcross, dlse = mod.self_cross_bwd(q, k, cross, lse, dout, scale, lse_given)
-    if dlse is None:
-        dlse = q.new_empty(0, dtype=lse.dtype)
-    return dq.contiguous(), dk.contiguous(), dcross.contiguous(), dlse.contiguous()
+    return _self_cross_bwd(q, k, cross, lse, dout, scale, lse_given, backend)
 
 
 @self_cross_bwd_op.register_fake
@@ -122,9 +142,18 @@ self_cross_op.register_autograd(_self_cross_backward, setup_context=_self_cross_
 
 
 # ---------------------------------------------------------------- cross_attention
+def _cross_attention_fwd(q, k, v, scale, backend):
+    return backend_module(select("cross_attention", backend, q, k, v)).cross_attention_fwd(q, k, v, scale)
+
+
+def _cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale, backend):
+    mod = backend_module(select("cross_attention_bwd", backend, q, k, v))
+    return tuple(t.contiguous() for t in mod.cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale))
+
+
 @torch.library.custom_op("fasttrack::cross_attention", mutates_args=())
 def cross_attention_op(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    return backend_module(select("cross_attention", backend, q, k, v)).cross_attention_fwd(q, k, v, scale)
+    return _cross_attention_fwd(q, k, v, scale, backend)
 
 
 @cross_attention_op.register_fake
@@ -136,9 +165,7 @@ def _(q, k, v, scale, backend):
 @torch.library.custom_op("fasttrack::cross_attention_bwd", mutates_args=())
 def cross_attention_bwd_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Optional[Tensor],
                            dprobs: Optional[Tensor], scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    mod = backend_module(select("cross_attention_bwd", backend, q, k, v))
-    res = mod.cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale)
-    return tuple(t.contiguous() for t in res)
+    return _cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale, backend)
 
 
 @cross_attention_bwd_op.register_fake
@@ -160,3 +187,102 @@ def _cross_attention_backward(ctx, dout, dprobs, _dlse):
 
 
 cross_attention_op.register_autograd(_cross_attention_backward, setup_context=_cross_attention_setup)
+
+
+# ---------------------------------------------------------------- eager calls
+# Outside torch.compile the custom ops cost ~30 us of dispatcher and Python per call before
+# any work (a no-op custom op measured 30 us on a 2-core CPU, 3x one SDPA call), paid on every
+# call of a tracker. In eager mode the ops therefore run the same implementation functions
+# directly, wrapped in an autograd.Function only when a gradient is needed. The custom ops stay
+# the path whenever something may be tracing: torch.compile, a dispatch mode (FakeTensorMode,
+# FlopCounterMode, ...) or a tensor subclass.
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _eager(*tensors) -> bool:
+    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and all(type(t) in _PLAIN for t in tensors if t is not None))
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class _AttentionFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale, backend):
+        out, lse = _attention_fwd(q, k, v, scale, backend)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale, ctx.backend = scale, backend
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        return (*_attention_bwd(q, k, v, out, lse, dout, dlse, ctx.scale, ctx.backend), None, None)
+
+
+class _SelfCrossFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, cross, lse, scale, backend):
+        out, lse_used = _self_cross_fwd(q, k, cross, lse, scale, backend)
+        ctx.lse_given = lse is not None
+        ctx.save_for_backward(q, k, cross, lse if ctx.lse_given else lse_used)
+        ctx.scale, ctx.backend = scale, backend
+        ctx.mark_non_differentiable(lse_used)
+        ctx.set_materialize_grads(False)
+        return out, lse_used
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, _dlse_used):
+        q, k, cross, lse = ctx.saved_tensors
+        dq, dk, dcross, dlse = _self_cross_bwd(q, k, cross, lse, dout, ctx.scale, ctx.lse_given, ctx.backend)
+        return dq, dk, dcross, (dlse if ctx.lse_given else None), None, None
+
+
+class _CrossAttentionFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale, backend):
+        out, probs, lse = _cross_attention_fwd(q, k, v, scale, backend)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale, ctx.backend = scale, backend
+        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)
+        return out, probs, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dprobs, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        return (*_cross_attention_bwd(q, k, v, out, lse, dout, dprobs, ctx.scale, ctx.backend), None, None)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> tuple[Tensor, Tensor]:
+    """fasttrack::attention: the custom op while tracing, the same functions directly in eager."""
+    if not _eager(q, k, v):
+        return attention_op(q, k, v, scale, backend)
+    if _needs_grad(q, k, v):
+        return _AttentionFn.apply(q, k, v, scale, backend)
+    return _attention_fwd(q, k, v, scale, backend)
+
+
+def self_cross(q: Tensor, k: Tensor, cross: Tensor, lse: Optional[Tensor], scale: float,
+               backend: str) -> tuple[Tensor, Tensor]:
+    """fasttrack::self_cross: the custom op while tracing, the same functions directly in eager."""
+    if not _eager(q, k, cross, lse):
+        return self_cross_op(q, k, cross, lse, scale, backend)
+    if _needs_grad(q, k, cross, lse):
+        return _SelfCrossFn.apply(q, k, cross, lse, scale, backend)
+    return _self_cross_fwd(q, k, cross, lse, scale, backend)
+
+
+def cross_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """fasttrack::cross_attention: the custom op while tracing, the same functions in eager."""
+    if not _eager(q, k, v):
+        return cross_attention_op(q, k, v, scale, backend)
+    if _needs_grad(q, k, v):
+        return _CrossAttentionFn.apply(q, k, v, scale, backend)
+    return _cross_attention_fwd(q, k, v, scale, backend)

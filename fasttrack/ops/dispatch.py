@@ -1,8 +1,13 @@
 """Backend selection, xformers style: every backend says why it cannot take an input.
 
-`backend="auto"` tries the backends in order (cuda, triton, torch) and takes the first with no
-reasons to refuse; a forced backend ("cuda", "triton", "torch", or the FASTTRACK_BACKEND
+`backend="auto"` tries the backends in order (aten, cuda, triton, torch) and takes the first with
+no reasons to refuse; a forced backend ("aten", "cuda", "triton", "torch", or the FASTTRACK_BACKEND
 environment variable when the call says "auto") raises `BackendUnavailable` listing its reasons.
+
+The decision is cached per (op, requested backend, FASTTRACK_BACKEND, TRITON_INTERPRET, and each
+tensor's device, dtype and shape): a tracker calls the same few shapes thousands of times, and
+asking every backend costs tens of microseconds per call. Refusals are not cached (they raise).
+`clear_cache()` empties it (tests that monkeypatch a backend's reasons call it).
 
 The CUDA kernels join "auto" only once they have passed the GPU tests: `VERIFIED_CUDA_OPS` holds
 the ops whose CUDA forward ran clean under the GPU test suite and compute-sanitizer (with the run
@@ -21,11 +26,14 @@ import logging
 import os
 from types import ModuleType
 
+import torch
+
 log = logging.getLogger("fasttrack.dispatch")
 
-BACKENDS = ("cuda", "triton", "torch")
+BACKENDS = ("aten", "cuda", "triton", "torch")
 BACKEND_CHOICES = ("auto",) + BACKENDS  # what a `backend=` argument may say
 _MODULES = {
+    "aten": "fasttrack.ops.aten_backend",
     "cuda": "fasttrack.ops.cuda_backend",
     "triton": "fasttrack.ops.triton_backend",
     "torch": "fasttrack.ops.torch_backend",
@@ -37,6 +45,11 @@ _MODULES = {
 # the cross_attention forward was faster (0.34 / 0.43 / 0.70 ms against 1.21 / 0.91 / 1.04 ms at
 # SD-64/96/128): a candidate once a GPU run confirms the dispatch tests with it enabled.
 VERIFIED_CUDA_OPS: frozenset[str] = frozenset()
+
+# Devices on which "auto" may take the aten backend (PyTorch's fused kernels with their lse,
+# fasttrack.ops.aten_backend). Its CUDA path has not run on a GPU yet: add "cuda" only with a
+# committed GPU run of the aten tests (benchmarks/results/).
+ATEN_AUTO_DEVICES: frozenset[str] = frozenset({"cpu"})
 
 # Ops whose Triton kernels "auto" does not take, with the reason it reports. Remove an entry only
 # with a committed GPU run (benchmarks/results/) showing the kernel correct and faster than the
@@ -70,6 +83,11 @@ def reasons(name: str, op: str, *tensors, auto: bool = False) -> list[str]:
     out = _module_reasons(name, op, tensors)
     if auto and name == "cuda" and op not in VERIFIED_CUDA_OPS:
         out.append(f"the CUDA {op} kernel has not passed the GPU tests yet (ask for backend='cuda')")
+    if auto and name == "aten" and not out:
+        devs = {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
+        if not devs <= ATEN_AUTO_DEVICES:
+            out.append(f"the aten backend has not passed the GPU tests on {', '.join(sorted(devs - ATEN_AUTO_DEVICES))} "
+                       "yet (ask for backend='aten')")
     if auto and name == "triton" and op in TRITON_AUTO_EXCLUDED:
         out.append(TRITON_AUTO_EXCLUDED[op])
     if auto and name == "triton" and any(getattr(t, "device", None) is not None and t.device.type == "cpu"
@@ -90,11 +108,42 @@ def check_backend(backend, what: str = "backend") -> str:
     return backend
 
 
+# (op, backend, env, interpreter, per tensor (device, dtype, shape)) -> (backend name, how).
+_CACHE: dict = {}
+_CACHE_MAX = 4096  # shapes a process sees; cleared whole when full (no LRU bookkeeping per call)
+
+
+def clear_cache() -> None:
+    """Forget every cached decision (after changing what a backend's `reasons` says)."""
+    _CACHE.clear()
+
+
+def _key(op: str, backend: str, tensors) -> tuple:
+    env = os.environ
+    return (op, backend, env.get("FASTTRACK_BACKEND"), env.get("TRITON_INTERPRET"),
+            *[(t.device, t.dtype, t.shape) if isinstance(t, torch.Tensor) else t for t in tensors])
+
+
 def select(op: str, backend: str, *tensors) -> str:
     """The backend that will run `op`: a name from BACKENDS.
 
     Raises ValueError for an unknown backend name and BackendUnavailable when the forced
-    backend refuses (or, under "auto", when every backend does)."""
+    backend refuses (or, under "auto", when every backend does). Cached (module docstring)."""
+    key = _key(op, backend, tensors)
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = _select(op, backend, tensors)
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        _CACHE[key] = hit
+    name, how = hit
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s: %s backend %s", op, how, name)
+    return name
+
+
+def _select(op: str, backend: str, tensors) -> tuple[str, str]:
+    """(backend name, "auto chose" or "forced"), or the errors of `select`."""
     check_backend(backend)
     if backend == "auto":
         env = os.environ.get("FASTTRACK_BACKEND", "").strip().lower()
@@ -105,15 +154,13 @@ def select(op: str, backend: str, *tensors) -> str:
         for name in BACKENDS:
             r = reasons(name, op, *tensors, auto=True)
             if not r:
-                log.debug("%s: auto chose backend %s", op, name)
-                return name
+                return name, "auto chose"
             why[name] = r
         raise BackendUnavailable(_format(op, why))
     r = reasons(backend, op, *tensors)
     if r:
         raise BackendUnavailable(_format(op, {backend: r}))
-    log.debug("%s: forced backend %s", op, backend)
-    return backend
+    return backend, "forced"
 
 
 def _format(op: str, why: dict[str, list[str]]) -> str:

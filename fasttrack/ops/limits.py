@@ -14,7 +14,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-__all__ = ["BackendLimits", "TORCH", "TRITON", "CUDA", "BACKEND_LIMITS", "BOX_BRANCH_WEIGHTS",
+__all__ = ["BackendLimits", "TORCH", "ATEN", "TRITON", "CUDA", "BACKEND_LIMITS", "BOX_BRANCH_WEIGHTS",
            "SUPPORTED_DTYPES", "MAX_HEAD_DIM", "MAX_TOKENS", "MAX_GRID_YZ"]
 
 _HALF_AND_FLOAT = (torch.float16, torch.bfloat16, torch.float32)
@@ -110,7 +110,11 @@ CUDA = BackendLimits("cuda", "CUDA", (torch.float32, torch.float16, torch.bfloat
                      max_head_dim=128, max_tokens=256, max_grid_yz=MAX_GRID_YZ,
                      max_seq_len=1 << 30)
 
-BACKEND_LIMITS = {lim.name: lim for lim in (TORCH, TRITON, CUDA)}
+# PyTorch's fused attention kernels (fasttrack.ops.aten_backend): attention and lse only. The
+# CUDA kernels take 16/32-bit floats and head dims <= 256; aten_backend.reasons adds those two.
+ATEN = BackendLimits("aten", "PyTorch fused attention", _ALL_FLOATS, ("cpu", "cuda", "meta"))
+
+BACKEND_LIMITS = {lim.name: lim for lim in (TORCH, ATEN, TRITON, CUDA)}
 
 # Constants of the Triton kernels (kernels/_common.py imports these names).
 SUPPORTED_DTYPES = TRITON.dtypes

@@ -1,5 +1,8 @@
 """The "torch" backend: memory-lean PyTorch, the CPU path and the fallback everywhere.
 
+attention on the CPU runs PyTorch's CPU flash kernel (the aten backend's functions); elsewhere,
+and for the other ops, the chunked code below.
+
 It implements the primitives of docs/BACKENDS.md with the same factorization as the fused
 kernels (DESIGN 1.1-1.3) but chunked over queries instead of tiled: only a
 (B, H, chunk, Nk) slab of probabilities exists at a time, recomputed from (q, k, lse) in the
@@ -74,8 +77,17 @@ def lse_fwd(q, k, scale):
     return lse
 
 
+def _cpu_flash(*tensors) -> bool:
+    """Whether attention runs on PyTorch's CPU flash kernel (fasttrack.ops.aten_backend):
+    tiled like the chunked path below, one fused kernel, and the slab never exists."""
+    return all(t is None or t.device.type == "cpu" for t in tensors)
+
+
 def attention_fwd(q, k, v, scale):
-    """out (B, H, Nq, Dv) in q.dtype and lse (B, H, Nq)."""
+    """out (B, H, Nq, Dv) in q.dtype and lse (B, H, Nq). On the CPU: PyTorch's CPU flash kernel."""
+    if _cpu_flash(q, k, v):
+        from . import aten_backend
+        return aten_backend.attention_fwd(q, k, v, scale)
     acc = _acc(q)
     kf, vf = k.to(acc), v.to(acc)
     out = torch.empty(*q.shape[:3], v.shape[3], dtype=q.dtype, device=q.device)
@@ -91,7 +103,11 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None):
 
     dZ = P * (dP - delta + dlse) with dP = dO V^T (+ dp_extra, shared by all heads) and
     delta = rowsum(dO * O) (+ rowsum(P * dp_extra)). dp_extra (B, Nq, Nk) carries the
-    gradient of a head-mean map (cross_attention's probs)."""
+    gradient of a head-mean map (cross_attention's probs). On the CPU without dp_extra: PyTorch's
+    CPU flash backward, with the lse gradient through an augmented column (aten_backend)."""
+    if dp_extra is None and _cpu_flash(q, k, v, out, lse, dout, dlse):
+        from . import aten_backend
+        return aten_backend.attention_bwd(q, k, v, out, lse, dout, dlse, scale)
     acc = _acc(q)
     kf, vf = k.to(acc), v.to(acc)
     dq = torch.empty_like(q)
