@@ -4,8 +4,9 @@ Each benchmarks/bench_<section>.py names its section module (SECTION) and has on
 `case` and `run_case`; this file parametrizes `case` over SECTION.cases(device, quick) and
 measures it with fasttrack.bench.harness.measure, timed by pytest-benchmark (on the harness's
 synchronized callable) instead of the harness's own loop. extra_info holds the case's row (peak
-allocated MB, FLOPs, frames/s ...). CUDA when present, else CPU; quick cases unless
---bench-full. Under --benchmark-disable every case runs once: a smoke test of the cases.
+allocated MB, FLOPs, frames/s ...). CUDA when present, else CPU; the small cases (quick=True,
+as `fasttrack bench`) unless --bench-full (as `fasttrack bench --full`). Under
+--benchmark-disable every case runs once: a smoke test of the cases.
 
     python -m pytest benchmarks --benchmark-disable -q
     python -m pytest benchmarks/bench_ops.py --bench-full --benchmark-json ops.json
@@ -23,7 +24,8 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 def pytest_addoption(parser):
     parser.addoption("--bench-full", action="store_true",
-                     help="the sections' full case lists (default: quick, as `fasttrack bench --quick`)")
+                     help="the sections' full case lists, as `fasttrack bench --full` (default: the small "
+                          "cases, as `fasttrack bench`)")
 
 
 def pytest_configure(config):

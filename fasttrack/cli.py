@@ -1,6 +1,6 @@
 """The `fasttrack` command line: builds the parser; every subcommand lives in fasttrack/commands/.
 
-    fasttrack bench [--quick] [--sections A,B] [--threads N] [--out DIR]   speed + memory report
+    fasttrack bench [--full] [--sections A,B] [--threads N] [--out DIR]   speed + memory report
     fasttrack info                                                         backends on this machine
     fasttrack track SOURCE --box x,y,w,h --tracker NAME [--weights PATH]   boxes + annotated video
     fasttrack eval DATASET --tracker NAME [--workers N | --distributed]    toolkit results, metrics

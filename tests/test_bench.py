@@ -131,6 +131,9 @@ def section_rows():
                 cases = importlib.import_module(f"fasttrack.bench.{name}").cases("cpu", quick=True)
             except ImportError:  # diffusers missing: test_section_cases skips with the reason
                 continue
+            # the ops headline case at SD-64 (seconds per call) is checked on its case list
+            # (test_default_is_small_and_full_is_the_full_matrix), not run here
+            cases = [c for c in cases if c.labels.get("shape") != "SD-64"]
             out[name] = (cases, harness.run_cases(cases, "cpu", warmup=0, repeat=1))
     finally:
         torch.set_num_threads(saved)
@@ -231,6 +234,93 @@ def test_report_has_every_numeric_column_and_one_chart_panel_per_unit(section_ro
     want = ["ms per call", "ms per UNet step", "ms per frame", "peak allocated MB"]
     assert titles == [t for t in want if "UNet" not in t or "recorder" in section_rows]
     assert (tmp_path / "chart.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------- default (small) and --full
+
+
+def _plan(cases):
+    """What a case list runs: (id, warmup, repeat, skip) per case."""
+    return [(c.id, c.warmup, c.repeat, c.skip) for c in cases]
+
+
+@pytest.mark.parametrize("name", SECTIONS)
+def test_default_is_small_and_full_is_the_full_matrix(name):
+    """The case lists themselves (nothing runs): quick=True (the default of `fasttrack bench`)
+    is a smaller plan than quick=False (--full) in every section, with what each keeps."""
+    if name in ("recorder", "trackers"):
+        pytest.importorskip("diffusers")
+    mod = importlib.import_module(f"fasttrack.bench.{name}")
+    small, full = mod.cases("cpu", quick=True), mod.cases("cpu", quick=False)
+    assert _plan(small) != _plan(full)
+    if name == "ops":
+        shapes = lambda cs: {c.labels["shape"] for c in cs}  # noqa: E731
+        assert shapes(small) == {"tiny", "SD-64"} and shapes(full) == {"SD-32", "SD-64"}
+        head = [c for c in small if c.labels["shape"] == "SD-64"]
+        # the README's headline case (self_cross forward at SD-64) stays in the default, timed once
+        assert [(c.labels["op"], c.labels["impl"], c.labels["pass"]) for c in head] == [
+            ("self_cross", "reference", "fwd"), ("self_cross", "torch", "fwd")]
+        assert all((c.warmup, c.repeat) == (1, 1) for c in head)
+        assert all(c.repeat is None for c in full)  # --full: the harness's repeats
+        cuda = lambda q: [p[0].name for p in mod.default_plan(torch.device("cuda"), q)]  # noqa: E731
+        assert cuda(True) == ["SD-64"] and cuda(False) == ["SD-64", "SD-96", "SD-128"]
+    elif name == "recorder":
+        assert {c.labels["shape"] for c in small} == {"SD2.1-top 24x24"}
+        assert {c.labels["shape"] for c in full} == {"SD2.1-top 48x48"}
+    elif name == "detrack":
+        compile_ = lambda cs: [c for c in cs if c.labels["name"] == "tiny compile"]  # noqa: E731
+        assert [c.skip is not None for c in compile_(small)] == [True]  # torch.compile: --full only
+        assert len(compile_(full)) == 3 and not any(c.skip for c in compile_(full))
+    elif name == "dmtrack":
+        timed = lambda cs: {(c.warmup, c.repeat) for c in cs if c.info.get("samples")}  # noqa: E731
+        assert timed(small) == {(None, None)} and timed(full) == {(5, 30)}
+    else:
+        targets = lambda cs: sorted({c.targets for c in cs})  # noqa: E731
+        assert targets(small) == [1, 4] and targets(full) == [1, 4, 8]
+        assert {c.repeat for c in small if c.labels["phase"] == "init"} == {2}
+        assert {c.repeat for c in full} == {10, 5}
+
+
+@pytest.fixture
+def recording_sections(monkeypatch):
+    """SECTIONS replaced by one fake section "rec" of two cases, recording the `quick` it was
+    asked for."""
+    import fasttrack.commands.bench as cli
+
+    asked = []
+
+    def cases(device, quick):
+        asked.append(quick)
+        return [Case("rec", {"name": f"case {i}"}, setup=lambda: lambda: torch.ones(8)) for i in range(2)]
+
+    _fake_section(monkeypatch, "_fake_rec", cases)
+    monkeypatch.setattr(cli, "SECTIONS", {"rec": ("_fake_rec", "recording")})
+    return asked
+
+
+@pytest.mark.parametrize("argv, quick", [([], True), (["--quick"], True), (["--full"], False)])
+def test_bench_runs_small_cases_unless_full(argv, quick, recording_sections, tmp_path, capsys):
+    rc, stdout, _ = run_cli(capsys, "bench", "--device", "cpu", "--out", tmp_path, *argv)
+    assert rc == 0 and recording_sections == [quick]
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["full"] is (not quick) and result["quick"] is quick
+    assert ("full case matrix (--full)" if not quick else "small cases (--full runs the full matrix)") in stdout
+
+
+def test_bench_full_and_quick_together_is_a_user_error(recording_sections, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--full", "--quick", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    assert recording_sections == []
+
+
+def test_bench_shows_a_progress_bar_per_section(recording_sections, tmp_path, capsys):
+    """Each section has a tqdm bar on stderr: its name, one step per case, the case running;
+    the row lines and tables stay on stdout."""
+    rc, stdout, stderr = run_cli(capsys, "bench", "--device", "cpu", "--out", tmp_path)
+    assert rc == 0
+    assert "[rec]" in stderr and "2/2" in stderr and "case_1" in stderr
+    assert "[rec]" in stdout and "2/2" not in stdout and "rec / case 1: " in stdout
 
 
 # ---------------------------------------------------------------- the command

@@ -7,7 +7,8 @@
       FLOPs: one step of K targets counted by torch.utils.flop_counter on the meta device
       (2 per MAC; search embedding, denoising ViT, refiner, mapping, template embedding).
       The reference is eager; torch.compile of the reference network is "other". torch.compile
-      on the CPU takes minutes on small machines: with quick=True it is skipped there.
+      on the CPU takes minutes on small machines: with quick=True (the default run) it is
+      skipped there; `fasttrack bench --full` runs it.
   "box branch block C=<C>", impl reference / torch / triton (GPU), K = 1 and 64 targets:
       unit "call", one block of the box branch (BoxBranch vs FusedBoxBranch).
   "detrack256 flops": an untimed row, the FLOP count of a DeTrack256 step next to the paper's
@@ -81,7 +82,7 @@ def _variants(device: torch.device, quick: bool):
     def patched(tracker):
         patch(tracker, backend="auto" if device.type == "cuda" else "torch")
 
-    skip_compile = ("skipped: torch.compile of the tiny model takes minutes on a small CPU (quick)"
+    skip_compile = ("skipped: torch.compile of the tiny model takes minutes on a small CPU (runs with --full)"
                     if device.type == "cpu" and quick else None)
     return [("eager", "reference", lambda tracker: None, None),
             ("compile", "other", compiled, skip_compile),

@@ -268,10 +268,13 @@ def _number(x, above=None) -> bool:
     return ok and (above is None or x > above)
 
 
-def run_cases(cases: list[Case], device, *, progress=None, **kwargs) -> list[dict]:
-    """measure(case, device, **kwargs) for each case, then add_ratios; progress(row) after each."""
+def run_cases(cases: list[Case], device, *, progress=None, start=None, **kwargs) -> list[dict]:
+    """measure(case, device, **kwargs) for each case, then add_ratios; start(case) before each,
+    progress(row) after each."""
     rows = []
     for case in cases:
+        if start is not None:
+            start(case)
         rows.append(measure(case, device, **kwargs))
         if progress is not None:
             progress(rows[-1])

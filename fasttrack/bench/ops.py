@@ -4,9 +4,11 @@
 op call, with its backward for pass "fwd+bwd"), FLOPs known.
 
 Shapes (DESIGN / issue 2): SD-64 (B=2, H=5, N=4096, D=64, T=77), SD-96 (N=9216),
-SD-128 (B=1, H=10, N=16384). On a CUDA device all three run (quick: SD-64). On the CPU the full
-table runs at SD-32 and the headline case (self_cross forward) at SD-64, where the reference
-materializes 2 x 5 x 4096^2 floats (670 MB per map); quick: the `tiny` shape.
+SD-128 (B=1, H=10, N=16384). On a CUDA device: SD-64 (quick, the default of `fasttrack bench`),
+all three (`--full`). On the CPU: the table at the `tiny` shape and the headline case (self_cross
+forward) at SD-64, where the reference materializes 2 x 5 x 4096^2 floats (670 MB per map), with
+one timed call (quick, the default); `--full`: the table at SD-32 and the headline case with the
+harness's repeats.
 
 Implementations compared, per op:
   reference  fasttrack.ops.reference: the eager, materializing PyTorch code users write today;
@@ -46,7 +48,7 @@ SHAPES = {
     "SD-128": Shape("SD-128", 1, 10, 16384, 64, 77),
     # SD's 32x32 attention layers: the CPU default for the full op table.
     "SD-32": Shape("SD-32", 2, 5, 1024, 64, 77),
-    # A quick shape for smoke runs (tests, --quick on CPU).
+    # The small shape of the default CPU run (quick=True; tests, `fasttrack bench` without --full).
     "tiny": Shape("tiny", 1, 2, 512, 40, 77),
 }
 
@@ -54,17 +56,20 @@ SHAPES = {
 ALL_OPS = ("self_cross", "attention", "cross_attention")
 
 
-def default_plan(device: torch.device, quick: bool) -> list[tuple[Shape, tuple, tuple]]:
-    """(shape, ops, passes) to run. On the CPU the full table runs at SD-32 and only the
-    headline case (self_cross forward, where the reference's N x N map shows) at SD-64, so that
-    `fasttrack bench` stays within minutes on a 2-core machine."""
+def default_plan(device: torch.device, quick: bool) -> list[tuple]:
+    """(shape, ops, passes) or (shape, ops, passes, Case overrides) to run. On the CPU the table
+    runs at a small shape and only the headline case (self_cross forward, where the reference's
+    N x N map shows) at SD-64; quick (the default run) times that case once after one warm-up
+    call (about 3.5 s per reference call on a 2-core CPU), so that `fasttrack bench` stays
+    within minutes on a 2-core machine."""
     both = (False, True)
     if device.type == "cuda":
         shapes = ["SD-64"] if quick else ["SD-64", "SD-96", "SD-128"]
         return [(SHAPES[n], ALL_OPS, both) for n in shapes]
+    headline = (SHAPES["SD-64"], ("self_cross",), (False,))
     if quick:
-        return [(SHAPES["tiny"], ALL_OPS, both)]
-    return [(SHAPES["SD-32"], ALL_OPS, both), (SHAPES["SD-64"], ("self_cross",), (False,))]
+        return [(SHAPES["tiny"], ALL_OPS, both), (*headline, {"warmup": 1, "repeat": 1})]
+    return [(SHAPES["SD-32"], ALL_OPS, both), headline]
 
 
 def make_inputs(s: Shape, device, dtype, seed: int = 0, requires_grad: bool = False):
@@ -156,13 +161,15 @@ def _call(fn, x, backward: bool):
 
 
 def cases(device, quick: bool = False, *, dtype=None, plan=None) -> list[Case]:
-    """The section's cases (module docstring) for every (shape, ops, passes) of `plan`
-    (default_plan when None). dtype: float16 on CUDA, float32 on the CPU by default. Inputs are
-    built once per (shape, pass), when its first case runs."""
+    """The section's cases (module docstring) for every (shape, ops, passes[, overrides]) of
+    `plan` (default_plan when None; overrides: Case fields such as warmup and repeat).
+    dtype: float16 on CUDA, float32 on the CPU by default. Inputs are built once per (shape,
+    pass), when its first case runs."""
     device = torch.device(device)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     out = []
-    for s, which, passes in plan or default_plan(device, quick):
+    for s, which, passes, *overrides in plan or default_plan(device, quick):
+        overrides = overrides[0] if overrides else {}
         for bwd in passes:
             inputs = functools.cache(functools.partial(make_inputs, s, device, dtype, requires_grad=bwd))
             pass_ = "fwd+bwd" if bwd else "fwd"
@@ -173,5 +180,6 @@ def cases(device, quick: bool = False, *, dtype=None, plan=None) -> list[Case]:
                         "ops", {"shape": s.name, "op": op, "impl": impl, "pass": pass_},
                         setup=(lambda fn=fn, inputs=inputs, bwd=bwd: _call(fn, inputs(), bwd)) if runnable else None,
                         skip=None if runnable else fn, flops=flops(op, s, bwd), role=role,
-                        group=(s.name, op, pass_), info={"dtype": str(dtype).replace("torch.", "")}))
+                        group=(s.name, op, pass_), info={"dtype": str(dtype).replace("torch.", "")},
+                        **overrides))
     return out

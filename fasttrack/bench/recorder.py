@@ -15,8 +15,8 @@ top latent resolution, then the harmonized map at that resolution (DESIGN 1.1-1.
 
 Models: CUDA: the SD 2.1 UNet shape (SD21_CONFIG, 865 M parameters, fp16) at 64 x 64 latents.
 CPU: SD 2.1's two top levels (SD21_TOP_CONFIG: 320/640 channels, 5/10 heads of 64, cross dim
-1024, linear projections), float32, at 24 x 24 latents (--quick) or 48 x 48, so that the
-section runs in seconds on a small CPU.
+1024, linear projections), float32, at 24 x 24 latents (quick, the default run: seconds on a
+small CPU) or 48 x 48 (--full: about 100 s on 2 cores).
 
 Memory: the harness's peak allocated MB (fasttrack.bench.harness).
 """

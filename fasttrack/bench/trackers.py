@@ -13,8 +13,11 @@
 DINTR's update is its whole frame: the online in-place fine-tuning step(s) on the frame pair
 (a backward through the UNet, fused when patched), the readout at the next frame's latents and
 the token re-fit to the read-out indication: where the paper's 3.2 s per frame go.
-CPU: the shipped tiny-sd trackers (`pretrained()`) at 96 x 128 (quick: DINTR with 2
-interpolation steps, K = 1 and 4).
+DINTR rows carry interp_steps, the interpolation steps of its frame (what its update ran).
+CPU: the shipped tiny-sd trackers (`pretrained()`) at 96 x 128. quick (the default of
+`fasttrack bench`): K = 1 and 4, DINTR with 2 interpolation steps and 3 learning steps,
+Diff-Tracker with 5 prompt-learning steps and its updater from frame 3; `--full` (quick=False):
+K = 1, 4 and 8 at the shipped settings (100 learning steps), more timed calls.
 CUDA: the SD 2.1 architecture with random weights at 480 x 640 frames (maps at 64 x 64,
 float16), built in memory once (no weights are downloaded) and shared by every case.
 """
@@ -107,11 +110,13 @@ def cases(device, quick: bool = False) -> list[Case]:
 
         return random_components("sd2.1", seed=0, device=device, dtype=dtype)
 
+    built = {}  # the tracker of the case that runs now, for its check (interp_steps)
+
     def setup(tracker, patched, extra, warmup, k, phase):
         # A tracker per case, built when the case runs: building an unpatched tracker on the
         # shared GPU model unpatches it, so a tracker must not outlive its case.
-        tr = build(tracker, model, device, dtype=dtype, patched=patched, backend=backend,
-                   quick=quick, components=components(), **extra)
+        tr = built["tracker"] = build(tracker, model, device, dtype=dtype, patched=patched,
+                                      backend=backend, quick=quick, components=components(), **extra)
         frames, boxes = frames_and_boxes(warmup + 2, size, k)
         if phase == "init":
             def init():
@@ -124,10 +129,16 @@ def cases(device, quick: bool = False) -> list[Case]:
         i = itertools.count()
         return lambda: tr.update_batch(frames[1 + next(i) % (len(frames) - 1)])
 
-    def per_step(row, steps):
-        if not steps:
-            return {}
-        return {"learning_steps": steps, **({"ms_per_learning_step": row["ms"] / steps} if "ms" in row else {})}
+    def ran(phase, row, out):
+        """What the case ran: DINTR's interpolation steps; for init, the learning steps (the
+        output of the memory run) and ms per learning step."""
+        tr = built.pop("tracker", None)
+        got = {"interp_steps": int(tr.num_steps)} if hasattr(tr, "num_steps") else {}
+        if phase == "init" and out:
+            got["learning_steps"] = out
+            if "ms" in row:
+                got["ms_per_learning_step"] = row["ms"] / out
+        return got
 
     out = []
     for tracker in ("diff_tracker", "dintr"):
@@ -151,6 +162,6 @@ def cases(device, quick: bool = False) -> list[Case]:
                     out.append(Case(
                         "trackers", {"name": name, "phase": phase}, unit=unit, targets=k,
                         setup=functools.partial(setup, tracker, patched, extra, warmup, k, phase),
-                        group=(tracker, phase, k), check=per_step if phase == "init" else None,
+                        group=(tracker, phase, k), check=functools.partial(ran, phase),
                         repeat=repeat[phase], **common))
     return out

@@ -6,6 +6,12 @@ prints a table per section and writes DIR/bench.json (every row, the machine's f
 HTML report and a chart beside it (DIR/bench.md, .html, .png). A section whose optional package
 is missing becomes a row that says so; a failing section, or a case that fails for another
 reason than memory, is recorded and the rest still runs (exit status 1).
+
+By default every section runs its small cases (`cases(device, quick=True)`): the whole command
+takes minutes on a 2-core CPU. `--full` runs each section's full matrix (`quick=False`: more
+shapes, targets and repeats, torch.compile on the CPU; far longer there). `--quick` is the
+default and is still accepted. Each section shows a progress bar on stderr (tqdm), one step per
+case, the running case beside it.
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ from pathlib import Path
 
 __all__ = ["register", "run", "SECTIONS"]
 
-# Bench sections: name -> (module, description). Each module exposes cases(device, quick).
+# Bench sections: name -> (module, description). Each module exposes cases(device, quick):
+# quick=True the small cases (the default run), quick=False the full matrix (--full).
 SECTIONS = {
     "ops": ("fasttrack.bench.ops", "attention-map ops: eager reference vs fasttrack backends"),
     "recorder": ("fasttrack.bench.recorder", "diffusers UNet step with map recording"),
@@ -33,15 +40,27 @@ def _section_rows(name: str, device, quick: bool) -> tuple[list[dict], bool]:
     from ..bench.harness import run_cases
     from ..bench.report import cell, row_label
 
+    from tqdm import tqdm
+
+    bar = None
+
+    def start(case):
+        bar.set_postfix_str(case.id, refresh=True)
+
     def progress(row):
         got = row.get("error") or row.get("note") or (
             f"{cell(row.get('ms'))} ms per {row.get('unit')}, {cell(row.get('peak_allocated_mb'))} MB"
             if "ms" in row else "")
-        print(f"  {row_label(row)}: {got}", flush=True)
+        # tqdm.write clears the bar (stderr) around the line (stdout), then redraws it
+        tqdm.write(f"  {row_label(row)}: {got}", file=sys.stdout)
+        bar.update(1)
 
     try:
         cases = importlib.import_module(SECTIONS[name][0]).cases(device, quick=quick)
-        return run_cases(cases, device, progress=progress), False
+        bar = tqdm(total=len(cases), desc=f"[{name}]", unit="case", file=sys.stderr,
+                   dynamic_ncols=True, leave=True)
+        with bar:
+            return run_cases(cases, device, start=start, progress=progress), False
     except ImportError as e:
         # An optional dependency (diffusers for the recorder and the diffusion trackers) is
         # missing: the section is skipped with the reason, the other sections still run.
@@ -68,19 +87,20 @@ def run(args) -> int:
         raise ValueError(f"--out {args.out} is a file; it names the folder of the report files")
     facts = device_facts(device)
     print(f"fasttrack bench on {facts['device_name']} ({device}), torch {facts['torch']} "
-          f"({facts['torch_threads']} threads), triton {facts['triton']}, CUDA extension: {facts['has_cuda_ext']}")
+          f"({facts['torch_threads']} threads), triton {facts['triton']}, CUDA extension: {facts['has_cuda_ext']}; "
+          + ("full case matrix (--full)" if args.full else "small cases (--full runs the full matrix)"))
     rows, failed, t0 = [], [], time.perf_counter()
     for name in wanted:
         print(f"\n[{name}] {SECTIONS[name][1]}", flush=True)
         t = time.perf_counter()
-        section_rows, section_failed = _section_rows(name, device, args.quick)
+        section_rows, section_failed = _section_rows(name, device, quick=not args.full)
         print(text_table(section_rows))
         print(f"({time.perf_counter() - t:.1f} s)", flush=True)
         if section_failed or any(r.get("error") for r in section_rows):
             failed.append(name)
         rows += section_rows
-    result = {"facts": facts, "quick": args.quick, "seconds": time.perf_counter() - t0, "rows": rows,
-              "failed_sections": failed}
+    result = {"facts": facts, "full": args.full, "quick": not args.full,
+              "seconds": time.perf_counter() - t0, "rows": rows, "failed_sections": failed}
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=1, default=str)
     (out / "bench.json").write_text(text)
@@ -104,7 +124,13 @@ def register(sub) -> argparse.ArgumentParser:
                        description="Runs each bench section on the device present (CUDA if any, else CPU), "
                                    "prints a table per section and writes DIR/bench.json, bench.md, "
                                    "bench.html and bench.png.")
-    b.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
+    size = b.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true",
+                      help="every section's full case matrix: more shapes, targets and repeats "
+                           "(on a CUDA device SD-64/96/128 ops; on a CPU torch.compile too: far "
+                           "longer than the default, which runs small cases in minutes)")
+    size.add_argument("--quick", action="store_true",
+                      help="the default (small cases); kept so that older scripts still run")
     b.add_argument("--sections", default=None,
                    help="comma-separated subset of: " + ", ".join(f"{k} ({v[1]})" for k, v in SECTIONS.items()))
     b.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
