@@ -5,6 +5,7 @@ Every launcher makes its inputs contiguous, so the kernels address (B, H, N, D) 
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -17,8 +18,11 @@ import triton.language as tl
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
+from fasttrack.ops.checks import _fast_ok  # noqa: E402
 from fasttrack.ops.checks import check_tensor as _check_tensor  # noqa: E402
 from fasttrack.ops.limits import MAX_GRID_YZ, MAX_HEAD_DIM, MAX_TOKENS, SUPPORTED_DTYPES  # noqa: E402
+
+_TRITON_DTYPES = frozenset(SUPPORTED_DTYPES)
 
 
 @triton.jit
@@ -74,8 +78,27 @@ class stub_launches:
 
 
 def pad(n: int) -> int:
-    """Block extent covering n: a power of two, at least 16 (tl.dot needs every dim >= 16)."""
-    return max(16, triton.next_power_of_2(int(n)))
+    """Block extent covering n: a power of two, at least 16 (tl.dot needs every dim >= 16).
+    Plain integer math: triton.next_power_of_2 is a constexpr function, ~5 us per host call."""
+    return max(16, next_pow2(n))
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n >= 1 (host side; triton.next_power_of_2 is slower)."""
+    return 1 << (int(n) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for the launch grids (triton.cdiv costs a constexpr-function call)."""
+    return -(-a // b)
+
+
+def fast_inputs_ok(q, k, x, x_rank: int) -> bool:
+    """The launchers' common case in a few attribute reads (fasttrack.ops.checks._fast_ok plus
+    the Triton limits: 16/32-bit floats, head dims <= 128; for x = v its Dv too). False sends a
+    launcher to its full checks, which raise with the argument at fault."""
+    return (_fast_ok(q, k, x, x_rank) and q.dtype in _TRITON_DTYPES and q.shape[3] <= MAX_HEAD_DIM
+            and (x_rank == 3 or x.shape[3] <= MAX_HEAD_DIM))
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -130,8 +153,7 @@ def device_arch(device: torch.device) -> int:
     (CPU tensors under TRITON_INTERPRET=1): the key of every config function below."""
     if device.type != "cuda":
         return 0
-    major, minor = torch.cuda.get_device_capability(device)
-    return 10 * major + minor
+    return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())[0]
 
 
 def sm_count(device: torch.device) -> int:
@@ -139,7 +161,15 @@ def sm_count(device: torch.device) -> int:
     with their few programs take the split-query paths that small grids take on a GPU."""
     if device.type != "cuda":
         return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_facts(index: int) -> tuple[int, int]:
+    """(compute capability, SMs) of CUDA device `index`, asked once per process (asking the
+    driver costs microseconds on every launch)."""
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor, torch.cuda.get_device_properties(index).multi_processor_count
 
 
 
@@ -169,6 +199,7 @@ def check_grid(kernel: str, grid: tuple) -> tuple:
 # Interpreter (arch 0): each program is a Python loop over numpy tiles; small tiles of unequal
 # sizes keep CPU tests fast and make the odd test sizes end every loop on a partial tile.
 
+@functools.lru_cache(maxsize=None)
 def attention_config(d_pad: int, dv_pad: int, dtype: torch.dtype, kind: str, arch: int) -> Config:
     """Tiles of the flash kernels; kind is "fwd", "dkdv" (block_n keys per program, block_m
     queries per step) or "dq" (also used by the delta preprocess).
@@ -206,6 +237,7 @@ def token_block(t_pad: int) -> int:
     return min(t_pad, 128)
 
 
+@functools.lru_cache(maxsize=None)
 def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype, kind: str, arch: int) -> Config:
     """Tiles of the self x cross kernels, by kind:
     - "fwd": block_n keys per program, block_m queries per step, heads summed inside;
@@ -252,6 +284,7 @@ def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype, kind: str, arc
     return Config(64, 64, 8, 2, heads=2) if arch >= 90 else Config(64, 32, 8, 2, heads=2)
 
 
+@functools.lru_cache(maxsize=None)
 def cross_config(n_pad: int, d_pad: int, dv_pad: int, dtype: torch.dtype, arch: int) -> Config | None:
     """Tiles of the fused cross-attention forward, which keeps a whole key row of one head in a
     tile (K, V (n_pad, D) and the (block_m, n_pad) score, probability and head-mean tiles); None
@@ -285,6 +318,7 @@ def exact_delta(nk: int) -> bool:
     return nk <= EXACT_DELTA_MAX_KEYS
 
 
+@functools.lru_cache(maxsize=None)
 def probs_config(d_pad: int, dtype: torch.dtype, arch: int) -> Config:
     """Tiles of the head-mean probability kernel: one (block_m, block_n) fp32 output tile per
     program, heads looped inside."""

@@ -9,6 +9,8 @@ compiled ahead of time (kernels/compile_report.py) and run under TRITON_INTERPRE
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -16,7 +18,7 @@ import triton.language as tl
 from ._common import (AOT_HEAD_DIMS, SUPPORTED_DTYPES, KernelSpec, LN2, LOG2E, attention_config,
                       check_grid, device_arch, ptr,
                       check_head_dims, check_tensor, dot_precision, load_tile)
-from ._common import exact_delta, launch, pad
+from ._common import cdiv, exact_delta, fast_inputs_ok, launch, pad
 
 
 @triton.jit
@@ -253,40 +255,57 @@ def _forward(q, k, v, scale):
     out = None
     if v is not None:
         v = v.contiguous()
-        out = torch.empty((B, H, Nq, Dv), device=q.device, dtype=q.dtype)
-    cfg = attention_config(pad(D), pad(Dv), q.dtype, "fwd", device_arch(q.device))
-    grid = check_grid("attention_fwd", (triton.cdiv(Nq, cfg.block_m), B * H))
+        # empty_like of the contiguous q is the cheapest allocation (~1 us less per call)
+        out = torch.empty_like(q) if Dv == D else torch.empty((B, H, Nq, Dv), device=q.device, dtype=q.dtype)
+    block_m, kw = _fwd_launch(D, Dv, v is not None, q.dtype, device_arch(q.device))
+    grid = check_grid("attention_fwd", (cdiv(Nq, block_m), B * H))
     launch(_attention_fwd_kernel)[grid](
         q, k, v if v is not None else q, out if out is not None else q, lse,
-        float(scale), Nq, Nk, D, Dv,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
-        HAS_V=v is not None, PREC=dot_precision(q.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        float(scale), Nq, Nk, D, Dv, **kw)
     return out, lse
 
 
-def attention_fwd(q, k, v, scale):
-    """out (B, H, Nq, Dv) in q.dtype and lse (B, H, Nq) float32 of softmax(scale q k^T) v."""
-    _check_qk(q, k)
-    _check_v(q, k, v)
+@functools.lru_cache(maxsize=None)
+def _fwd_launch(D: int, Dv: int, has_v: bool, dtype: torch.dtype, arch: int) -> tuple[int, dict]:
+    """(block_m, launch keywords) of the forward: a function of the head dims, dtype and
+    architecture only, built once (a dozen keywords cost microseconds per call)."""
+    cfg = attention_config(pad(D), pad(Dv), dtype, "fwd", arch)
+    return cfg.block_m, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
+                             HAS_V=has_v, PREC=dot_precision(dtype),
+                             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def attention_fwd(q, k, v, scale, *, checked: bool = False):
+    """out (B, H, Nq, Dv) in q.dtype and lse (B, H, Nq) float32 of softmax(scale q k^T) v.
+
+    checked=True: the caller has checked the inputs (fasttrack.ops does, once per shape); the
+    launcher then skips its own checks, which are for direct callers."""
+    if not checked and not fast_inputs_ok(q, k, v, 4):
+        _check_qk(q, k)
+        _check_v(q, k, v)
     return _forward(q, k, v, scale)
 
 
-def lse_fwd(q, k, scale):
-    """lse (B, H, Nq) float32: L[i] = log sum_j exp(scale q_i.k_j); no value pass."""
-    _check_qk(q, k)
+def lse_fwd(q, k, scale, *, checked: bool = False):
+    """lse (B, H, Nq) float32: L[i] = log sum_j exp(scale q_i.k_j); no value pass.
+    checked=True: the caller has checked q and k (attention_fwd)."""
+    if not checked:
+        _check_qk(q, k)
     return _forward(q, k, None, scale)[1]
 
 
-def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None):
+def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None, *, checked: bool = False):
     """(dq, dk, dv) of attention_fwd, each in q.dtype and shaped like its input.
 
     dout (B, H, Nq, Dv) or None (zero), dlse (B, H, Nq) or None: gradient of the returned lse
     (adds P * dlse to dZ). dp_extra (B, Nq, Nk) or None: added to dP of every head (and
     rowsum(P * dp_extra) to delta), the head-mean probability gradient of cross attention.
+    checked=True: q, k, v were checked by the caller (attention_fwd); the gradients' shapes
+    are still checked.
     """
-    _check_qk(q, k)
-    _check_v(q, k, v)
+    if not checked and not fast_inputs_ok(q, k, v, 4):
+        _check_qk(q, k)
+        _check_v(q, k, v)
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
     if lse.shape != (B, H, Nq):
@@ -328,7 +347,7 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None):
     delta = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     cfg, kw = tiles("dq")
-    grid = check_grid("attention_bwd", (triton.cdiv(Nq, cfg.block_m), B * H))
+    grid = check_grid("attention_bwd", (cdiv(Nq, cfg.block_m), B * H))
     launch(_attention_bwd_preprocess_kernel)[grid](
         q, k, v, out if out is not None else dummy, do, lse,
         dlse if dlse is not None else dummy, extra, delta, *sizes,
@@ -336,7 +355,7 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None):
     launch(_attention_bwd_dq_kernel)[grid](
         q, k, v, do, lse, delta, extra, dq, *sizes, **flags, **kw)
     cfg, kw = tiles("dkdv")
-    launch(_attention_bwd_dkdv_kernel)[(triton.cdiv(Nk, cfg.block_n), B * H)](
+    launch(_attention_bwd_dkdv_kernel)[(cdiv(Nk, cfg.block_n), B * H)](
         q, k, v, do, lse, delta, extra, dk, dv, *sizes, **flags, **kw)
     return dq, dk, dv
 

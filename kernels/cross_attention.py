@@ -16,6 +16,7 @@ import triton.language as tl
 from ._common import (AOT_HEAD_DIMS, AOT_TOKENS, LN2, LOG2E, SUPPORTED_DTYPES, KernelSpec,
                       check_grid, cross_config, device_arch, dot_precision, launch, load_tile,
                       pad, probs_config, ptr)
+from ._common import cdiv, fast_inputs_ok
 from .attention import _check_qk, _check_v, _forward, attention_bwd
 
 
@@ -94,14 +95,16 @@ def _head_mean_probs_kernel(
              (probs / H).to(PROBS.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-def cross_attention_fwd(q, k, v, scale):
+def cross_attention_fwd(q, k, v, scale, *, checked: bool = False):
     """(out (B, H, Nq, Dv), probs (B, Nq, Nk), lse (B, H, Nq) float32); out and probs in
     q.dtype. Short key rows run fused in one kernel (heads looped per query block, probs
     accumulated in registers); other shapes (see _common.cross_config) run the flash forward
     and then the head-mean kernel (one more Q K^T pass). Neither forms (B, H, Nq, Nk).
+    checked=True: the caller has checked the inputs (attention_fwd).
     """
-    _check_qk(q, k)
-    _check_v(q, k, v)
+    if not checked and not fast_inputs_ok(q, k, v, 4):
+        _check_qk(q, k)
+        _check_v(q, k, v)
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
     probs = torch.empty((B, Nq, Nk), device=q.device, dtype=q.dtype)
@@ -112,7 +115,7 @@ def cross_attention_fwd(q, k, v, scale):
         out, lse = _forward(q, k, v, scale)
         pcfg = probs_config(pad(D), q.dtype, arch)
         grid = check_grid("cross_attention_fwd",
-                          (triton.cdiv(Nq, pcfg.block_m), triton.cdiv(Nk, pcfg.block_n), B))
+                          (cdiv(Nq, pcfg.block_m), cdiv(Nk, pcfg.block_n), B))
         launch(_head_mean_probs_kernel)[grid](
             q.contiguous(), k.contiguous(), lse, probs, float(scale), H, Nq, Nk, D,
             BLOCK_M=pcfg.block_m, BLOCK_N=pcfg.block_n, BLOCK_D=pad(D), PREC=prec,
@@ -121,7 +124,7 @@ def cross_attention_fwd(q, k, v, scale):
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty((B, H, Nq, Dv), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
-    launch(_cross_attention_fwd_kernel)[check_grid("cross_attention_fwd", (triton.cdiv(Nq, cfg.block_m), B))](
+    launch(_cross_attention_fwd_kernel)[check_grid("cross_attention_fwd", (cdiv(Nq, cfg.block_m), B))](
         q, k, v, out, probs, lse, float(scale), H, Nq, Nk, D, Dv,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
         PREC=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -132,7 +135,8 @@ def cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale):
     """(dq, dk, dv) of cross_attention_fwd given dout (B, H, Nq, Dv) and dprobs (B, Nq, Nk),
     either None when unused: the flash backward with dP_h += dprobs / H for every head
     (BACKENDS.md), which also adds rowsum(P_h dprobs) / H to delta."""
-    _check_qk(q, k)
+    if not fast_inputs_ok(q, k, v, 4):
+        _check_qk(q, k)
     B, H, Nq, _ = q.shape
     Nk = k.shape[2]
     extra = None

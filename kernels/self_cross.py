@@ -9,6 +9,7 @@ compiled ahead of time (kernels/compile_report.py) and run under TRITON_INTERPRE
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -18,7 +19,7 @@ import triton.language as tl
 from ._common import (AOT_HEAD_DIMS, AOT_TOKENS, LOG2E, MAX_TOKENS, SUPPORTED_DTYPES, KernelSpec,
                       check_grid, check_tensor, device_arch, dot_precision, launch, load_tile,
                       ptr, sm_count)
-from ._common import pad, self_cross_config, token_block
+from ._common import cdiv, fast_inputs_ok, next_pow2, pad, self_cross_config, token_block
 from .attention import _check_qk
 
 
@@ -270,6 +271,9 @@ def _self_cross_bwd_dk_kernel(
 
 
 def _check_inputs(q, k, cross, lse):
+    if (fast_inputs_ok(q, k, cross, 3) and cross.shape[2] <= MAX_TOKENS and type(lse) is torch.Tensor
+            and lse.shape == q.shape[:3]):
+        return
     _check_qk(q, k)
     check_tensor("cross", cross, 3, "(B, Nq, T)")
     B, H, Nq, D = q.shape
@@ -282,6 +286,7 @@ def _check_inputs(q, k, cross, lse):
         raise ValueError(f"lse must be a tensor of shape {(B, H, Nq)}")
 
 
+@functools.lru_cache(maxsize=None)
 def _p_scale(dtype: torch.dtype, H: int) -> float:
     """Power-of-two factor applied to the head-summed probabilities before their cast to fp16
     (entries <= H * p_scale < 2^15 stay finite; entries ~1/N stay out of the subnormals).
@@ -299,40 +304,50 @@ def query_splits(n_programs: int, m_blocks: int, sms: int) -> int:
     (one fp32 (B, Nk, T) buffer each) stay few."""
     if n_programs >= 2 * sms:
         return 1
-    return max(1, min(triton.cdiv(2 * sms, n_programs), m_blocks // 4))
+    return max(1, min(cdiv(2 * sms, n_programs), m_blocks // 4))
 
 
-def self_cross_fwd(q, k, cross, lse, scale):
+def self_cross_fwd(q, k, cross, lse, scale, *, checked: bool = False):
     """out (B, Nk, T) in cross.dtype: (1/H) sum_h P_h^T C, P_h = exp(scale q k^T - lse_h).
-    The head-summed P tiles are cast to cross.dtype for the products with C (fp32 C exact)."""
-    _check_inputs(q, k, cross, lse)
+    The head-summed P tiles are cast to cross.dtype for the products with C (fp32 C exact).
+    checked=True: the caller has checked the inputs (attention_fwd)."""
+    if not checked:
+        _check_inputs(q, k, cross, lse)
     B, H, Nq, D = q.shape
     Nk, T = k.shape[2], cross.shape[2]
     q, k = q.contiguous(), k.contiguous()
     cross = cross.contiguous()
     lse = lse.to(torch.float32).contiguous()
-    cfg = self_cross_config(pad(D), pad(T), q.dtype, "fwd", device_arch(q.device))
-    block_t = token_block(pad(T))
-    n_programs = triton.cdiv(Nk, cfg.block_n) * triton.cdiv(T, block_t) * B
-    m_blocks = triton.cdiv(Nq, cfg.block_m)
-    n_split = query_splits(n_programs, m_blocks, sm_count(q.device))
-    per_split = triton.cdiv(m_blocks, n_split)
-    n_split = triton.cdiv(m_blocks, per_split)  # no empty splits
-    if n_split == 1:
-        out = torch.empty((1, B, Nk, T), device=q.device, dtype=cross.dtype)
+    n_split, per_split, grid, kw = _fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, device_arch(q.device),
+                                             sm_count(q.device))
+    if n_split == 1:  # the kernel writes split 0 of a (n_split, B, Nk, T) buffer: this one
+        out = torch.empty((B, Nk, T), device=q.device, dtype=cross.dtype)
     else:  # fp32 partial sums, reduced below in a fixed order
         out = torch.empty((n_split, B, Nk, T), device=q.device, dtype=torch.float32)
-    grid = check_grid("self_cross_fwd", (triton.cdiv(Nk, cfg.block_n), triton.cdiv(T, block_t),
-                                         B * n_split))
     launch(_self_cross_fwd_kernel)[grid](
         q, k, cross, lse, out, float(scale), _p_scale(cross.dtype, H), H, Nq, Nk, n_split,
-        per_split, D, T,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_T=block_t,
-        PREC=dot_precision(q.dtype), PREC_C=dot_precision(cross.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        per_split, D, T, **kw)
     if n_split == 1:
-        return out[0]
+        return out
     return out.sum(0).to(cross.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _fwd_plan(B, H, Nq, Nk, D, T, dtype, cross_dtype, arch, sms) -> tuple:
+    """(n_split, per_split, grid, launch keywords) of the forward for one shape: computed once
+    per shape (tiles, query splits and a dozen keywords cost microseconds per call)."""
+    cfg = self_cross_config(pad(D), pad(T), dtype, "fwd", arch)
+    block_t = token_block(pad(T))
+    n_programs = cdiv(Nk, cfg.block_n) * cdiv(T, block_t) * B
+    m_blocks = cdiv(Nq, cfg.block_m)
+    n_split = query_splits(n_programs, m_blocks, sms)
+    per_split = cdiv(m_blocks, n_split)
+    n_split = cdiv(m_blocks, per_split)  # no empty splits
+    grid = check_grid("self_cross_fwd", (cdiv(Nk, cfg.block_n), cdiv(T, block_t), B * n_split))
+    kw = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_T=block_t,
+              PREC=dot_precision(dtype), PREC_C=dot_precision(cross_dtype),
+              num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return n_split, per_split, grid, kw
 
 
 def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
@@ -362,16 +377,16 @@ def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
     sizes = (float(scale), H, Nq, Nk, D, T)
     cfg = self_cross_config(pad(D), pad(T), q.dtype, "pre", arch)
     launch(_self_cross_bwd_preprocess_kernel)[
-        check_grid("self_cross_bwd", (triton.cdiv(Nq, cfg.block_m), B))](
+        check_grid("self_cross_bwd", (cdiv(Nq, cfg.block_m), B))](
         q, k, cross, dout, lse, dcross, delta, float(scale), _p_scale(cross.dtype, H), H, Nq,
         Nk, D, T, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_H=min(cfg.heads, triton.next_power_of_2(H)), num_warps=cfg.num_warps,
+        BLOCK_H=min(cfg.heads, next_pow2(H)), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **flags)
     for kind, kernel, grad, n in (("dq", _self_cross_bwd_dq_kernel, dq, Nq),
                                   ("dk", _self_cross_bwd_dk_kernel, dk, Nk)):
         cfg = self_cross_config(pad(D), pad(T), q.dtype, kind, arch)
         block = cfg.block_m if kind == "dq" else cfg.block_n
-        grid = check_grid("self_cross_bwd", (triton.cdiv(n, block), B * triton.cdiv(H, cfg.heads)))
+        grid = check_grid("self_cross_bwd", (cdiv(n, block), B * cdiv(H, cfg.heads)))
         launch(kernel)[grid](
             q, k, cross, dout, lse, delta, grad, *sizes, BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n, PAIR=cfg.heads == 2, LSE_GIVEN=bool(lse_given),

@@ -9,6 +9,10 @@ Every function is differentiable in all tensor inputs and takes `backend="auto"`
 `scale=None`, meaning D ** -0.5. `fasttrack.ops.reference` holds the materializing references.
 Enable `logging.getLogger("fasttrack.dispatch").setLevel(logging.DEBUG)` to see which backend
 and kernel ran.
+
+Host cost: in eager mode a call checks its arguments and picks a backend once per (shapes,
+dtypes, devices, backend) and then only launches (fasttrack.ops.dispatch, _library); under
+torch.compile each op is one opaque custom op.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import torch
 
 from . import checks, reference
 from . import _library as _lib
-from .dispatch import BACKENDS, BackendUnavailable, available
+from .dispatch import BACKENDS, BackendUnavailable, available, select
 from .dispatch import check_backend as _check_backend
 
 __all__ = ["attention", "self_cross", "harmonize", "cross_attention", "reference",
@@ -32,10 +36,13 @@ def attention(q, k, v, *, scale=None, backend="auto"):
         out (B, H, Nq, Dv) in q.dtype; lse (B, H, Nq) float32 (float64 for float64 inputs),
         lse[b,h,i] = log sum_j exp(scale * q_i . k_j). Pass lse to `self_cross` to reuse it.
     """
+    if _lib.eager(q, k, v):
+        name = select("attention", backend, q, k, v, validate=checks.validate_attention)
+        return _lib.attention_eager(q, k, v, checks.resolve_scale(scale, q.shape[-1]), backend, name)
     checks.validate_attention(q, k, v)
     s = checks.resolve_scale(scale, q.shape[-1])
     _check_backend(backend)
-    return _lib.attention(q, k, v, s, backend)
+    return _lib.attention_op(q, k, v, s, backend)
 
 
 def self_cross(q, k, cross, *, scale=None, lse=None, backend="auto"):
@@ -50,10 +57,14 @@ def self_cross(q, k, cross, *, scale=None, lse=None, backend="auto"):
     Returns:
         (B, Nk, T) in cross.dtype.
     """
+    if _lib.eager(q, k, cross, lse):
+        name = select("self_cross", backend, q, k, cross, lse, validate=checks.validate_self_cross)
+        s = checks.resolve_scale(scale, q.shape[-1])
+        return _lib.self_cross_eager(q, k, cross, lse, s, backend, name)
     checks.validate_self_cross(q, k, cross, lse)
     s = checks.resolve_scale(scale, q.shape[-1])
     _check_backend(backend)
-    out, _ = _lib.self_cross(q, k, cross, lse, s, backend)
+    out, _ = _lib.self_cross_op(q, k, cross, lse, s, backend)
     return out
 
 
@@ -84,8 +95,13 @@ def cross_attention(q, k, v, *, scale=None, backend="auto"):
         out (B, H, Nq, Dv) and probs (B, Nq, Nk) = (1/H) sum_h softmax(scale q_h k_h^T),
         both in q.dtype.
     """
+    if _lib.eager(q, k, v):
+        name = select("cross_attention", backend, q, k, v, validate=checks.validate_attention)
+        s = checks.resolve_scale(scale, q.shape[-1])
+        out, probs, _ = _lib.cross_attention_eager(q, k, v, s, backend, name)
+        return out, probs
     checks.validate_attention(q, k, v)
     s = checks.resolve_scale(scale, q.shape[-1])
     _check_backend(backend)
-    out, probs, _ = _lib.cross_attention(q, k, v, s, backend)
+    out, probs, _ = _lib.cross_attention_op(q, k, v, s, backend)
     return out, probs

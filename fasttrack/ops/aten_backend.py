@@ -24,7 +24,8 @@ its dS = P * (dP - delta') = P * (dP - delta + dL): exactly the gradient of <O, 
 work in the backward.
 
 Shapes: q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv) -> out (B, H, Nq, Dv) in q.dtype,
-lse (B, H, Nq) float32 (float64 for float64 inputs, in natural log).
+lse (B, H, Nq) float32 (float64 for float64 inputs, in natural log). `out` keeps the kernel's
+layout (as SDPA's does: (B, Nq, H, Dv) memory on the CPU); the custom op makes it contiguous.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ _ROLES = {
     "attention": ("q", "k", "v", "out", "lse", "dout", "dlse"),
     "lse": ("q", "k"),
 }
+_CPU_FWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+_CPU_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
 CUDA_MAX_HEAD_DIM = 256  # flash / memory-efficient kernels of PyTorch (after padding to 8)
 
 
@@ -108,7 +111,7 @@ def _kernel_fwd(q, k, v, scale):
     """One aten forward on equal head sizes: (out, lse, state) where state holds what that
     kernel's backward needs besides (q, k, v, out, lse)."""
     if q.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
+        out, lse = _CPU_FWD(q, k, v, 0.0, False, scale=scale)
         return out, lse, None
     if _use_flash(q):
         r = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)
@@ -122,8 +125,7 @@ def _kernel_fwd(q, k, v, scale):
 def _kernel_bwd(dout, q, k, v, out, lse, scale):
     """One aten backward on equal head sizes, recomputing nothing but the kernel's own state."""
     if q.device.type == "cpu":
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            dout, q, k, v, out, lse, 0.0, False, scale=scale)
+        return _CPU_BWD(dout, q, k, v, out, lse, 0.0, False, scale=scale)
     # Forward state for the CUDA kernels: without dropout, flash needs no rng state (empty
     # tensors) and the memory-efficient kernel none either; its lse is padded to 32 rows.
     b, h, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
@@ -140,7 +142,8 @@ def _kernel_bwd(dout, q, k, v, out, lse, scale):
 
 
 def _multiple(q: torch.Tensor) -> int:
-    return 1 if q.device.type == "cpu" else 8
+    """Head sizes the kernels take: any on the CPU, multiples of 8 on CUDA."""
+    return 1 if q.is_cpu else 8
 
 
 def attention_fwd(q, k, v, scale):
@@ -150,7 +153,7 @@ def attention_fwd(q, k, v, scale):
     out, lse, _ = _kernel_fwd(_pad(q, dp), _pad(k, dp), _pad(v, dp), scale)
     if dp != dv:
         out = out[..., :dv]
-    return out.contiguous(), lse.contiguous()
+    return out, lse
 
 
 def lse_fwd(q, k, scale):

@@ -7,6 +7,8 @@ environment variable when the call says "auto") raises `BackendUnavailable` list
 The decision is cached per (op, requested backend, FASTTRACK_BACKEND, TRITON_INTERPRET, and each
 tensor's device, dtype and shape): a tracker calls the same few shapes thousands of times, and
 asking every backend costs tens of microseconds per call. Refusals are not cached (they raise).
+The ops' argument checks ride on the same cache (`select(..., validate=)`): they depend on
+nothing else, so a shape seen before is neither checked nor dispatched again.
 `clear_cache()` empties it (tests that monkeypatch a backend's reasons call it).
 
 The CUDA kernels join "auto" only once they have passed the GPU tests: `VERIFIED_CUDA_OPS` holds
@@ -64,8 +66,14 @@ class BackendUnavailable(ValueError):
     """A forced backend cannot take the inputs; the message lists its reasons."""
 
 
+_LOADED: dict[str, ModuleType] = {}
+
+
 def backend_module(name: str) -> ModuleType:
-    return importlib.import_module(_MODULES[name])
+    mod = _LOADED.get(name)
+    if mod is None:
+        mod = _LOADED[name] = importlib.import_module(_MODULES[name])
+    return mod
 
 
 def _module_reasons(name: str, op: str, tensors) -> list[str]:
@@ -118,20 +126,36 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
+# os.environ.get decodes on every read (~1 us each); its raw bytes mapping does not. Both see
+# every os.environ / monkeypatch.setenv change (putenv without os.environ is not seen by either).
+_ENV = getattr(os.environ, "_data", None)
+_ENV_KEYS = (b"FASTTRACK_BACKEND", b"TRITON_INTERPRET") if isinstance(_ENV, dict) else None
+
+
 def _key(op: str, backend: str, tensors) -> tuple:
-    env = os.environ
-    return (op, backend, env.get("FASTTRACK_BACKEND"), env.get("TRITON_INTERPRET"),
-            *[(t.device, t.dtype, t.shape) if isinstance(t, torch.Tensor) else t for t in tensors])
+    if _ENV_KEYS is not None:
+        key = [op, backend, _ENV.get(_ENV_KEYS[0]), _ENV.get(_ENV_KEYS[1])]
+    else:
+        key = [op, backend, os.environ.get("FASTTRACK_BACKEND"), os.environ.get("TRITON_INTERPRET")]
+    for t in tensors:  # a plain loop: ~0.5 us less than a comprehension over three tensors
+        key.append((t.device, t.dtype, t.shape) if isinstance(t, torch.Tensor) else t)
+    return tuple(key)
 
 
-def select(op: str, backend: str, *tensors) -> str:
+def select(op: str, backend: str, *tensors, validate=None) -> str:
     """The backend that will run `op`: a name from BACKENDS.
 
     Raises ValueError for an unknown backend name and BackendUnavailable when the forced
-    backend refuses (or, under "auto", when every backend does). Cached (module docstring)."""
+    backend refuses (or, under "auto", when every backend does). Cached (module docstring).
+    validate(*tensors), when given, runs on a cache miss before anything else: the argument
+    checks are a function of the key too, so a hit skips them (fasttrack.ops passes its own)."""
+    if type(backend) is not str:
+        check_backend(backend)  # raises TypeError
     key = _key(op, backend, tensors)
     hit = _CACHE.get(key)
     if hit is None:
+        if validate is not None:
+            validate(*tensors)
         hit = _select(op, backend, tensors)
         if len(_CACHE) >= _CACHE_MAX:
             _CACHE.clear()

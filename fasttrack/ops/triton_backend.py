@@ -4,8 +4,8 @@ Triton is imported only when a primitive runs or `reasons` is asked, so `import 
 works without it. CUDA tensors run compiled kernels; with TRITON_INTERPRET=1 the same kernels
 run on CPU tensors through Triton's interpreter (slow, for tests).
 
-Launches go through torch.library.wrap_triton (kernels/_common.launch), which also works under
-the interpreter, so a later torch.library.triton_op registration can trace them.
+Launches are direct Triton launches (kernels/_common.launch): the ops are opaque custom ops under
+torch.compile, so nothing needs to trace into them.
 """
 from __future__ import annotations
 
@@ -44,8 +44,14 @@ def _triton_import_error() -> str | None:
     return None
 
 
+_KERNELS = []
+
+
 def _kernels():
-    return importlib.import_module("fasttrack.kernels")
+    """fasttrack.kernels, imported on first use (import_module costs ~1 us per call)."""
+    if not _KERNELS:
+        _KERNELS.append(importlib.import_module("fasttrack.kernels"))
+    return _KERNELS[0]
 
 
 def _family(op: str) -> str:
@@ -134,24 +140,28 @@ def _box_branch_reasons(named: dict) -> list[str]:
     return list(dict.fromkeys(out + kb.box_branch_reasons(*named.values())))
 
 
+# The primitives run after fasttrack.ops checked the inputs and these reasons accepted them, so
+# they call the launchers with checked=True (the launchers' own checks serve direct callers).
+
+
 def lse_fwd(q, k, scale):
     """lse (B, H, Nq) float32 = log sum_j exp(scale q_i.k_j)."""
-    return _kernels().lse_fwd(q, k, scale)
+    return _kernels().lse_fwd(q, k, scale, checked=True)
 
 
 def attention_fwd(q, k, v, scale):
     """out (B, H, Nq, Dv) in q.dtype and lse (B, H, Nq) float32."""
-    return _kernels().attention_fwd(q, k, v, scale)
+    return _kernels().attention_fwd(q, k, v, scale, checked=True)
 
 
 def attention_bwd(q, k, v, out, lse, dout, dlse, scale):
     """(dq, dk, dv): FlashAttention-2 backward; dout / dlse may be None (zero)."""
-    return _kernels().attention_bwd(q, k, v, out, lse, dout, dlse, scale)
+    return _kernels().attention_bwd(q, k, v, out, lse, dout, dlse, scale, checked=True)
 
 
 def self_cross_fwd(q, k, cross, lse, scale):
     """(B, Nk, T) in cross.dtype: (1/H) sum_h P_h^T cross, P_h = exp(scale q k^T - lse_h)."""
-    return _kernels().self_cross_fwd(q, k, cross, lse, scale)
+    return _kernels().self_cross_fwd(q, k, cross, lse, scale, checked=True)
 
 
 def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
@@ -161,7 +171,7 @@ def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
 
 def cross_attention_fwd(q, k, v, scale):
     """(out (B, H, Nq, Dv), probs (B, Nq, Nk) head mean, lse (B, H, Nq) float32)."""
-    return _kernels().cross_attention_fwd(q, k, v, scale)
+    return _kernels().cross_attention_fwd(q, k, v, scale, checked=True)
 
 
 def cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale):
