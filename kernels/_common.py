@@ -88,6 +88,14 @@ def next_pow2(n: int) -> int:
     return 1 << (int(n) - 1).bit_length()
 
 
+def as_contiguous(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in `dtype`, contiguous; t itself when it already is (Tensor.to is a full dispatcher
+    call, ~1 us, even when it has nothing to do)."""
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    return t.contiguous()
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for the launch grids (triton.cdiv costs a constexpr-function call)."""
     return -(-a // b)

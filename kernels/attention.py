@@ -18,7 +18,7 @@ import triton.language as tl
 from ._common import (AOT_HEAD_DIMS, SUPPORTED_DTYPES, KernelSpec, LN2, LOG2E, attention_config,
                       check_grid, device_arch, ptr,
                       check_head_dims, check_tensor, dot_precision, load_tile)
-from ._common import cdiv, exact_delta, fast_inputs_ok, launch, pad
+from ._common import as_contiguous, cdiv, exact_delta, fast_inputs_ok, launch, pad
 
 
 @triton.jit
@@ -324,40 +324,48 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None, *, checke
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
 
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    lse = lse.to(torch.float32).contiguous()
+    lse = as_contiguous(lse, torch.float32)
     dummy = lse
     if dout is not None:
-        dout = dout.to(q.dtype).contiguous()
-        out = out.to(q.dtype).contiguous()
+        dout = as_contiguous(dout, q.dtype)
+        out = as_contiguous(out, q.dtype)
     if dlse is not None:
         dlse = dlse.contiguous()
     if dp_extra is not None:
         dp_extra = dp_extra.contiguous()
-    flags = dict(HAS_DO=dout is not None, HAS_EXTRA=dp_extra is not None,
-                 PREC=dot_precision(q.dtype))
     sizes = (float(scale), H, Nq, Nk, D, Dv)
-
-    def tiles(kind):
-        cfg = attention_config(pad(D), pad(Dv), q.dtype, kind, device_arch(q.device))
-        return cfg, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D),
-                         BLOCK_DV=pad(Dv), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-
+    grid_q, grid_k, pre, kw_q, kw_k = _bwd_launch(B * H, Nq, Nk, D, Dv, q.dtype, device_arch(q.device),
+                                                 dout is not None, dp_extra is not None, dlse is not None)
     do = dout if dout is not None else dummy
     extra = dp_extra if dp_extra is not None else dummy
     delta = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    cfg, kw = tiles("dq")
-    grid = check_grid("attention_bwd", (cdiv(Nq, cfg.block_m), B * H))
-    launch(_attention_bwd_preprocess_kernel)[grid](
+    launch(_attention_bwd_preprocess_kernel)[grid_q](
         q, k, v, out if out is not None else dummy, do, lse,
-        dlse if dlse is not None else dummy, extra, delta, *sizes,
-        HAS_DLSE=dlse is not None, EXACT=exact_delta(Nk), **flags, **kw)
-    launch(_attention_bwd_dq_kernel)[grid](
-        q, k, v, do, lse, delta, extra, dq, *sizes, **flags, **kw)
-    cfg, kw = tiles("dkdv")
-    launch(_attention_bwd_dkdv_kernel)[(cdiv(Nk, cfg.block_n), B * H)](
-        q, k, v, do, lse, delta, extra, dk, dv, *sizes, **flags, **kw)
+        dlse if dlse is not None else dummy, extra, delta, *sizes, **pre)
+    launch(_attention_bwd_dq_kernel)[grid_q](
+        q, k, v, do, lse, delta, extra, dq, *sizes, **kw_q)
+    launch(_attention_bwd_dkdv_kernel)[grid_k](
+        q, k, v, do, lse, delta, extra, dk, dv, *sizes, **kw_k)
     return dq, dk, dv
+
+
+@functools.lru_cache(maxsize=256)
+def _bwd_launch(BH: int, Nq: int, Nk: int, D: int, Dv: int, dtype: torch.dtype, arch: int, has_do: bool,
+                has_extra: bool, has_dlse: bool) -> tuple:
+    """(dq grid, dkdv grid, preprocess / dq / dkdv launch keywords) of the backward for one
+    shape, built once (the same numbers every call; building them cost microseconds)."""
+    flags = dict(HAS_DO=has_do, HAS_EXTRA=has_extra, PREC=dot_precision(dtype))
+
+    def tiles(kind):
+        cfg = attention_config(pad(D), pad(Dv), dtype, kind, arch)
+        return cfg, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D),
+                         BLOCK_DV=pad(Dv), num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags)
+    cfg_q, kw_q = tiles("dq")
+    cfg_k, kw_k = tiles("dkdv")
+    grid_q = check_grid("attention_bwd", (cdiv(Nq, cfg_q.block_m), BH))
+    pre = dict(kw_q, HAS_DLSE=has_dlse, EXACT=exact_delta(Nk))
+    return grid_q, (cdiv(Nk, cfg_k.block_n), BH), pre, kw_q, kw_k
 
 
 def aot_specs(arch: int) -> list:

@@ -9,6 +9,8 @@ compiled ahead of time (kernels/compile_report.py) and run under TRITON_INTERPRE
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -108,27 +110,34 @@ def cross_attention_fwd(q, k, v, scale, *, checked: bool = False):
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
     probs = torch.empty((B, Nq, Nk), device=q.device, dtype=q.dtype)
-    prec = dot_precision(q.dtype)
-    arch = device_arch(q.device)
-    cfg = cross_config(pad(Nk), pad(D), pad(Dv), q.dtype, arch)
-    if cfg is None:
+    fused, grid, kw = _fwd_plan(B, Nq, Nk, D, Dv, q.dtype, device_arch(q.device))
+    if not fused:
         out, lse = _forward(q, k, v, scale)
-        pcfg = probs_config(pad(D), q.dtype, arch)
-        grid = check_grid("cross_attention_fwd",
-                          (cdiv(Nq, pcfg.block_m), cdiv(Nk, pcfg.block_n), B))
         launch(_head_mean_probs_kernel)[grid](
-            q.contiguous(), k.contiguous(), lse, probs, float(scale), H, Nq, Nk, D,
-            BLOCK_M=pcfg.block_m, BLOCK_N=pcfg.block_n, BLOCK_D=pad(D), PREC=prec,
-            num_warps=pcfg.num_warps, num_stages=pcfg.num_stages)
+            q.contiguous(), k.contiguous(), lse, probs, float(scale), H, Nq, Nk, D, **kw)
         return out, probs, lse
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    out = torch.empty((B, H, Nq, Dv), device=q.device, dtype=q.dtype)
+    out = torch.empty_like(q) if Dv == D else torch.empty((B, H, Nq, Dv), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
-    launch(_cross_attention_fwd_kernel)[check_grid("cross_attention_fwd", (cdiv(Nq, cfg.block_m), B))](
-        q, k, v, out, probs, lse, float(scale), H, Nq, Nk, D, Dv,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
-        PREC=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    launch(_cross_attention_fwd_kernel)[grid](
+        q, k, v, out, probs, lse, float(scale), H, Nq, Nk, D, Dv, **kw)
     return out, probs, lse
+
+
+@functools.lru_cache(maxsize=256)
+def _fwd_plan(B: int, Nq: int, Nk: int, D: int, Dv: int, dtype: torch.dtype, arch: int) -> tuple:
+    """(fused, grid, launch keywords) of the forward for one shape: the fused kernel's, or
+    the head-mean kernel's after the flash forward (_common.cross_config); built once."""
+    prec = dot_precision(dtype)
+    cfg = cross_config(pad(Nk), pad(D), pad(Dv), dtype, arch)
+    if cfg is None:
+        pcfg = probs_config(pad(D), dtype, arch)
+        grid = check_grid("cross_attention_fwd", (cdiv(Nq, pcfg.block_m), cdiv(Nk, pcfg.block_n), B))
+        return False, grid, dict(BLOCK_M=pcfg.block_m, BLOCK_N=pcfg.block_n, BLOCK_D=pad(D), PREC=prec,
+                                 num_warps=pcfg.num_warps, num_stages=pcfg.num_stages)
+    grid = check_grid("cross_attention_fwd", (cdiv(Nq, cfg.block_m), B))
+    return True, grid, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
+                            PREC=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale):

@@ -19,7 +19,7 @@ import triton.language as tl
 from ._common import (AOT_HEAD_DIMS, AOT_TOKENS, LOG2E, MAX_TOKENS, SUPPORTED_DTYPES, KernelSpec,
                       check_grid, check_tensor, device_arch, dot_precision, launch, load_tile,
                       ptr, sm_count)
-from ._common import cdiv, fast_inputs_ok, next_pow2, pad, self_cross_config, token_block
+from ._common import as_contiguous, cdiv, fast_inputs_ok, next_pow2, pad, self_cross_config, token_block
 from .attention import _check_qk
 
 
@@ -317,7 +317,7 @@ def self_cross_fwd(q, k, cross, lse, scale, *, checked: bool = False):
     Nk, T = k.shape[2], cross.shape[2]
     q, k = q.contiguous(), k.contiguous()
     cross = cross.contiguous()
-    lse = lse.to(torch.float32).contiguous()
+    lse = as_contiguous(lse, torch.float32)
     n_split, per_split, grid, kw = _fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, device_arch(q.device),
                                              sm_count(q.device))
     if n_split == 1:  # the kernel writes split 0 of a (n_split, B, Nk, T) buffer: this one
@@ -366,8 +366,8 @@ def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(cross), dlse
     q, k = q.contiguous(), k.contiguous()
     cross = cross.contiguous()
-    dout = dout.to(cross.dtype).contiguous()
-    lse = lse.to(torch.float32).contiguous()
+    dout = as_contiguous(dout, cross.dtype)
+    lse = as_contiguous(lse, torch.float32)
     arch = device_arch(q.device)
     delta = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
     dcross = torch.empty((B, Nq, T), device=q.device, dtype=cross.dtype)

@@ -17,7 +17,8 @@
 #                   a GPU is present (test_triton_kernels, test_box_branch_kernel, test_ops,
 #                   test_detrack), junit xml
 #   sanitize        scripts/sanitize.sh: compute-sanitizer over every CUDA kernel
-#   bench-ops       fasttrack bench --sections ops --full (SD-64/96/128 vs SDPA, flash-attn, xformers)
+#   bench-ops       fasttrack bench --sections host,ops --full (host cost per call beside SDPA,
+#                   wall vs kernel time; SD-64/96/128 vs SDPA, flash-attn, xformers, aten)
 #   compile-report  python -m fasttrack.kernels.compile_report --arch <this GPU> --json ...
 #                   (late: it needs no GPU and can also be run on any machine with triton)
 #   bench-rest      fasttrack bench --sections recorder,detrack,dmtrack,trackers (the default
@@ -139,7 +140,7 @@ declare -A CMD=(
   [pytest-triton]="\"\$PYTHON\" -m pytest -m 'not gpu' -q -rfEs$PYTEST_EXTRA --junitxml \"$OUTDIR/pytest-triton.xml\" -k 'triton or box_branch' tests/test_triton_kernels.py tests/test_box_branch_kernel.py tests/test_ops.py tests/test_detrack.py"
   [compile-report]="\"\$PYTHON\" -m fasttrack.kernels.compile_report --arch $ARCH_ARG --json \"$OUTDIR/compile_report.json\""
   [sanitize]="bash scripts/sanitize.sh"
-  [bench-ops]="\"\$PYTHON\" -m fasttrack.cli bench --sections ops --full --out \"$OUTDIR/bench-ops\""
+  [bench-ops]="\"\$PYTHON\" -m fasttrack.cli bench --sections host,ops --full --out \"$OUTDIR/bench-ops\""
   [bench-rest]="\"\$PYTHON\" -m fasttrack.cli bench --sections recorder,detrack,dmtrack,trackers --out \"$OUTDIR/bench-rest\""
 )
 

@@ -17,6 +17,8 @@ What runs:
   test_backward_rule          16-bit backward of all three ops (attention with dout and dlse,
                               harmonize, self_cross with a given lse, cross_attention with
                               dprobs) at D = 40/64/128 and T = 77/256;
+  test_aten_attention_rule    the aten backend (PyTorch's flash / memory-efficient kernels with
+                              their lse, the lse gradient through the augmented column);
   test_box_branch             the fused DeTrack box branch kernel at ragged sizes, 3 dtypes;
   test_auto_runs_triton       backend="auto" on CUDA tensors runs Triton (dispatch log);
   test_interpreter_refused    TRITON_INTERPRET=1 in a GPU process is refused with a warning.
@@ -288,6 +290,35 @@ def test_backward_rule(dtype, D, T, rng):
     _check_grads("qkv", got, want, yard, dtype, seed)
 
 
+# ------------------------------------------------------------------------ aten backend
+# PyTorch's fused kernels with their lse (fasttrack.ops.aten_backend): flash for 16-bit,
+# memory-efficient for float32; D = 40 with Dv = 24 pads both ways, and with dlse the
+# augmented column widens the head to 48 / 72 / 136 (D = 128: 136 <= 256).
+ATEN_CASES = [(2, 3, 1031, 1031, 40, 24), (1, 5, 300, 77, 64, 64), (1, 2, 1, 1, 128, 128)]
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16, F32], ids=["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("shape", ATEN_CASES, ids=["x".join(map(str, s)) for s in ATEN_CASES])
+def test_aten_attention_rule(shape, dtype, rng):
+    """The aten backend on CUDA (until this passes on a GPU, "auto" leaves it out there:
+    dispatch.ATEN_AUTO_DEVICES): out, lse and the gradients with dout and dlse."""
+    seed = _seed(rng)
+    B, H, Nq, Nk, D, Dv = shape
+    q, _, _, _ = _inputs((B, H, Nq, Nk, D, Dv, 1), dtype, seed)
+    _, k, v, _ = _inputs((B, H, Nk, Nk, D, Dv, 1), dtype, seed + 1)
+    ours, l64, lp = _leaves((q, k, v)), _leaves((q, k, v), torch.float64), _leaves((q, k, v))
+    out, lse = ops.attention(*ours, backend="aten")
+    ro, rl = R.attention(*l64)
+    po, pl = plain_attention(*lp)
+    _check("aten out", out, ro, po, dtype, seed)
+    assert row_err(lse, rl) <= 1e-5 + (1e-3 if dtype != F32 else 0), (seed, "lse")
+    do, dl = _cot(out, seed + 2), _cot(lse, seed + 3)
+    got = torch.autograd.grad((out, lse), ours, (do, dl))
+    want = torch.autograd.grad((ro, rl), l64, (do.double(), dl.double()))
+    yard = torch.autograd.grad((po, pl), lp, (do, dl))
+    _check_grads("qkv", got, want, yard, dtype, seed)
+
+
 # --------------------------------------------------------------------------- box branch
 # (B targets, Ns search tokens, C, H): B * 4 box rows never a multiple of 16; Ns = 37 / 257
 # end the key loop on a partial tile; ViT-B (768, 12 heads of 64) and a narrow C = 80 with
@@ -346,6 +377,8 @@ def test_auto_runs_triton(caplog, rng):
         loss.backward()
     for op in ("attention", "self_cross", "cross_attention"):
         want = "cuda" if HAS_CUDA_EXT and op in dispatch.VERIFIED_CUDA_OPS else "triton"
+        if op == "attention" and "cuda" in dispatch.ATEN_AUTO_DEVICES:
+            want = "aten"
         for name in (op, op + "_bwd"):
             assert f"{name}: auto chose backend {want}" in caplog.messages, (name, caplog.messages)
 

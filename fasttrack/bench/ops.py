@@ -12,8 +12,9 @@ harness's repeats.
 
 Implementations compared, per op:
   reference  fasttrack.ops.reference: the eager, materializing PyTorch code users write today;
-  torch / triton / cuda  fasttrack's backends, where they can take the inputs (the Triton
-             interpreter on CPU is a correctness tool, not a speed: it is not timed);
+  torch / aten / triton / cuda  fasttrack's backends, where they can take the inputs (aten:
+             attention only; the Triton interpreter on CPU is a correctness tool, not a speed:
+             it is not timed);
   sdpa       torch's scaled_dot_product_attention without any map: the floor;
   flash-attn, xformers  when importable (GPU only), also without maps.
 FLOPs counted per op (algorithmic, recomputation not counted): attention 2BHN^2(D + Dv),
@@ -119,7 +120,7 @@ def _peers(device) -> dict:
 
 
 def _backends(device) -> list[str]:
-    names = ["torch"]
+    names = ["torch", "aten"]  # aten: attention only (PyTorch's fused kernels with their lse)
     if device.type == "cuda":
         names.append("triton")
         from .. import HAS_CUDA_EXT
@@ -141,7 +142,8 @@ def _impls(device, op: str):
     """(impl, role, fn(x) or the reason it cannot run) for one op."""
     yield "reference", "reference", _REFERENCE[op]
     for b in _backends(device):
-        yield b, "fasttrack", functools.partial(_FASTTRACK[op], b=b)
+        if b != "aten" or op == "attention":
+            yield b, "fasttrack", functools.partial(_FASTTRACK[op], b=b)
     if op == "attention":
         for name, peer in _peers(device).items():
             fn = peer if isinstance(peer, str) else (lambda x, peer=peer: peer(x.q, x.k, x.v))

@@ -37,6 +37,13 @@ LEGEND = {
     "speedup": "the reference row's ms / this row's ms (same case)",
     "mem_ratio": "this row's peak allocated MB / the reference row's (same case)",
     "rel_err": "relative Frobenius difference of fasttrack's harmonized map from the eager one's",
+    "us_per_call": "host: microseconds per op call, the fastest of interleaved batches (Triton "
+                   "launches stubbed where the launch column says so)",
+    "sdpa_us": "host: microseconds per SDPA call on the same tensors, batches interleaved with the op's",
+    "x_sdpa": "host: us_per_call / sdpa_us",
+    "wall_us": "host, CUDA: microseconds of one synchronized call (fastest of 20)",
+    "kernel_us": "host, CUDA: microseconds of the call's kernels (torch.profiler)",
+    "host_us": "host, CUDA: wall_us - kernel_us",
     "learning_steps": "learning steps in one init call",
     "ms_per_learning_step": "ms / learning_steps",
     "gmacs": "multiply-accumulates of one step, in G",

@@ -27,6 +27,7 @@ __all__ = ["register", "run", "SECTIONS"]
 # Bench sections: name -> (module, description). Each module exposes cases(device, quick):
 # quick=True the small cases (the default run), quick=False the full matrix (--full).
 SECTIONS = {
+    "host": ("fasttrack.bench.host", "host cost per op call beside one SDPA call (device launch excluded)"),
     "ops": ("fasttrack.bench.ops", "attention-map ops: eager reference vs fasttrack backends"),
     "recorder": ("fasttrack.bench.recorder", "diffusers UNet step with map recording"),
     "detrack": ("fasttrack.bench.detrack", "DeTrack per-frame step"),
@@ -50,7 +51,9 @@ def _section_rows(name: str, device, quick: bool) -> tuple[list[dict], bool]:
     def progress(row):
         got = row.get("error") or row.get("note") or (
             f"{cell(row.get('ms'))} ms per {row.get('unit')}, {cell(row.get('peak_allocated_mb'))} MB"
-            if "ms" in row else "")
+            if "ms" in row else
+            f"{cell(row.get('us_per_call'))} us per call, {cell(row.get('x_sdpa'))} x SDPA"
+            if "us_per_call" in row else "")
         # tqdm.write clears the bar (stderr) around the line (stdout), then redraws it
         tqdm.write(f"  {row_label(row)}: {got}", file=sys.stdout)
         bar.update(1)
