@@ -1,6 +1,8 @@
 """The ops are torch.library custom ops: a function calling them compiles with fullgraph=True
 (one opaque node per op, shapes from the fake kernels) and gives the eager results, forward and
 backward."""
+import functools
+
 import pytest
 import torch
 
@@ -8,21 +10,32 @@ from fasttrack import ops
 from _oracle import make_inputs, rel_err
 
 
-def _tracker_like(q, k, v, cross):
-    out, lse = ops.attention(q, k, v, backend="torch")
-    m = ops.harmonize(q, k, cross, lse=lse, backend="torch")
-    o2, probs = ops.cross_attention(q, k, v, backend="torch")
-    return (out.square().mean() + m.sum(-1).mean() + o2.mean() + probs.square().sum()) * 1.0, m
+def _tracker_like(q, k, v, cross, backend="torch"):
+    out, lse = ops.attention(q, k, v, backend=backend)
+    m = ops.harmonize(q, k, cross, lse=lse, backend=backend)
+    sc = ops.self_cross(q, k, cross, backend=backend)
+    o2, probs = ops.cross_attention(q, k, v, backend=backend)
+    loss = out.square().mean() + m.sum(-1).mean() + sc.square().sum() + o2.mean() + probs.square().sum()
+    return loss * 1.0, m
 
 
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_fullgraph_compile_matches_eager(dynamic, rng):
+@pytest.mark.parametrize("dynamic,backend", [(False, "torch"), (True, "torch"), (False, "auto"),
+                                             (False, "triton")])
+def test_fullgraph_compile_matches_eager(dynamic, backend, rng):
+    """Every op under torch.compile(fullgraph=True) (the custom ops) gives what the eager call
+    (which skips the custom ops) gives, forward and backward: on the torch backend, "auto"
+    (attention on the aten backend on the CPU) and the Triton kernels (interpreter)."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+        if torch.cuda.is_available():
+            pytest.skip("the CPU interpreter case; GPU runs compile the kernels in test_ops_gpu")
     torch._dynamo.reset()
     q, k, v, cross = make_inputs(1, 2, 37, 37, 40, 40, 7, torch.float32, rng)
-    compiled = torch.compile(_tracker_like, fullgraph=True, backend="aot_eager", dynamic=dynamic)
+    fn = functools.partial(_tracker_like, backend=backend)
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=dynamic)
     loss_c, m_c = compiled(q, k, v, cross)
     gc = torch.autograd.grad(loss_c, (q, k, v, cross))
-    loss_e, m_e = _tracker_like(q, k, v, cross)
+    loss_e, m_e = fn(q, k, v, cross)
     ge = torch.autograd.grad(loss_e, (q, k, v, cross))
     assert rel_err(m_c, m_e) < 1e-6 and rel_err(loss_c, loss_e) < 1e-6
     for a, b in zip(gc, ge):
@@ -51,3 +64,28 @@ def test_inductor_compile_smoke(rng):
     q, k, v, cross = make_inputs(1, 1, 9, 9, 8, 8, 3, torch.float32, rng, requires_grad=False)
     f = torch.compile(lambda a, b, c: ops.self_cross(a, b, c, backend="torch") * 2, fullgraph=True)
     assert rel_err(f(q, k, cross), 2 * ops.self_cross(q, k, cross, backend="torch")) < 1e-6
+
+
+def test_eager_calls_skip_the_custom_ops_only_when_nothing_traces(monkeypatch, rng):
+    """Eager calls run the backend functions directly (the custom op's dispatcher costs ~30 us
+    a call); under a dispatch mode (FakeTensorMode here) or a functorch transform (vmap) the
+    custom op must run, or the mode or transform would meet kernels it cannot handle."""
+    from fasttrack.ops import _library
+
+    used = []
+    real = _library.attention_op
+    monkeypatch.setattr(_library, "attention_op", lambda *a: used.append(1) or real(*a))
+    q, k, v, _ = make_inputs(1, 2, 9, 9, 8, 8, 3, torch.float32, rng)
+    out, lse = ops.attention(q, k, v, backend="torch")
+    (out.sum() + lse.sum()).backward()
+    assert used == [] and q.grad is not None
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        fq = torch.empty(1, 2, 9, 8)
+        ops.attention(fq, fq, fq, backend="torch")
+    assert used == [1]
+    qq = torch.stack([q.detach(), 2 * q.detach()])
+    got = torch.vmap(lambda a: ops.attention(a, a, a, backend="torch")[0])(qq)
+    assert used == [1, 1]  # under vmap the custom op (and its batching fallback) ran
+    for i in range(2):
+        assert rel_err(got[i], ops.attention(qq[i], qq[i], qq[i], backend="torch")[0]) < 1e-6

@@ -201,13 +201,16 @@ cross_attention_op.register_autograd(_cross_attention_backward, setup_context=_c
 # the path whenever something may be tracing: torch.compile, a dispatch mode (FakeTensorMode,
 # FlopCounterMode, ...) or a tensor subclass.
 _PLAIN = (Tensor, torch.nn.Parameter)
+_functorch_level = torch._C._functorch.peek_interpreter_stack
 
 
 def eager(*tensors) -> bool:
     """Whether a call on `tensors` (None entries allowed) may skip the custom op: no
-    torch.compile tracing, no dispatch mode, plain tensors only (anything else, e.g. a list
-    where a tensor belongs, takes the custom-op path and its full argument checks)."""
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+    torch.compile tracing, no dispatch mode, no functorch transform (vmap, grad), plain tensors
+    only (anything else, e.g. a list where a tensor belongs, takes the custom-op path and its
+    full argument checks)."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or _functorch_level() is not None):
         return False
     for t in tensors:
         if t is not None and type(t) not in _PLAIN:
