@@ -172,6 +172,16 @@ def sm_count(device: torch.device) -> int:
     return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())[1]
 
 
+def arch_of(t: torch.Tensor) -> int:
+    """device_arch of a tensor's device, the launchers' per-call form (no device object)."""
+    return _cuda_facts(t.get_device())[0] if t.is_cuda else 0
+
+
+def sms_of(t: torch.Tensor) -> int:
+    """sm_count of a tensor's device, the launchers' per-call form."""
+    return _cuda_facts(t.get_device())[1] if t.is_cuda else 4
+
+
 @functools.lru_cache(maxsize=None)
 def _cuda_facts(index: int) -> tuple[int, int]:
     """(compute capability, SMs) of CUDA device `index`, asked once per process (asking the

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (AOT_HEAD_DIMS, SUPPORTED_DTYPES, KernelSpec, LN2, LOG2E, attention_config,
+from ._common import (AOT_HEAD_DIMS, SUPPORTED_DTYPES, KernelSpec, LN2, LOG2E, arch_of, attention_config,
                       check_grid, device_arch, ptr,
                       check_head_dims, check_tensor, dot_precision, load_tile)
 from ._common import as_contiguous, cdiv, exact_delta, fast_inputs_ok, launch, pad
@@ -251,26 +251,25 @@ def _forward(q, k, v, scale):
     Nk = k.shape[2]
     Dv = v.shape[3] if v is not None else D
     q, k = q.contiguous(), k.contiguous()
-    lse = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
+    lse = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
     out = None
     if v is not None:
         v = v.contiguous()
         # empty_like of the contiguous q is the cheapest allocation (~1 us less per call)
-        out = torch.empty_like(q) if Dv == D else torch.empty((B, H, Nq, Dv), device=q.device, dtype=q.dtype)
-    block_m, kw = _fwd_launch(D, Dv, v is not None, q.dtype, device_arch(q.device))
-    grid = check_grid("attention_fwd", (cdiv(Nq, block_m), B * H))
+        out = torch.empty_like(q) if Dv == D else torch.empty(B, H, Nq, Dv, device=q.device, dtype=q.dtype)
+    grid, kw = _fwd_launch(B * H, Nq, D, Dv, v is not None, q.dtype, arch_of(q))
     launch(_attention_fwd_kernel)[grid](
         q, k, v if v is not None else q, out if out is not None else q, lse,
         float(scale), Nq, Nk, D, Dv, **kw)
     return out, lse
 
 
-@functools.lru_cache(maxsize=None)
-def _fwd_launch(D: int, Dv: int, has_v: bool, dtype: torch.dtype, arch: int) -> tuple[int, dict]:
-    """(block_m, launch keywords) of the forward: a function of the head dims, dtype and
-    architecture only, built once (a dozen keywords cost microseconds per call)."""
+@functools.lru_cache(maxsize=256)
+def _fwd_launch(BH: int, Nq: int, D: int, Dv: int, has_v: bool, dtype: torch.dtype, arch: int) -> tuple[tuple, dict]:
+    """(grid, launch keywords) of the forward for one shape, built once (tiles, grid and a
+    dozen keywords cost microseconds per call)."""
     cfg = attention_config(pad(D), pad(Dv), dtype, "fwd", arch)
-    return cfg.block_m, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
+    return check_grid("attention_fwd", (cdiv(Nq, cfg.block_m), BH)), dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
                              HAS_V=has_v, PREC=dot_precision(dtype),
                              num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
@@ -334,11 +333,11 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None, *, checke
     if dp_extra is not None:
         dp_extra = dp_extra.contiguous()
     sizes = (float(scale), H, Nq, Nk, D, Dv)
-    grid_q, grid_k, pre, kw_q, kw_k = _bwd_launch(B * H, Nq, Nk, D, Dv, q.dtype, device_arch(q.device),
+    grid_q, grid_k, pre, kw_q, kw_k = _bwd_launch(B * H, Nq, Nk, D, Dv, q.dtype, arch_of(q),
                                                  dout is not None, dp_extra is not None, dlse is not None)
     do = dout if dout is not None else dummy
     extra = dp_extra if dp_extra is not None else dummy
-    delta = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
+    delta = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     launch(_attention_bwd_preprocess_kernel)[grid_q](
         q, k, v, out if out is not None else dummy, do, lse,

@@ -18,7 +18,7 @@ import triton.language as tl
 from ._common import (AOT_HEAD_DIMS, AOT_TOKENS, LN2, LOG2E, SUPPORTED_DTYPES, KernelSpec,
                       check_grid, cross_config, device_arch, dot_precision, launch, load_tile,
                       pad, probs_config, ptr)
-from ._common import cdiv, fast_inputs_ok
+from ._common import arch_of, cdiv, fast_inputs_ok
 from .attention import _check_qk, _check_v, _forward, attention_bwd
 
 
@@ -109,16 +109,16 @@ def cross_attention_fwd(q, k, v, scale, *, checked: bool = False):
         _check_v(q, k, v)
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
-    probs = torch.empty((B, Nq, Nk), device=q.device, dtype=q.dtype)
-    fused, grid, kw = _fwd_plan(B, Nq, Nk, D, Dv, q.dtype, device_arch(q.device))
+    probs = torch.empty(B, Nq, Nk, device=q.device, dtype=q.dtype)
+    fused, grid, kw = _fwd_plan(B, Nq, Nk, D, Dv, q.dtype, arch_of(q))
     if not fused:
         out, lse = _forward(q, k, v, scale)
         launch(_head_mean_probs_kernel)[grid](
             q.contiguous(), k.contiguous(), lse, probs, float(scale), H, Nq, Nk, D, **kw)
         return out, probs, lse
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    out = torch.empty_like(q) if Dv == D else torch.empty((B, H, Nq, Dv), device=q.device, dtype=q.dtype)
-    lse = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
+    out = torch.empty_like(q) if Dv == D else torch.empty(B, H, Nq, Dv, device=q.device, dtype=q.dtype)
+    lse = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
     launch(_cross_attention_fwd_kernel)[grid](
         q, k, v, out, probs, lse, float(scale), H, Nq, Nk, D, Dv, **kw)
     return out, probs, lse

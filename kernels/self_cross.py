@@ -19,7 +19,7 @@ import triton.language as tl
 from ._common import (AOT_HEAD_DIMS, AOT_TOKENS, LOG2E, MAX_TOKENS, SUPPORTED_DTYPES, KernelSpec,
                       check_grid, check_tensor, device_arch, dot_precision, launch, load_tile,
                       ptr, sm_count)
-from ._common import as_contiguous, cdiv, fast_inputs_ok, next_pow2, pad, self_cross_config, token_block
+from ._common import arch_of, as_contiguous, cdiv, sms_of, fast_inputs_ok, next_pow2, pad, self_cross_config, token_block
 from .attention import _check_qk
 
 
@@ -318,12 +318,12 @@ def self_cross_fwd(q, k, cross, lse, scale, *, checked: bool = False):
     q, k = q.contiguous(), k.contiguous()
     cross = cross.contiguous()
     lse = as_contiguous(lse, torch.float32)
-    n_split, per_split, grid, kw = _fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, device_arch(q.device),
-                                             sm_count(q.device))
+    n_split, per_split, grid, kw = _fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, arch_of(q),
+                                             sms_of(q))
     if n_split == 1:  # the kernel writes split 0 of a (n_split, B, Nk, T) buffer: this one
-        out = torch.empty((B, Nk, T), device=q.device, dtype=cross.dtype)
+        out = torch.empty(B, Nk, T, device=q.device, dtype=cross.dtype)
     else:  # fp32 partial sums, reduced below in a fixed order
-        out = torch.empty((n_split, B, Nk, T), device=q.device, dtype=torch.float32)
+        out = torch.empty(n_split, B, Nk, T, device=q.device, dtype=torch.float32)
     launch(_self_cross_fwd_kernel)[grid](
         q, k, cross, lse, out, float(scale), _p_scale(cross.dtype, H), H, Nq, Nk, n_split,
         per_split, D, T, **kw)
@@ -368,9 +368,9 @@ def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
     cross = cross.contiguous()
     dout = as_contiguous(dout, cross.dtype)
     lse = as_contiguous(lse, torch.float32)
-    arch = device_arch(q.device)
-    delta = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
-    dcross = torch.empty((B, Nq, T), device=q.device, dtype=cross.dtype)
+    arch = arch_of(q)
+    delta = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
+    dcross = torch.empty(B, Nq, T, device=q.device, dtype=cross.dtype)
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     flags = dict(BLOCK_D=pad(D), BLOCK_T=pad(T), PREC=dot_precision(q.dtype),
                  PREC_C=dot_precision(cross.dtype))

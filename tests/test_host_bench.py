@@ -38,7 +38,7 @@ def test_rows_cover_every_op_backend_and_pass(quick_host, monkeypatch):
     rows = run_cases(cases, "cpu")
     assert os.environ.get("TRITON_INTERPRET") == before
     got = {(r["op"], r["impl"], r["pass"]): r for r in rows}
-    for op in ("attention", "cross_attention", "self_cross"):
+    for op in ("attention", "cross_attention", "self_cross", "self_cross(lse)"):
         for impl in ("auto", "torch", "triton") + (("aten",) if op == "attention" else ()):
             for pass_ in ("fwd", "fwd+bwd"):
                 r = got.pop((op, impl, pass_))
@@ -67,5 +67,5 @@ def test_bench_command_runs_the_host_section(quick_host, tmp_path, capsys):
     rc, out, err = run_cli(capsys, "bench", "--sections", "host", "--out", tmp_path)
     assert rc == 0, err
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
-    assert {r["section"] for r in rows} == {"host"} and len(rows) == 20
+    assert {r["section"] for r in rows} == {"host"} and len(rows) == 26
     assert "x SDPA" in out and "x_sdpa" in out

@@ -45,6 +45,8 @@ _OPS = {
     "attention": lambda x, b: ops.attention(x.q, x.k, x.v, backend=b),
     "cross_attention": lambda x, b: ops.cross_attention(x.q, x.tk, x.tv, backend=b),
     "self_cross": lambda x, b: ops.self_cross(x.q, x.k, x.cross, backend=b),
+    # with the lse of an attention call (how Diff-Tracker calls it): one kernel, not two
+    "self_cross(lse)": lambda x, b: ops.self_cross(x.q, x.k, x.cross, lse=x.lse, backend=b),
 }
 
 
@@ -54,8 +56,11 @@ def _inputs(device, dtype, B=1, H=2, N=16, D=16, T=8, grad=False):
     def rn(*s):
         return torch.randn(*s, generator=g).to(device, dtype).requires_grad_(grad)
     cross = torch.softmax(torch.randn(B, N, T, generator=g), -1).to(device, dtype).requires_grad_(grad)
-    return SimpleNamespace(q=rn(B, H, N, D), k=rn(B, H, N, D), v=rn(B, H, N, D), cross=cross,
-                           tk=rn(B, H, T, D), tv=rn(B, H, T, D))
+    x = SimpleNamespace(q=rn(B, H, N, D), k=rn(B, H, N, D), v=rn(B, H, N, D), cross=cross,
+                        tk=rn(B, H, T, D), tv=rn(B, H, T, D))
+    x.lse = torch.logsumexp(x.q.detach().float() @ x.k.detach().float().transpose(-1, -2) * D ** -0.5,
+                            -1).requires_grad_(grad)
+    return x
 
 
 def _one(fn, backward: bool):

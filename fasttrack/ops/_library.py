@@ -87,7 +87,7 @@ def _self_cross_fwd(q, k, cross, lse, scale, backend):
 
 def _self_cross_with(mod, q, k, cross, lse, scale):
     if lse is None:
-        if hasattr(mod, "self_cross_lse_fwd"):  # backends whose passes hold whole rows
+        if hasattr(mod, "self_cross_lse_fwd"):  # both passes in one backend call
             return mod.self_cross_lse_fwd(q, k, cross, scale)
         lse_used = mod.lse_fwd(q, k, scale)
         return mod.self_cross_fwd(q, k, cross, lse_used, scale), lse_used

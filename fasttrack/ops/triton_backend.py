@@ -164,6 +164,14 @@ def self_cross_fwd(q, k, cross, lse, scale):
     return _kernels().self_cross_fwd(q, k, cross, lse, scale, checked=True)
 
 
+def self_cross_lse_fwd(q, k, cross, scale):
+    """(out (B, Nk, T), lse (B, H, Nq)): the lse pass, then the product (two kernels, one host
+    call: each layer between them costs host time on every call)."""
+    kern = _kernels()
+    lse = kern.lse_fwd(q, k, scale, checked=True)
+    return kern.self_cross_fwd(q, k, cross, lse, scale, checked=True), lse
+
+
 def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
     """(dq, dk, dcross, dlse or None) per BACKENDS.md; dout may be None (zero)."""
     return _kernels().self_cross_bwd(q, k, cross, lse, dout, scale, lse_given)
