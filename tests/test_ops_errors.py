@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fasttrack import ops
-from fasttrack.ops import dispatch
+from fasttrack.ops import checks, dispatch
 
 
 def _good(B=1, H=2, N=5, D=8, T=3, dtype=torch.float32):
@@ -110,3 +110,40 @@ def test_auto_never_picks_the_interpreter(monkeypatch):
     assert dispatch.select("self_cross", "auto", q, k, cross) == "torch"
     assert dispatch.select("cross_attention", "auto", q, k, v) == "torch"
     assert any("interpreter is for testing" in r for r in dispatch.reasons("triton", "attention", q, k, v, auto=True))
+
+
+def test_dispatch_cache_checks_once_per_shape_and_errors_as_before(monkeypatch):
+    """select(..., validate=) runs the checks and asks the backends once per key (op, backend,
+    env, each tensor's device/dtype/shape); a new shape, dtype or env value misses, and every
+    refusal raises the uncached error, each time."""
+    calls = []
+
+    def validate(*ts):
+        calls.append(len(ts))
+        checks.validate_attention(*ts)
+    q, k, v, _ = _good()
+    for _ in range(3):
+        assert dispatch.select("attention", "torch", q, k, v, validate=validate) == "torch"
+    assert calls == [3]
+    dispatch.select("attention", "torch", q[:, :, :4], k, v, validate=validate)  # new shape
+    dispatch.select("attention", "torch", q.double(), k.double(), v.double(), validate=validate)
+    monkeypatch.setenv("FASTTRACK_BACKEND", "torch")
+    dispatch.select("attention", "torch", q, k, v, validate=validate)
+    assert calls == [3, 3, 3, 3]
+    for _ in range(2):  # not cached: the same one-line error every time
+        with pytest.raises(ValueError, match="head dim D mismatch"):
+            dispatch.select("attention", "torch", q, k[..., :3], v, validate=validate)
+        with pytest.raises(dispatch.BackendUnavailable, match="float64"):
+            dispatch.select("attention", "triton", q.double(), k.double(), v.double())
+    with pytest.raises(TypeError, match="backend must be a string"):
+        dispatch.select("attention", ["torch"], q, k, v)
+    # a non-tensor, unhashable argument is decided without the cache
+    assert dispatch.select("attention", "torch", q, k, v, [1]) == "torch"
+
+
+def test_dispatch_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(dispatch, "_CACHE_MAX", 5)
+    for n in range(1, 12):
+        x = torch.randn(1, 1, n, 4)
+        dispatch.select("attention", "torch", x, x, x)
+        assert len(dispatch._CACHE) <= 5

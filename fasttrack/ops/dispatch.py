@@ -152,7 +152,12 @@ def select(op: str, backend: str, *tensors, validate=None) -> str:
     if type(backend) is not str:
         check_backend(backend)  # raises TypeError
     key = _key(op, backend, tensors)
-    hit = _CACHE.get(key)
+    try:
+        hit = _CACHE.get(key)
+    except TypeError:  # an unhashable non-tensor argument: decide without the cache
+        if validate is not None:
+            validate(*tensors)
+        return _select(op, backend, tensors)[0]
     if hit is None:
         if validate is not None:
             validate(*tensors)
