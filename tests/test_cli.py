@@ -284,3 +284,15 @@ def test_user_errors_are_one_line(argv, needle, data, tmp_path, capsys, monkeypa
     for part in (needle,) if isinstance(needle, str) else needle:
         assert part.format(**fill) in lines[0]
     assert "Traceback" not in err
+
+
+def test_info_says_which_backend_runs_each_op(capsys, monkeypatch):
+    monkeypatch.delenv("FASTTRACK_BACKEND", raising=False)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    lines = {l.split()[1]: l for l in out.splitlines() if l.startswith("backend ")}
+    assert set(lines) == {"aten", "cuda", "triton", "torch"}
+    assert "attention: ok" in lines["aten"] and "attention and lse only" in lines["aten"]
+    assert "attention: ok | self_cross: ok" in lines["torch"]
+    if not torch.cuda.is_available():
+        assert "auto attention   aten" in out and "auto self_cross  torch" in out

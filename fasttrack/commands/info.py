@@ -1,4 +1,5 @@
-"""`fasttrack info`: the build, the device and which backends can run here."""
+"""`fasttrack info`: the build, the device, which backends can run attention and self_cross here
+(with each refusal's reason) and what backend="auto" takes for each."""
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,14 @@ def run(args) -> int:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     q = torch.randn(1, 1, 8, 16, device=dev)
     from ..ops import available
-    for name, reasons in available("self_cross", q, q, torch.rand(1, 8, 4, device=dev)).items():
-        print(f"backend {name:8s} " + ("ok" if not reasons else "; ".join(reasons)))
+    from ..ops.dispatch import select
+    per_op = {"attention": available("attention", q, q, q),
+              "self_cross": available("self_cross", q, q, torch.rand(1, 8, 4, device=dev))}
+    for name in per_op["attention"]:
+        said = [f"{op}: " + ("ok" if not why[name] else "; ".join(why[name])) for op, why in per_op.items()]
+        print(f"backend {name:8s} " + " | ".join(said))
+    for op, args in (("attention", (q, q, q)), ("self_cross", (q, q, torch.rand(1, 8, 4, device=dev)))):
+        print(f"{'auto ' + op:16s} {select(op, 'auto', *args)}")
     return 0
 
 
