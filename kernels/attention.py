@@ -269,9 +269,10 @@ def _fwd_launch(BH: int, Nq: int, D: int, Dv: int, has_v: bool, dtype: torch.dty
     """(grid, launch keywords) of the forward for one shape, built once (tiles, grid and a
     dozen keywords cost microseconds per call)."""
     cfg = attention_config(pad(D), pad(Dv), dtype, "fwd", arch)
-    return check_grid("attention_fwd", (cdiv(Nq, cfg.block_m), BH)), dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
-                             HAS_V=has_v, PREC=dot_precision(dtype),
-                             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    grid = check_grid("attention_fwd", (cdiv(Nq, cfg.block_m), BH))
+    return grid, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
+                      HAS_V=has_v, PREC=dot_precision(dtype), num_warps=cfg.num_warps,
+                      num_stages=cfg.num_stages)
 
 
 def attention_fwd(q, k, v, scale, *, checked: bool = False):

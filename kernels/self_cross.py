@@ -21,6 +21,7 @@ from ._common import (AOT_HEAD_DIMS, AOT_TOKENS, LOG2E, MAX_TOKENS, SUPPORTED_DT
                       ptr, sm_count)
 from ._common import arch_of, as_contiguous, cdiv, sms_of, fast_inputs_ok, next_pow2, pad, self_cross_config, token_block
 from .attention import _check_qk
+from .attention import _forward as attention_forward
 
 
 @triton.jit
@@ -270,9 +271,11 @@ def _self_cross_bwd_dk_kernel(
                  mask=mask_nd & mask_n1[:, None])
 
 
-def _check_inputs(q, k, cross, lse):
-    if (fast_inputs_ok(q, k, cross, 3) and cross.shape[2] <= MAX_TOKENS and type(lse) is torch.Tensor
-            and lse.shape == q.shape[:3]):
+def _check_inputs(q, k, cross, lse, *, needs_lse: bool = True):
+    """q, k, cross (and, with needs_lse, lse) as the launchers take them; ValueError / TypeError
+    naming the argument otherwise."""
+    if (fast_inputs_ok(q, k, cross, 3) and cross.shape[2] <= MAX_TOKENS
+            and (not needs_lse or (type(lse) is torch.Tensor and lse.shape == q.shape[:3]))):
         return
     _check_qk(q, k)
     check_tensor("cross", cross, 3, "(B, Nq, T)")
@@ -282,7 +285,7 @@ def _check_inputs(q, k, cross, lse):
                          f"1 <= T <= {MAX_TOKENS}, got {tuple(cross.shape)}")
     if cross.device != q.device:
         raise ValueError(f"cross must be on the device of q ({q.device}), got {cross.device}")
-    if not isinstance(lse, torch.Tensor) or lse.shape != (B, H, Nq):
+    if needs_lse and (not isinstance(lse, torch.Tensor) or lse.shape != (B, H, Nq)):
         raise ValueError(f"lse must be a tensor of shape {(B, H, Nq)}")
 
 
@@ -313,20 +316,32 @@ def self_cross_fwd(q, k, cross, lse, scale, *, checked: bool = False):
     checked=True: the caller has checked the inputs (attention_fwd)."""
     if not checked:
         _check_inputs(q, k, cross, lse)
+    q, k = q.contiguous(), k.contiguous()
+    return _forward(q, k, cross.contiguous(), as_contiguous(lse, torch.float32), scale)
+
+
+def self_cross_lse_fwd(q, k, cross, scale, *, checked: bool = False):
+    """(out (B, Nk, T), lse (B, H, Nq) float32): the lse pass (attention.lse_fwd's kernel), then
+    self_cross_fwd's, in one host call (each call layer costs host time on every op call)."""
+    if not checked:
+        _check_inputs(q, k, cross, None, needs_lse=False)
+    q, k = q.contiguous(), k.contiguous()
+    lse = attention_forward(q, k, None, scale)[1]
+    return _forward(q, k, cross.contiguous(), lse, scale), lse
+
+
+def _forward(q, k, cross, lse, scale):
+    """self_cross_fwd on contiguous q, k, cross and a contiguous float32 lse."""
     B, H, Nq, D = q.shape
     Nk, T = k.shape[2], cross.shape[2]
-    q, k = q.contiguous(), k.contiguous()
-    cross = cross.contiguous()
-    lse = as_contiguous(lse, torch.float32)
-    n_split, per_split, grid, kw = _fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, arch_of(q),
-                                             sms_of(q))
+    n_split, per_split, grid, p_scale, kw = _fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, arch_of(q),
+                                                      sms_of(q))
     if n_split == 1:  # the kernel writes split 0 of a (n_split, B, Nk, T) buffer: this one
         out = torch.empty(B, Nk, T, device=q.device, dtype=cross.dtype)
     else:  # fp32 partial sums, reduced below in a fixed order
         out = torch.empty(n_split, B, Nk, T, device=q.device, dtype=torch.float32)
     launch(_self_cross_fwd_kernel)[grid](
-        q, k, cross, lse, out, float(scale), _p_scale(cross.dtype, H), H, Nq, Nk, n_split,
-        per_split, D, T, **kw)
+        q, k, cross, lse, out, float(scale), p_scale, H, Nq, Nk, n_split, per_split, D, T, **kw)
     if n_split == 1:
         return out
     return out.sum(0).to(cross.dtype)
@@ -334,8 +349,9 @@ def self_cross_fwd(q, k, cross, lse, scale, *, checked: bool = False):
 
 @functools.lru_cache(maxsize=256)
 def _fwd_plan(B, H, Nq, Nk, D, T, dtype, cross_dtype, arch, sms) -> tuple:
-    """(n_split, per_split, grid, launch keywords) of the forward for one shape: computed once
-    per shape (tiles, query splits and a dozen keywords cost microseconds per call)."""
+    """(n_split, per_split, grid, p_scale, launch keywords) of the forward for one shape:
+    computed once per shape (tiles, query splits and a dozen keywords cost microseconds per
+    call)."""
     cfg = self_cross_config(pad(D), pad(T), dtype, "fwd", arch)
     block_t = token_block(pad(T))
     n_programs = cdiv(Nk, cfg.block_n) * cdiv(T, block_t) * B
@@ -347,7 +363,7 @@ def _fwd_plan(B, H, Nq, Nk, D, T, dtype, cross_dtype, arch, sms) -> tuple:
     kw = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_T=block_t,
               PREC=dot_precision(dtype), PREC_C=dot_precision(cross_dtype),
               num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return n_split, per_split, grid, kw
+    return n_split, per_split, grid, _p_scale(cross_dtype, H), kw
 
 
 def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):

@@ -167,9 +167,7 @@ def self_cross_fwd(q, k, cross, lse, scale):
 def self_cross_lse_fwd(q, k, cross, scale):
     """(out (B, Nk, T), lse (B, H, Nq)): the lse pass, then the product (two kernels, one host
     call: each layer between them costs host time on every call)."""
-    kern = _kernels()
-    lse = kern.lse_fwd(q, k, scale, checked=True)
-    return kern.self_cross_fwd(q, k, cross, lse, scale, checked=True), lse
+    return _kernels().self_cross_lse_fwd(q, k, cross, scale, checked=True)
 
 
 def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
