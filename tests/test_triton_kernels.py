@@ -483,3 +483,19 @@ def test_grid_limit_refused_before_launch():
     with pytest.raises(ValueError, match="grid y = 80000"):
         check_grid("attention_fwd", (1, 80000))
     assert check_grid("attention_fwd", (1 << 20, 65535, 65535)) == (1 << 20, 65535, 65535)
+
+
+def test_self_cross_lse_fwd_is_lse_then_product():
+    """The one-call forward (the Triton backend's self_cross without an lse) returns the row
+    lse and S^T C of float64 references at odd sizes, and checks its inputs when not told
+    they are checked."""
+    from fasttrack.ops import reference as R
+    q, k = make((2, 3, 37, 40), torch.float32, 80), make((2, 3, 53, 40), torch.float32, 81)
+    c = torch.softmax(make((2, 37, 77), torch.float32, 82), -1)
+    out, lse = K.self_cross_lse_fwd(q, k, c, 0.3)
+    want_lse = R.attention(q.double(), k.double(), k.double(), scale=0.3)[1]
+    assert (lse.double() - want_lse).abs().max() < 1e-5
+    want = R.self_cross(q.double(), k.double(), c.double(), scale=0.3)
+    assert ((out.double() - want).norm() / want.norm()).item() < 2e-6
+    with pytest.raises(ValueError, match="cross must have shape"):
+        K.self_cross_lse_fwd(q, k, c[:, :5], 0.3)
