@@ -126,7 +126,7 @@ def test_torch_backend_attention_uses_the_cpu_flash_kernel(monkeypatch, rng):
     from fasttrack.ops import torch_backend
     calls = []
     real = A._kernel_fwd
-    monkeypatch.setattr(A, "_kernel_fwd", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(A, "_kernel_fwd", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     q, k, v, _ = make_inputs(1, 2, 37, 53, 40, 24, 1, torch.float32, rng, requires_grad=False)
     out, lse = torch_backend.attention_fwd(q, k, v, 0.3)
     ro, rl = R.attention(q.double(), k.double(), v.double(), scale=0.3)

@@ -108,37 +108,44 @@ def _use_flash(q: torch.Tensor) -> bool:
 
 
 def _kernel_fwd(q, k, v, scale):
-    """One aten forward on equal head sizes: (out, lse, state) where state holds what that
-    kernel's backward needs besides (q, k, v, out, lse)."""
-    if q.device.type == "cpu":
-        out, lse = _CPU_FWD(q, k, v, 0.0, False, scale=scale)
-        return out, lse, None
+    """One aten forward on equal head sizes: (out, lse). The backward needs nothing else of it
+    without dropout (_kernel_bwd)."""
+    if q.is_cpu:
+        return _CPU_FWD(q, k, v, 0.0, False, scale=scale)
+    q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
     if _use_flash(q):
         r = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)
-        return r[0], r[1], ("flash",) + tuple(r[2:8])
-    out, lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
+        return r[0], r[1]
+    out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
         q, k, v, None, True, 0.0, False, scale=scale)
     # The memory-efficient kernel pads the lse rows to a multiple of 32.
-    return out, lse[..., : q.shape[2]], ("efficient", seed, offset, lse)
+    return out, lse[..., : q.shape[2]]
 
 
 def _kernel_bwd(dout, q, k, v, out, lse, scale):
     """One aten backward on equal head sizes, recomputing nothing but the kernel's own state."""
-    if q.device.type == "cpu":
+    if q.is_cpu:
         return _CPU_BWD(dout, q, k, v, out, lse, 0.0, False, scale=scale)
-    # Forward state for the CUDA kernels: without dropout, flash needs no rng state (empty
-    # tensors) and the memory-efficient kernel none either; its lse is padded to 32 rows.
+    # Forward state of the CUDA kernels: without dropout neither reads its rng state (seed and
+    # offset are passed as 0-d int64 tensors, the non-varlen flash kernel's cumulative sequence
+    # lengths as empty ones); the memory-efficient kernel's lse is padded to 32 rows.
     b, h, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-    empty = q.new_empty(0, dtype=torch.int64)
+    dout, q, k, v, out = (_unit_stride(t) for t in (dout, q, k, v, out))
+    zero = q.new_zeros((), dtype=torch.int64)
     if _use_flash(q):
+        empty = q.new_empty(0, dtype=torch.int32)
         return torch.ops.aten._scaled_dot_product_flash_attention_backward(
-            dout, q, k, v, out, lse, empty, empty, nq, nk, 0.0, False, empty, empty, scale=scale)
+            dout, q, k, v, out, lse, empty, empty, nq, nk, 0.0, False, zero, zero, scale=scale)
     lse32 = lse.new_zeros(b, h, -(-nq // 32) * 32)
     lse32[..., :nq] = lse
     dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-        dout, q, k, v, empty.float(), out, lse32, empty, empty, 0.0, [True, True, True, False], False,
-        scale=scale)
+        dout, q, k, v, None, out, lse32, zero, zero, 0.0, [True, True, True, False], False, scale=scale)
     return dq, dk, dv
+
+
+def _unit_stride(t: torch.Tensor) -> torch.Tensor:
+    """t with a unit stride in its last dim (what the CUDA kernels address), copied if not."""
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _multiple(q: torch.Tensor) -> int:
@@ -150,7 +157,7 @@ def attention_fwd(q, k, v, scale):
     """out (B, H, Nq, Dv) in q.dtype and lse (B, H, Nq) float32 (float64 for float64)."""
     d, dv = q.shape[-1], v.shape[-1]
     dp = _head_size(d, dv, False, _multiple(q))
-    out, lse, _ = _kernel_fwd(_pad(q, dp), _pad(k, dp), _pad(v, dp), scale)
+    out, lse = _kernel_fwd(_pad(q, dp), _pad(k, dp), _pad(v, dp), scale)
     if dp != dv:
         out = out[..., :dv]
     return out, lse
