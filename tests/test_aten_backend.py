@@ -109,6 +109,7 @@ def test_cuda_path_shapes_on_meta(dtype, d, dv):
     """The CUDA calls (flash for 16-bit, memory-efficient for float32), padding and the
     augmented column, through PyTorch's shape functions of the same ops: right signatures,
     output shapes and dtypes. Numerics: GPU only (dispatch.ATEN_AUTO_DEVICES)."""
+    assert A._use_flash(torch.empty(1, device="meta", dtype=dtype)) == (dtype == torch.float16)
     q = torch.empty(2, 3, 37, d, device="meta", dtype=dtype)
     k = torch.empty(2, 3, 53, d, device="meta", dtype=dtype)
     v = torch.empty(2, 3, 53, dv, device="meta", dtype=dtype)

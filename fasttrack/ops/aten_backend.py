@@ -29,6 +29,8 @@ layout (as SDPA's does: (B, Nq, H, Dv) memory on the CPU); the custom op makes i
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .limits import ATEN as LIMITS
@@ -103,8 +105,15 @@ def _pad(x: torch.Tensor, size: int, fill_col: torch.Tensor | None = None) -> to
 
 
 def _use_flash(q: torch.Tensor) -> bool:
-    """CUDA: flash for 16-bit inputs while it is enabled; the memory-efficient kernel else."""
-    return q.dtype in (torch.float16, torch.bfloat16) and torch.backends.cuda.flash_sdp_enabled()
+    """CUDA: flash for 16-bit inputs while it is enabled on sm_80 or newer (PyTorch's flash
+    kernels' floor); the memory-efficient kernel else."""
+    return (q.dtype in (torch.float16, torch.bfloat16) and torch.backends.cuda.flash_sdp_enabled()
+            and (not q.is_cuda or _major(q.get_device()) >= 8))  # meta tensors: as on sm_80+
+
+
+@functools.lru_cache(maxsize=None)
+def _major(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
 
 
 def _kernel_fwd(q, k, v, scale):
