@@ -257,15 +257,20 @@ def _forward(q, k, v, scale):
         v = v.contiguous()
         # empty_like of the contiguous q is the cheapest allocation (~1 us less per call)
         out = torch.empty_like(q) if Dv == D else torch.empty(B, H, Nq, Dv, device=q.device, dtype=q.dtype)
-    grid, kw = _fwd_launch(B * H, Nq, D, Dv, v is not None, q.dtype, arch_of(q))
-    launch(_attention_fwd_kernel)[grid](
-        q, k, v if v is not None else q, out if out is not None else q, lse,
-        float(scale), Nq, Nk, D, Dv, **kw)
+    launch_fwd(q, k, v, out, lse, scale, (Nq, Nk, D, Dv),
+               *fwd_plan(B * H, Nq, D, Dv, v is not None, q.dtype, arch_of(q)))
     return out, lse
 
 
+def launch_fwd(q, k, v, out, lse, scale, sizes, grid, kw):
+    """The forward kernel's one launch site: contiguous q, k (v, out: None for lse only), lse
+    (B, H, Nq) float32 to fill, sizes (Nq, Nk, D, Dv), and the (grid, keywords) of fwd_plan."""
+    launch(_attention_fwd_kernel)[grid](
+        q, k, v if v is not None else q, out if out is not None else q, lse, float(scale), *sizes, **kw)
+
+
 @functools.lru_cache(maxsize=256)
-def _fwd_launch(BH: int, Nq: int, D: int, Dv: int, has_v: bool, dtype: torch.dtype, arch: int) -> tuple[tuple, dict]:
+def fwd_plan(BH: int, Nq: int, D: int, Dv: int, has_v: bool, dtype: torch.dtype, arch: int) -> tuple[tuple, dict]:
     """(grid, launch keywords) of the forward for one shape, built once (tiles, grid and a
     dozen keywords cost microseconds per call)."""
     cfg = attention_config(pad(D), pad(Dv), dtype, "fwd", arch)

@@ -21,7 +21,8 @@ from ._common import (AOT_HEAD_DIMS, AOT_TOKENS, LOG2E, MAX_TOKENS, SUPPORTED_DT
                       ptr, sm_count)
 from ._common import arch_of, as_contiguous, cdiv, sms_of, fast_inputs_ok, next_pow2, pad, self_cross_config, token_block
 from .attention import _check_qk
-from .attention import _forward as attention_forward
+from .attention import fwd_plan as attention_fwd_plan
+from .attention import launch_fwd as attention_launch_fwd
 
 
 @triton.jit
@@ -325,17 +326,21 @@ def self_cross_lse_fwd(q, k, cross, scale, *, checked: bool = False):
     self_cross_fwd's, in one host call (each call layer costs host time on every op call)."""
     if not checked:
         _check_inputs(q, k, cross, None, needs_lse=False)
-    q, k = q.contiguous(), k.contiguous()
-    lse = attention_forward(q, k, None, scale)[1]
-    return _forward(q, k, cross.contiguous(), lse, scale), lse
+    q, k, cross = q.contiguous(), k.contiguous(), cross.contiguous()
+    B, H, Nq, D = q.shape
+    arch = arch_of(q)
+    lse = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
+    attention_launch_fwd(q, k, None, None, lse, scale, (Nq, k.shape[2], D, D),
+                         *attention_fwd_plan(B * H, Nq, D, D, False, q.dtype, arch))
+    return _forward(q, k, cross, lse, scale, arch), lse
 
 
-def _forward(q, k, cross, lse, scale):
+def _forward(q, k, cross, lse, scale, arch=None):
     """self_cross_fwd on contiguous q, k, cross and a contiguous float32 lse."""
     B, H, Nq, D = q.shape
     Nk, T = k.shape[2], cross.shape[2]
-    n_split, per_split, grid, p_scale, kw = _fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, arch_of(q),
-                                                      sms_of(q))
+    n_split, per_split, grid, p_scale, kw = _fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype,
+                                                      arch_of(q) if arch is None else arch, sms_of(q))
     if n_split == 1:  # the kernel writes split 0 of a (n_split, B, Nk, T) buffer: this one
         out = torch.empty(B, Nk, T, device=q.device, dtype=cross.dtype)
     else:  # fp32 partial sums, reduced below in a fixed order
