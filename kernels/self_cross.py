@@ -317,30 +317,33 @@ def self_cross_fwd(q, k, cross, lse, scale, *, checked: bool = False):
     checked=True: the caller has checked the inputs (attention_fwd)."""
     if not checked:
         _check_inputs(q, k, cross, lse)
-    q, k = q.contiguous(), k.contiguous()
-    return _forward(q, k, cross.contiguous(), as_contiguous(lse, torch.float32), scale)
+    q, k, cross = q.contiguous(), k.contiguous(), cross.contiguous()
+    B, H, Nq, D = q.shape
+    Nk, T = k.shape[2], cross.shape[2]
+    plan = _fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, arch_of(q), sms_of(q))
+    return _forward(q, k, cross, as_contiguous(lse, torch.float32), scale, plan)
 
 
 def self_cross_lse_fwd(q, k, cross, scale, *, checked: bool = False):
     """(out (B, Nk, T), lse (B, H, Nq) float32): the lse pass (attention.lse_fwd's kernel), then
-    self_cross_fwd's, in one host call (each call layer costs host time on every op call)."""
+    self_cross_fwd's, in one host call with one cached plan for both launches (each call layer
+    and plan lookup costs host time on every op call)."""
     if not checked:
         _check_inputs(q, k, cross, None, needs_lse=False)
     q, k, cross = q.contiguous(), k.contiguous(), cross.contiguous()
     B, H, Nq, D = q.shape
-    arch = arch_of(q)
+    Nk, T = k.shape[2], cross.shape[2]
+    lse_grid, lse_kw, plan = _lse_fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, arch_of(q), sms_of(q))
     lse = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
-    attention_launch_fwd(q, k, None, None, lse, scale, (Nq, k.shape[2], D, D),
-                         *attention_fwd_plan(B * H, Nq, D, D, False, q.dtype, arch))
-    return _forward(q, k, cross, lse, scale, arch), lse
+    attention_launch_fwd(q, k, None, None, lse, scale, (Nq, Nk, D, D), lse_grid, lse_kw)
+    return _forward(q, k, cross, lse, scale, plan), lse
 
 
-def _forward(q, k, cross, lse, scale, arch=None):
-    """self_cross_fwd on contiguous q, k, cross and a contiguous float32 lse."""
+def _forward(q, k, cross, lse, scale, plan):
+    """self_cross_fwd on contiguous q, k, cross and a contiguous float32 lse, with its plan."""
     B, H, Nq, D = q.shape
     Nk, T = k.shape[2], cross.shape[2]
-    n_split, per_split, grid, p_scale, kw = _fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype,
-                                                      arch_of(q) if arch is None else arch, sms_of(q))
+    n_split, per_split, grid, p_scale, kw = plan
     if n_split == 1:  # the kernel writes split 0 of a (n_split, B, Nk, T) buffer: this one
         out = torch.empty(B, Nk, T, device=q.device, dtype=cross.dtype)
     else:  # fp32 partial sums, reduced below in a fixed order
@@ -350,6 +353,13 @@ def _forward(q, k, cross, lse, scale, arch=None):
     if n_split == 1:
         return out
     return out.sum(0).to(cross.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _lse_fwd_plan(B, H, Nq, Nk, D, T, dtype, cross_dtype, arch, sms) -> tuple:
+    """(lse grid, lse launch keywords, _fwd_plan) of self_cross_lse_fwd for one shape."""
+    return (*attention_fwd_plan(B * H, Nq, D, D, False, dtype, arch),
+            _fwd_plan(B, H, Nq, Nk, D, T, dtype, cross_dtype, arch, sms))
 
 
 @functools.lru_cache(maxsize=256)

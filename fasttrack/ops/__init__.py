@@ -36,9 +36,10 @@ def attention(q, k, v, *, scale=None, backend="auto"):
         out (B, H, Nq, Dv) in q.dtype; lse (B, H, Nq) float32 (float64 for float64 inputs),
         lse[b,h,i] = log sum_j exp(scale * q_i . k_j). Pass lse to `self_cross` to reuse it.
     """
-    if _lib.eager(q, k, v):
+    mode = _lib.mode(q, k, v)
+    if mode:
         name = select("attention", backend, q, k, v, validate=checks.validate_attention)
-        return _lib.attention_eager(q, k, v, checks.resolve_scale(scale, q.shape[-1]), backend, name)
+        return _lib.attention_eager(q, k, v, checks.resolve_scale(scale, q.shape[-1]), backend, name, mode == 2)
     checks.validate_attention(q, k, v)
     s = checks.resolve_scale(scale, q.shape[-1])
     _check_backend(backend)
@@ -57,10 +58,11 @@ def self_cross(q, k, cross, *, scale=None, lse=None, backend="auto"):
     Returns:
         (B, Nk, T) in cross.dtype.
     """
-    if _lib.eager(q, k, cross, lse):
+    mode = _lib.mode(q, k, cross, lse)
+    if mode:
         name = select("self_cross", backend, q, k, cross, lse, validate=checks.validate_self_cross)
         s = checks.resolve_scale(scale, q.shape[-1])
-        return _lib.self_cross_eager(q, k, cross, lse, s, backend, name)
+        return _lib.self_cross_eager(q, k, cross, lse, s, backend, name, mode == 2)
     checks.validate_self_cross(q, k, cross, lse)
     s = checks.resolve_scale(scale, q.shape[-1])
     _check_backend(backend)
@@ -95,10 +97,11 @@ def cross_attention(q, k, v, *, scale=None, backend="auto"):
         out (B, H, Nq, Dv) and probs (B, Nq, Nk) = (1/H) sum_h softmax(scale q_h k_h^T),
         both in q.dtype.
     """
-    if _lib.eager(q, k, v):
+    mode = _lib.mode(q, k, v)
+    if mode:
         name = select("cross_attention", backend, q, k, v, validate=checks.validate_attention)
         s = checks.resolve_scale(scale, q.shape[-1])
-        out, probs, _ = _lib.cross_attention_eager(q, k, v, s, backend, name)
+        out, probs, _ = _lib.cross_attention_eager(q, k, v, s, backend, name, mode == 2)
         return out, probs
     checks.validate_attention(q, k, v)
     s = checks.resolve_scale(scale, q.shape[-1])

@@ -14,7 +14,7 @@ Schemas (q (B,H,Nq,D), k (B,H,Nk,D), v (B,H,Nk,Dv), cross (B,Nq,T), lse (B,H,Nq)
 `lse_used` is the computed lse when the caller passed none, else an empty tensor (an output may
 not alias an input); the caller's lse is then read from the inputs.
 
-In eager mode (`eager()`) fasttrack.ops skips the custom ops and calls the `*_eager` functions at
+In eager mode (`mode()`) fasttrack.ops skips the custom ops and calls the `*_eager` functions at
 the bottom: the same backend functions, wrapped in an autograd.Function only when a gradient is
 needed (the custom op's dispatcher path alone costs several SDPA calls of host time).
 """
@@ -204,26 +204,22 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 _functorch_level = torch._C._functorch.peek_interpreter_stack
 
 
-def eager(*tensors) -> bool:
-    """Whether a call on `tensors` (None entries allowed) may skip the custom op: no
-    torch.compile tracing, no dispatch mode, no functorch transform (vmap, grad), plain tensors
-    only (anything else, e.g. a list where a tensor belongs, takes the custom-op path and its
-    full argument checks)."""
+def mode(*tensors) -> int:
+    """How fasttrack.ops runs a call on `tensors` (None entries allowed): 0 through the custom
+    op (torch.compile tracing, a dispatch mode, a functorch transform such as vmap, or anything
+    but plain tensors: e.g. a list where a tensor belongs then meets the full argument checks);
+    1 eagerly without autograd; 2 eagerly through an autograd.Function (a gradient is needed).
+    One pass over the tensors: this runs on every call."""
     if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
             or _functorch_level() is not None):
-        return False
+        return 0
+    grad = False
     for t in tensors:
-        if t is not None and type(t) not in _PLAIN:
-            return False
-    return True
-
-
-def _needs_grad(*tensors) -> bool:
-    if torch.is_grad_enabled():
-        for t in tensors:  # a loop, not any(<generator>): ~0.7 us less per call
-            if t is not None and t.requires_grad:
-                return True
-    return False
+        if t is not None:
+            if type(t) not in _PLAIN:
+                return 0
+            grad = grad or t.requires_grad
+    return 2 if grad and torch.is_grad_enabled() else 1
 
 
 class _AttentionFn(torch.autograd.Function):
@@ -280,16 +276,16 @@ class _CrossAttentionFn(torch.autograd.Function):
 
 
 # The eager calls: `name` is the backend fasttrack.ops already selected (and validated for);
-# `backend` is what the caller asked, which the backward selects with again.
-def attention_eager(q, k, v, scale: float, backend: str, name: str) -> tuple[Tensor, Tensor]:
-    if _needs_grad(q, k, v):
+# `backend` is what the caller asked, which the backward selects with again; grad: mode() == 2.
+def attention_eager(q, k, v, scale: float, backend: str, name: str, grad: bool) -> tuple[Tensor, Tensor]:
+    if grad:
         return _AttentionFn.apply(q, k, v, scale, backend, name)
     return backend_module(name).attention_fwd(q, k, v, scale)
 
 
-def self_cross_eager(q, k, cross, lse, scale: float, backend: str, name: str) -> Tensor:
+def self_cross_eager(q, k, cross, lse, scale: float, backend: str, name: str, grad: bool) -> Tensor:
     """S^T C alone (B, Nk, T) (the eager path has no use for the lse it computed)."""
-    if _needs_grad(q, k, cross, lse):
+    if grad:
         return _SelfCrossFn.apply(q, k, cross, lse, scale, backend, name)[0]
     mod = backend_module(name)
     if lse is not None:
@@ -297,7 +293,8 @@ def self_cross_eager(q, k, cross, lse, scale: float, backend: str, name: str) ->
     return _self_cross_with(mod, q, k, cross, None, scale)[0]
 
 
-def cross_attention_eager(q, k, v, scale: float, backend: str, name: str) -> tuple[Tensor, Tensor, Tensor]:
-    if _needs_grad(q, k, v):
+def cross_attention_eager(q, k, v, scale: float, backend: str, name: str,
+                          grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    if grad:
         return _CrossAttentionFn.apply(q, k, v, scale, backend, name)
     return backend_module(name).cross_attention_fwd(q, k, v, scale)
