@@ -321,7 +321,7 @@ def self_cross_fwd(q, k, cross, lse, scale, *, checked: bool = False):
     B, H, Nq, D = q.shape
     Nk, T = k.shape[2], cross.shape[2]
     plan = _fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, arch_of(q), sms_of(q))
-    return _forward(q, k, cross, as_contiguous(lse, torch.float32), scale, plan)
+    return _forward(q, k, cross, as_contiguous(lse, torch.float32), scale, (B, H, Nq, Nk, D, T), plan)
 
 
 def self_cross_lse_fwd(q, k, cross, scale, *, checked: bool = False):
@@ -336,13 +336,13 @@ def self_cross_lse_fwd(q, k, cross, scale, *, checked: bool = False):
     lse_grid, lse_kw, plan = _lse_fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, arch_of(q), sms_of(q))
     lse = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
     attention_launch_fwd(q, k, None, None, lse, scale, (Nq, Nk, D, D), lse_grid, lse_kw)
-    return _forward(q, k, cross, lse, scale, plan), lse
+    return _forward(q, k, cross, lse, scale, (B, H, Nq, Nk, D, T), plan), lse
 
 
-def _forward(q, k, cross, lse, scale, plan):
-    """self_cross_fwd on contiguous q, k, cross and a contiguous float32 lse, with its plan."""
-    B, H, Nq, D = q.shape
-    Nk, T = k.shape[2], cross.shape[2]
+def _forward(q, k, cross, lse, scale, sizes, plan):
+    """self_cross_fwd on contiguous q, k, cross and a contiguous float32 lse, with its sizes
+    (B, H, Nq, Nk, D, T) and plan."""
+    B, H, Nq, Nk, D, T = sizes
     n_split, per_split, grid, p_scale, kw = plan
     if n_split == 1:  # the kernel writes split 0 of a (n_split, B, Nk, T) buffer: this one
         out = torch.empty(B, Nk, T, device=q.device, dtype=cross.dtype)

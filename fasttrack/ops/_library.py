@@ -290,7 +290,10 @@ def self_cross_eager(q, k, cross, lse, scale: float, backend: str, name: str, gr
     mod = backend_module(name)
     if lse is not None:
         return mod.self_cross_fwd(q, k, cross, lse, scale)
-    return _self_cross_with(mod, q, k, cross, None, scale)[0]
+    both = getattr(mod, "self_cross_lse_fwd", None)
+    if both is not None:
+        return both(q, k, cross, scale)[0]
+    return mod.self_cross_fwd(q, k, cross, mod.lse_fwd(q, k, scale), scale)
 
 
 def cross_attention_eager(q, k, v, scale: float, backend: str, name: str,
