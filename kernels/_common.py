@@ -172,14 +172,11 @@ def sm_count(device: torch.device) -> int:
     return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())[1]
 
 
-def arch_of(t: torch.Tensor) -> int:
-    """device_arch of a tensor's device, the launchers' per-call form (no device object)."""
-    return _cuda_facts(t.get_device())[0] if t.is_cuda else 0
-
-
-def sms_of(t: torch.Tensor) -> int:
-    """sm_count of a tensor's device, the launchers' per-call form."""
-    return _cuda_facts(t.get_device())[1] if t.is_cuda else 4
+def device_facts(index: int) -> tuple[int, int]:
+    """(device_arch, sm_count) of the device with index `index`, the tensor.get_device() of an
+    input: -1 (a CPU tensor, the interpreter) gives (0, 4). The launchers key their per-shape
+    plans on the index (one attribute read per call) and look the facts up inside the plan."""
+    return _cuda_facts(index) if index >= 0 else (0, 4)
 
 
 @functools.lru_cache(maxsize=None)
@@ -188,9 +185,6 @@ def _cuda_facts(index: int) -> tuple[int, int]:
     driver costs microseconds on every launch)."""
     major, minor = torch.cuda.get_device_capability(index)
     return 10 * major + minor, torch.cuda.get_device_properties(index).multi_processor_count
-
-
-
 
 
 def check_grid(kernel: str, grid: tuple) -> tuple:

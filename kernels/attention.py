@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (AOT_HEAD_DIMS, SUPPORTED_DTYPES, KernelSpec, LN2, LOG2E, arch_of, attention_config,
+from ._common import (AOT_HEAD_DIMS, SUPPORTED_DTYPES, KernelSpec, LN2, LOG2E, device_facts, attention_config,
                       check_grid, device_arch, ptr,
                       check_head_dims, check_tensor, dot_precision, load_tile)
 from ._common import as_contiguous, cdiv, exact_delta, fast_inputs_ok, launch, pad
@@ -258,7 +258,7 @@ def _forward(q, k, v, scale):
         # empty_like of the contiguous q is the cheapest allocation (~1 us less per call)
         out = torch.empty_like(q) if Dv == D else torch.empty(B, H, Nq, Dv, device=q.device, dtype=q.dtype)
     launch_fwd(q, k, v, out, lse, scale, (Nq, Nk, D, Dv),
-               *fwd_plan(B * H, Nq, D, Dv, v is not None, q.dtype, arch_of(q)))
+               *fwd_plan(B * H, Nq, D, Dv, v is not None, q.dtype, q.get_device()))
     return out, lse
 
 
@@ -270,10 +270,10 @@ def launch_fwd(q, k, v, out, lse, scale, sizes, grid, kw):
 
 
 @functools.lru_cache(maxsize=256)
-def fwd_plan(BH: int, Nq: int, D: int, Dv: int, has_v: bool, dtype: torch.dtype, arch: int) -> tuple[tuple, dict]:
-    """(grid, launch keywords) of the forward for one shape, built once (tiles, grid and a
-    dozen keywords cost microseconds per call)."""
-    cfg = attention_config(pad(D), pad(Dv), dtype, "fwd", arch)
+def fwd_plan(BH: int, Nq: int, D: int, Dv: int, has_v: bool, dtype: torch.dtype, dev: int) -> tuple[tuple, dict]:
+    """(grid, launch keywords) of the forward for one shape on device index `dev`, built once
+    (tiles, grid and a dozen keywords cost microseconds per call)."""
+    cfg = attention_config(pad(D), pad(Dv), dtype, "fwd", device_facts(dev)[0])
     grid = check_grid("attention_fwd", (cdiv(Nq, cfg.block_m), BH))
     return grid, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
                       HAS_V=has_v, PREC=dot_precision(dtype), num_warps=cfg.num_warps,
@@ -339,7 +339,7 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None, *, checke
     if dp_extra is not None:
         dp_extra = dp_extra.contiguous()
     sizes = (float(scale), H, Nq, Nk, D, Dv)
-    grid_q, grid_k, pre, kw_q, kw_k = _bwd_launch(B * H, Nq, Nk, D, Dv, q.dtype, arch_of(q),
+    grid_q, grid_k, pre, kw_q, kw_k = _bwd_launch(B * H, Nq, Nk, D, Dv, q.dtype, q.get_device(),
                                                  dout is not None, dp_extra is not None, dlse is not None)
     do = dout if dout is not None else dummy
     extra = dp_extra if dp_extra is not None else dummy
@@ -356,10 +356,11 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None, *, checke
 
 
 @functools.lru_cache(maxsize=256)
-def _bwd_launch(BH: int, Nq: int, Nk: int, D: int, Dv: int, dtype: torch.dtype, arch: int, has_do: bool,
+def _bwd_launch(BH: int, Nq: int, Nk: int, D: int, Dv: int, dtype: torch.dtype, dev: int, has_do: bool,
                 has_extra: bool, has_dlse: bool) -> tuple:
     """(dq grid, dkdv grid, preprocess / dq / dkdv launch keywords) of the backward for one
     shape, built once (the same numbers every call; building them cost microseconds)."""
+    arch = device_facts(dev)[0]
     flags = dict(HAS_DO=has_do, HAS_EXTRA=has_extra, PREC=dot_precision(dtype))
 
     def tiles(kind):

@@ -18,7 +18,7 @@ import triton.language as tl
 from ._common import (AOT_HEAD_DIMS, AOT_TOKENS, LN2, LOG2E, SUPPORTED_DTYPES, KernelSpec,
                       check_grid, cross_config, device_arch, dot_precision, launch, load_tile,
                       pad, probs_config, ptr)
-from ._common import arch_of, cdiv, fast_inputs_ok
+from ._common import cdiv, device_facts, fast_inputs_ok
 from .attention import _check_qk, _check_v, _forward, attention_bwd
 
 
@@ -110,7 +110,7 @@ def cross_attention_fwd(q, k, v, scale, *, checked: bool = False):
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
     probs = torch.empty(B, Nq, Nk, device=q.device, dtype=q.dtype)
-    fused, grid, kw = _fwd_plan(B, Nq, Nk, D, Dv, q.dtype, arch_of(q))
+    fused, grid, kw = _fwd_plan(B, Nq, Nk, D, Dv, q.dtype, q.get_device())
     if not fused:
         out, lse = _forward(q, k, v, scale)
         launch(_head_mean_probs_kernel)[grid](
@@ -125,9 +125,11 @@ def cross_attention_fwd(q, k, v, scale, *, checked: bool = False):
 
 
 @functools.lru_cache(maxsize=256)
-def _fwd_plan(B: int, Nq: int, Nk: int, D: int, Dv: int, dtype: torch.dtype, arch: int) -> tuple:
-    """(fused, grid, launch keywords) of the forward for one shape: the fused kernel's, or
-    the head-mean kernel's after the flash forward (_common.cross_config); built once."""
+def _fwd_plan(B: int, Nq: int, Nk: int, D: int, Dv: int, dtype: torch.dtype, dev: int) -> tuple:
+    """(fused, grid, launch keywords) of the forward for one shape on device index `dev`: the
+    fused kernel's, or the head-mean kernel's after the flash forward (_common.cross_config);
+    built once."""
+    arch = device_facts(dev)[0]
     prec = dot_precision(dtype)
     cfg = cross_config(pad(Nk), pad(D), pad(Dv), dtype, arch)
     if cfg is None:

@@ -19,7 +19,7 @@ import triton.language as tl
 from ._common import (AOT_HEAD_DIMS, AOT_TOKENS, LOG2E, MAX_TOKENS, SUPPORTED_DTYPES, KernelSpec,
                       check_grid, check_tensor, device_arch, dot_precision, launch, load_tile,
                       ptr, sm_count)
-from ._common import arch_of, as_contiguous, cdiv, sms_of, fast_inputs_ok, next_pow2, pad, self_cross_config, token_block
+from ._common import as_contiguous, cdiv, device_facts, fast_inputs_ok, next_pow2, pad, self_cross_config, token_block
 from .attention import _check_qk
 from .attention import fwd_plan as attention_fwd_plan
 from .attention import launch_fwd as attention_launch_fwd
@@ -320,7 +320,7 @@ def self_cross_fwd(q, k, cross, lse, scale, *, checked: bool = False):
     q, k, cross = q.contiguous(), k.contiguous(), cross.contiguous()
     B, H, Nq, D = q.shape
     Nk, T = k.shape[2], cross.shape[2]
-    plan = _fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, arch_of(q), sms_of(q))
+    plan = _fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, q.get_device())
     return _forward(q, k, cross, as_contiguous(lse, torch.float32), scale, (B, H, Nq, Nk, D, T), plan)
 
 
@@ -333,7 +333,7 @@ def self_cross_lse_fwd(q, k, cross, scale, *, checked: bool = False):
     q, k, cross = q.contiguous(), k.contiguous(), cross.contiguous()
     B, H, Nq, D = q.shape
     Nk, T = k.shape[2], cross.shape[2]
-    lse_grid, lse_kw, plan = _lse_fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, arch_of(q), sms_of(q))
+    lse_grid, lse_kw, plan = _lse_fwd_plan(B, H, Nq, Nk, D, T, q.dtype, cross.dtype, q.get_device())
     lse = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
     attention_launch_fwd(q, k, None, None, lse, scale, (Nq, Nk, D, D), lse_grid, lse_kw)
     return _forward(q, k, cross, lse, scale, (B, H, Nq, Nk, D, T), plan), lse
@@ -345,7 +345,8 @@ def _forward(q, k, cross, lse, scale, sizes, plan):
     B, H, Nq, Nk, D, T = sizes
     n_split, per_split, grid, p_scale, kw = plan
     if n_split == 1:  # the kernel writes split 0 of a (n_split, B, Nk, T) buffer: this one
-        out = torch.empty(B, Nk, T, device=q.device, dtype=cross.dtype)
+        # empty_like of the contiguous cross is the cheaper allocation (self-attention: Nk = Nq)
+        out = torch.empty_like(cross) if Nk == Nq else torch.empty(B, Nk, T, device=q.device, dtype=cross.dtype)
     else:  # fp32 partial sums, reduced below in a fixed order
         out = torch.empty(n_split, B, Nk, T, device=q.device, dtype=torch.float32)
     launch(_self_cross_fwd_kernel)[grid](
@@ -356,17 +357,18 @@ def _forward(q, k, cross, lse, scale, sizes, plan):
 
 
 @functools.lru_cache(maxsize=256)
-def _lse_fwd_plan(B, H, Nq, Nk, D, T, dtype, cross_dtype, arch, sms) -> tuple:
+def _lse_fwd_plan(B, H, Nq, Nk, D, T, dtype, cross_dtype, dev) -> tuple:
     """(lse grid, lse launch keywords, _fwd_plan) of self_cross_lse_fwd for one shape."""
-    return (*attention_fwd_plan(B * H, Nq, D, D, False, dtype, arch),
-            _fwd_plan(B, H, Nq, Nk, D, T, dtype, cross_dtype, arch, sms))
+    return (*attention_fwd_plan(B * H, Nq, D, D, False, dtype, dev),
+            _fwd_plan(B, H, Nq, Nk, D, T, dtype, cross_dtype, dev))
 
 
 @functools.lru_cache(maxsize=256)
-def _fwd_plan(B, H, Nq, Nk, D, T, dtype, cross_dtype, arch, sms) -> tuple:
-    """(n_split, per_split, grid, p_scale, launch keywords) of the forward for one shape:
-    computed once per shape (tiles, query splits and a dozen keywords cost microseconds per
-    call)."""
+def _fwd_plan(B, H, Nq, Nk, D, T, dtype, cross_dtype, dev) -> tuple:
+    """(n_split, per_split, grid, p_scale, launch keywords) of the forward for one shape on
+    device index `dev`: computed once per shape (tiles, query splits and a dozen keywords cost
+    microseconds per call)."""
+    arch, sms = device_facts(dev)
     cfg = self_cross_config(pad(D), pad(T), dtype, "fwd", arch)
     block_t = token_block(pad(T))
     n_programs = cdiv(Nk, cfg.block_n) * cdiv(T, block_t) * B
@@ -399,7 +401,7 @@ def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
     cross = cross.contiguous()
     dout = as_contiguous(dout, cross.dtype)
     lse = as_contiguous(lse, torch.float32)
-    arch = arch_of(q)
+    arch = device_facts(q.get_device())[0]
     delta = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
     dcross = torch.empty(B, Nq, T, device=q.device, dtype=cross.dtype)
     dq, dk = torch.empty_like(q), torch.empty_like(k)

@@ -44,14 +44,16 @@ def _triton_import_error() -> str | None:
     return None
 
 
-_KERNELS = []
+_K = None  # fasttrack.kernels once imported: the launch calls read it as `(_K or _kernels())`
 
 
 def _kernels():
-    """fasttrack.kernels, imported on first use (import_module costs ~1 us per call)."""
-    if not _KERNELS:
-        _KERNELS.append(importlib.import_module("fasttrack.kernels"))
-    return _KERNELS[0]
+    """fasttrack.kernels, imported on first use (import_module costs ~1 us per call; the
+    callers skip even this frame once _K is set)."""
+    global _K
+    if _K is None:
+        _K = importlib.import_module("fasttrack.kernels")
+    return _K
 
 
 def _family(op: str) -> str:
@@ -146,43 +148,43 @@ def _box_branch_reasons(named: dict) -> list[str]:
 
 def lse_fwd(q, k, scale):
     """lse (B, H, Nq) float32 = log sum_j exp(scale q_i.k_j)."""
-    return _kernels().lse_fwd(q, k, scale, checked=True)
+    return (_K or _kernels()).lse_fwd(q, k, scale, checked=True)
 
 
 def attention_fwd(q, k, v, scale):
     """out (B, H, Nq, Dv) in q.dtype and lse (B, H, Nq) float32."""
-    return _kernels().attention_fwd(q, k, v, scale, checked=True)
+    return (_K or _kernels()).attention_fwd(q, k, v, scale, checked=True)
 
 
 def attention_bwd(q, k, v, out, lse, dout, dlse, scale):
     """(dq, dk, dv): FlashAttention-2 backward; dout / dlse may be None (zero)."""
-    return _kernels().attention_bwd(q, k, v, out, lse, dout, dlse, scale, checked=True)
+    return (_K or _kernels()).attention_bwd(q, k, v, out, lse, dout, dlse, scale, checked=True)
 
 
 def self_cross_fwd(q, k, cross, lse, scale):
     """(B, Nk, T) in cross.dtype: (1/H) sum_h P_h^T cross, P_h = exp(scale q k^T - lse_h)."""
-    return _kernels().self_cross_fwd(q, k, cross, lse, scale, checked=True)
+    return (_K or _kernels()).self_cross_fwd(q, k, cross, lse, scale, checked=True)
 
 
 def self_cross_lse_fwd(q, k, cross, scale):
     """(out (B, Nk, T), lse (B, H, Nq)): the lse pass, then the product (two kernels, one host
     call: each layer between them costs host time on every call)."""
-    return _kernels().self_cross_lse_fwd(q, k, cross, scale, checked=True)
+    return (_K or _kernels()).self_cross_lse_fwd(q, k, cross, scale, checked=True)
 
 
 def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
     """(dq, dk, dcross, dlse or None) per BACKENDS.md; dout may be None (zero)."""
-    return _kernels().self_cross_bwd(q, k, cross, lse, dout, scale, lse_given)
+    return (_K or _kernels()).self_cross_bwd(q, k, cross, lse, dout, scale, lse_given)
 
 
 def cross_attention_fwd(q, k, v, scale):
     """(out (B, H, Nq, Dv), probs (B, Nq, Nk) head mean, lse (B, H, Nq) float32)."""
-    return _kernels().cross_attention_fwd(q, k, v, scale, checked=True)
+    return (_K or _kernels()).cross_attention_fwd(q, k, v, scale, checked=True)
 
 
 def cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale):
     """(dq, dk, dv) with dP_h += dprobs / H; dout / dprobs may be None (zero)."""
-    return _kernels().cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale)
+    return (_K or _kernels()).cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale)
 
 
 def box_branch_fwd(b, k, v, weights, eps):
