@@ -14,6 +14,11 @@ if not torch.cuda.is_available():
 
 HAS_CUDA = torch.cuda.is_available()
 
+# Under pytest-xdist (the README's test command runs two workers on CI's two cores) each worker
+# gets one torch thread: two workers of two threads each would fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
