@@ -95,7 +95,16 @@ def test_box_reader_reads_in_windows(rng):
     reader = BoxReader(threshold=0.5, search=3.0, scale_step=float("inf"))
     reader.start(prev)
     r = reader.read(maps, (120, 160), win)
-    assert float(iou(r.boxes.numpy(), now.numpy())[0]) >= 0.9
+    # Each edge within a quarter cell of the truth: the reader's edges are where the bilinearly
+    # upsampled coverage fractions cross 0.5 (at most ~0.09 cell from the true edge) on a grid
+    # of 8 virtual pixels per cell (at most 1/8 cell more). An IoU bound is not implied by
+    # that: a box 3-4 cells wide loses up to ~13% IoU to such errors (0.868 seen over 2000
+    # seeds; the largest edge error there was 0.148 cell).
+    cell = float(win[0, 2]) / grid[1]
+    got, want = r.boxes[0], now[0]
+    edges = torch.stack([got[0] - want[0], got[1] - want[1], got[0] + got[2] - want[0] - want[2],
+                         got[1] + got[3] - want[1] - want[3]])
+    assert float(edges.abs().max()) <= 0.25 * cell, (edges / cell).tolist()
     # the peak cell (any of the box's full cells) in image pixels: inside the target's box
     assert bool(((r.points >= now[:, :2]) & (r.points <= now[:, :2] + now[:, 2:])).all())
     assert torch.equal(reader.boxes, r.boxes)
