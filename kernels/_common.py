@@ -159,17 +159,20 @@ class KernelSpec:
 def device_arch(device: torch.device) -> int:
     """Compute capability of `device` as major*10+minor (90 for H100), 0 for the interpreter
     (CPU tensors under TRITON_INTERPRET=1): the key of every config function below."""
-    if device.type != "cuda":
-        return 0
-    return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())[0]
+    return device_facts(_index(device))[0]
 
 
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of `device`; 4 under the interpreter, so that the CPU tests
     with their few programs take the split-query paths that small grids take on a GPU."""
+    return device_facts(_index(device))[1]
+
+
+def _index(device: torch.device) -> int:
+    """The CUDA index of `device` (the current device for a bare "cuda"), -1 for any other."""
     if device.type != "cuda":
-        return 4
-    return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())[1]
+        return -1
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def device_facts(index: int) -> tuple[int, int]:
