@@ -1,4 +1,6 @@
-// Launcher of attention_fwd_kernel (attention_kernel.cuh): checks, dtype and head-dim switches.
+// Launchers of attention_fwd_kernel (attention_kernel.cuh) for both of its ops: attention_fwd
+// (kHasV = true) and lse_fwd (kHasV = false, the same kernel without V): checks, dtype and
+// head-dim switches. Kernel parameters come from launch.h's attn_params.
 #include <algorithm>
 
 #include "attention_kernel.cuh"
@@ -10,14 +12,15 @@ namespace fasttrack {
 
 namespace {
 
-template <typename T, int kD>
+template <typename T, int kD, bool kHasV>
 void run_attention_fwd(const AttnParams& p, int device, cudaStream_t stream) {
-  using C = AttentionConfig;
-  const size_t smem = C::smem_bytes<kD>();
-  set_smem(attention_fwd_kernel<T, kD>, smem, device, "attention_fwd");
+  using C = AttentionConfig<kHasV>;
+  const size_t smem = C::template smem_bytes<kD>();
+  const char* name = kHasV ? "attention_fwd" : "lse_fwd";
+  set_smem(attention_fwd_kernel<T, kD, kHasV>, smem, device, name);
   const dim3 grid((p.nq + C::kBlockM - 1) / C::kBlockM, p.heads, p.batch);
-  attention_fwd_kernel<T, kD><<<grid, C::kThreads, smem, stream>>>(p);
-  check_launch("attention_fwd_kernel");
+  attention_fwd_kernel<T, kD, kHasV><<<grid, C::kThreads, smem, stream>>>(p);
+  check_launch(kHasV ? "attention_fwd_kernel" : "attention_fwd_kernel (lse only)");
 }
 
 }  // namespace
@@ -47,29 +50,35 @@ void attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr
     FT_CHECK_PTR("v", v);
   }
 
-  AttnParams p{};
-  p.q = reinterpret_cast<const void*>(q);
-  p.k = reinterpret_cast<const void*>(k);
-  p.v = reinterpret_cast<const void*>(v);
-  p.out = reinterpret_cast<void*>(out);
-  p.lse = reinterpret_cast<float*>(lse);
-  p.batch = static_cast<int>(batch);
-  p.heads = static_cast<int>(heads);
-  p.nq = static_cast<int>(nq);
-  p.nk = static_cast<int>(nk);
-  p.d = static_cast<int>(d);
-  p.dv = static_cast<int>(dv);
-  copy_strides(p.q_stride, q_stride);
-  copy_strides(p.k_stride, k_stride);
-  copy_strides(p.v_stride, v_stride);
-  copy_strides(p.out_stride, out_stride);
-  copy_strides(p.lse_stride, lse_stride);
-  p.scale = static_cast<float>(scale);
-  p.dtype = static_cast<DType>(dtype);
-
+  const AttnParams p = attn_params(q, k, v, out, lse, 0, batch, heads, nq, nk, d, dv, q_stride,
+                                   k_stride, v_stride, out_stride, lse_stride, {}, scale, dtype);
   DeviceGuard guard(device);
   DTYPE_SWITCH(p.dtype, T, [&] {
-    HEADDIM_SWITCH(std::max(p.d, p.dv), kD, [&] { run_attention_fwd<T, kD>(p, device, as_stream(stream)); });
+    HEADDIM_SWITCH(std::max(p.d, p.dv), kD,
+                   [&] { run_attention_fwd<T, kD, true>(p, device, as_stream(stream)); });
+  });
+}
+
+void lse_fwd(uintptr_t q, uintptr_t k, uintptr_t lse, int64_t batch, int64_t heads, int64_t nq,
+             int64_t nk, int64_t d, const Strides& q_stride, const Strides& k_stride,
+             const Strides& lse_stride, double scale, int dtype, int device, uintptr_t stream) {
+  check_qk_sizes(batch, heads, nq, nk, d, scale, dtype);
+  FT_CHECK_STRIDES("q_stride", q_stride, 4);
+  FT_CHECK_STRIDES("k_stride", k_stride, 4);
+  FT_CHECK_STRIDES("lse_stride", lse_stride, 3);
+  FT_CHECK(strides_nonnegative(q_stride) && strides_nonnegative(k_stride) &&
+               strides_nonnegative(lse_stride),
+           "negative strides are not supported (q_stride, k_stride, lse_stride)");
+  if (batch == 0 || heads == 0 || nq == 0) return;
+  FT_CHECK_PTR("q", q);
+  FT_CHECK_PTR("lse", lse);
+  if (nk > 0) FT_CHECK_PTR("k", k);
+
+  const AttnParams p = attn_params(q, k, 0, 0, lse, 0, batch, heads, nq, nk, d, 0, q_stride,
+                                   k_stride, {}, {}, lse_stride, {}, scale, dtype);
+  DeviceGuard guard(device);
+  DTYPE_SWITCH(p.dtype, T, [&] {
+    HEADDIM_SWITCH(p.d, kD, [&] { run_attention_fwd<T, kD, false>(p, device, as_stream(stream)); });
   });
 }
 

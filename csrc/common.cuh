@@ -1,5 +1,9 @@
 // Device helpers shared by the kernel families: dtype conversion, bounds-checked tile loads
-// into float32 shared memory, and reductions over the lanes that share one tile row.
+// into float32 shared memory, reductions over the lanes that share one tile row, and the one
+// online-softmax update (RowSoftmax, online_softmax_update) every kernel with a softmax uses.
+//
+// The CUDA extension is a correctness reference (scalar FFMA, no tensor cores; 4-19x slower than
+// the Triton kernels on an H200): backend="auto" never picks it (fasttrack/ops/dispatch.py).
 //
 // Thread layout used by every kernel: a block of kThreads threads is split into row groups of
 // kLanes consecutive threads (kLanes divides 32, so a group never straddles a warp). Group g
@@ -104,6 +108,46 @@ __device__ __forceinline__ void dot_rows(float (&s)[kCols], const float* a, cons
 #pragma unroll
     for (int c = 0; c < kCols; ++c) s[c] = fmaf(ad, tile[(lane + kLanes * c) * ld + d], s[c]);
   }
+}
+
+// Online softmax of one query row (FlashAttention-2, Dao 2023, Algorithm 1) in the log2 domain:
+// the running max m of the scores seen so far and the running sum l of exp2(score - m).
+struct RowSoftmax {
+  float m = -INFINITY;
+  float l = 0.f;
+
+  // What scores are measured against: m, or 0 while every score seen is -inf (only possible
+  // with infinite inputs or no keys), so that no exp2f(-inf - -inf) = NaN enters the sums.
+  __device__ __forceinline__ float ref() const { return m == -INFINITY ? 0.f : m; }
+  // 1 / l, or 0 for an empty row (Nk == 0: the output is 0).
+  __device__ __forceinline__ float inv_sum() const { return l > 0.f ? 1.f / l : 0.f; }
+  // Natural-log log-sum-exp of the row, -inf for an empty row.
+  __device__ __forceinline__ float lse() const { return l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY; }
+};
+
+// Folds one key tile into the row's running max and sum: the update every softmax kernel here
+// shares (attention_fwd with and without V, cross_attention_fwd). s holds this lane's kCols
+// scores of the tile, already in the log2 domain (s * log2 e * q.k), -inf for padded keys; the
+// kLanes lanes of the row group call it together (group shuffles). On return s[c] is
+// exp2(s[c] - st.ref()), the unnormalized probability against the new max, and the result is
+// exp2(m_old - m_new), the factor by which sums and accumulators over earlier tiles shrink.
+template <int kLanes, int kCols>
+__device__ __forceinline__ float online_softmax_update(RowSoftmax& st, float (&s)[kCols]) {
+  float tile_max = -INFINITY;
+#pragma unroll
+  for (int c = 0; c < kCols; ++c) tile_max = fmaxf(tile_max, s[c]);
+  const float m_old = st.m;
+  st.m = fmaxf(m_old, group_max<kLanes>(tile_max));
+  const float m_ref = st.ref();
+  const float rescale = exp2f(m_old - m_ref);
+  float tile_sum = 0.f;
+#pragma unroll
+  for (int c = 0; c < kCols; ++c) {
+    s[c] = exp2f(s[c] - m_ref);  // 0 for padded keys
+    tile_sum += s[c];
+  }
+  st.l = st.l * rescale + group_sum<kLanes>(tile_sum);
+  return rescale;
 }
 
 }  // namespace fasttrack

@@ -1,5 +1,6 @@
 // Launcher of cross_attention_fwd_kernel (cross_attention_kernel.cuh): checks, dtype and
-// head-dim switches, and the shared-memory bound on Nk.
+// head-dim switches, and the shared-memory bound on Nk. Kernel parameters come from launch.h's
+// attn_params.
 #include <algorithm>
 #include <stdexcept>
 
@@ -79,28 +80,8 @@ void cross_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, u
     FT_CHECK_PTR("probs", probs);
   }
 
-  AttnParams p{};
-  p.q = reinterpret_cast<const void*>(q);
-  p.k = reinterpret_cast<const void*>(k);
-  p.v = reinterpret_cast<const void*>(v);
-  p.out = reinterpret_cast<void*>(out);
-  p.lse = reinterpret_cast<float*>(lse);
-  p.probs = reinterpret_cast<void*>(probs);
-  p.batch = static_cast<int>(batch);
-  p.heads = static_cast<int>(heads);
-  p.nq = static_cast<int>(nq);
-  p.nk = static_cast<int>(nk);
-  p.d = static_cast<int>(d);
-  p.dv = static_cast<int>(dv);
-  copy_strides(p.q_stride, q_stride);
-  copy_strides(p.k_stride, k_stride);
-  copy_strides(p.v_stride, v_stride);
-  copy_strides(p.out_stride, out_stride);
-  copy_strides(p.probs_stride, probs_stride);
-  copy_strides(p.lse_stride, lse_stride);
-  p.scale = static_cast<float>(scale);
-  p.dtype = static_cast<DType>(dtype);
-
+  const AttnParams p = attn_params(q, k, v, out, lse, probs, batch, heads, nq, nk, d, dv, q_stride,
+                                   k_stride, v_stride, out_stride, lse_stride, probs_stride, scale, dtype);
   DeviceGuard guard(device);
   DTYPE_SWITCH(p.dtype, T, [&] {
     HEADDIM_SWITCH(std::max(p.d, p.dv), kD,

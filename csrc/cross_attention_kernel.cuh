@@ -5,18 +5,23 @@
 //   probs = (1/H) sum_h P_h                      (B, Nq, Nk), never a (B, H, Nq, Nk) tensor
 //
 // Cross attention has few keys (T = 77 text tokens in Stable Diffusion), so a whole score row
-// fits in shared memory and the softmax is exact, not online: one block owns kBlockM query rows
-// of one batch element and loops over the heads; per head it (1) writes the scores of all keys
-// to sS, (2) normalizes each row with its max and sum (giving L_h), adds P_h / H to the running
-// head mean sAcc, and (3) streams V tiles for O_h = P_h V_h. probs is written once, after the
+// fits in shared memory and P is normalized exactly before it meets V: one block owns kBlockM
+// query rows of one batch element and loops over the heads; per head it (1) writes the scores of
+// all keys to sS while folding the row's max and sum with the online-softmax update every kernel
+// here shares (common.cuh), (2) normalizes each row with them (giving L_h), adds P_h / H to the
+// running head mean sAcc, and (3) streams V tiles for O_h = P_h V_h. probs is written once, after the
 // last head, so no atomics and no float16 partial sums are involved.
 //
 // Shared memory grows with Nk (two float rows of Nk per query row); the launcher rejects an Nk
 // whose tile exceeds the device's opt-in limit (about 1600 keys on H100, 1080 on A100 at
 // D = 128), see cross_attention_max_nk.
 //
-// Run on a GPU once: H200 (sm_90), 2026-12-04, forward-rule tests passed and compute-sanitizer
-// (memcheck, racecheck, initcheck, synccheck) found no error (benchmarks/results/gpu-h200-2026-12-04/); not run on sm_80.
+// A correctness reference (scalar FFMA, no tensor cores); backend="auto" never picks it. Run on a
+// GPU once: H200 (sm_90), 2026-12-04, forward-rule tests passed and compute-sanitizer (memcheck,
+// racecheck, initcheck, synccheck) found no error (benchmarks/results/gpu-h200-2026-12-04/).
+// Since then its softmax moved to the shared online-softmax update (common.cuh): that version has
+// only been compiled with nvcc and run under the host emulation (csrc/emulation), not on a GPU;
+// not run on sm_80.
 #pragma once
 
 #include "common.cuh"
@@ -80,8 +85,10 @@ __global__ void __launch_bounds__(CrossAttentionConfig::kThreads)
     __syncthreads();  // the previous head no longer reads sQ, sKV
     load_tile<T, C::kBlockM, kD, C::kThreads>(sQ, kLd, q, p.q_stride[2], p.q_stride[3], m0, p.nq, p.d);
 
-    // (1) scores of every key, scaled to the log2 domain; padded keys get -inf.
-    float m_lane = -INFINITY;
+    // (1) scores of every key, scaled to the log2 domain (padded keys -inf), kept in sS, and
+    // the row's max and sum folded tile by tile (common.cuh online_softmax_update, the update
+    // attention_fwd uses; here the probabilities it returns are not needed).
+    RowSoftmax row_softmax;
     for (int n0 = 0; n0 < p.nk; n0 += C::kBlockN) {
       __syncthreads();
       load_tile<T, C::kBlockN, kD, C::kThreads>(sKV, kLd, k, p.k_stride[2], p.k_stride[3], n0, p.nk, p.d);
@@ -91,31 +98,24 @@ __global__ void __launch_bounds__(CrossAttentionConfig::kThreads)
 #pragma unroll
       for (int c = 0; c < C::kColsPerLane; ++c) {
         const int col = n0 + lane + C::kLanes * c;
-        const float sc = col < p.nk ? s[c] * scale_log2 : -INFINITY;
-        s_row[col] = sc;
-        m_lane = fmaxf(m_lane, sc);
+        s[c] = col < p.nk ? s[c] * scale_log2 : -INFINITY;
+        s_row[col] = s[c];
       }
+      online_softmax_update<C::kLanes>(row_softmax, s);
     }
 
-    // (2) exact softmax of the row; -inf max only with infinite inputs or Nk == 0.
-    const float m_row = group_max<C::kLanes>(m_lane);
-    const float m_ref = m_row == -INFINITY ? 0.f : m_row;
-    float sum_lane = 0.f;
+    // (2) the exact softmax of the row from its final max and sum (an empty row, Nk == 0,
+    // gives P = 0 and L = -inf); P_h / H joins the running head mean.
+    const float m_ref = row_softmax.ref();
+    const float inv_l = row_softmax.inv_sum();
     for (int j = lane; j < nk_pad; j += C::kLanes) {
-      const float e = exp2f(s_row[j] - m_ref);
-      s_row[j] = e;
-      sum_lane += e;
-    }
-    const float l_row = group_sum<C::kLanes>(sum_lane);
-    const float inv_l = l_row > 0.f ? 1.f / l_row : 0.f;
-    for (int j = lane; j < nk_pad; j += C::kLanes) {
-      const float pj = s_row[j] * inv_l;
+      const float pj = exp2f(s_row[j] - m_ref) * inv_l;
       s_row[j] = pj;
       acc_row[j] += pj * inv_heads;
     }
     if (lane == 0 && i < p.nq) {
-      const float lse = l_row > 0.f ? (m_row + log2f(l_row)) * kLn2 : -INFINITY;
-      p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + static_cast<int64_t>(i) * p.lse_stride[2]] = lse;
+      p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + static_cast<int64_t>(i) * p.lse_stride[2]] =
+          row_softmax.lse();
     }
     __syncwarp();  // the whole P row is read by every lane of the row below
 

@@ -1,5 +1,5 @@
 // Host-side launch plumbing shared by the launchers: device selection, dynamic shared memory
-// opt-in, stride copies and the post-launch error check.
+// opt-in, the kernel parameters (one filler per params struct) and the post-launch error check.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "check.h"
+#include "params.h"
 
 namespace fasttrack {
 
@@ -94,5 +95,70 @@ inline void check_qk_sizes(int64_t batch, int64_t heads, int64_t nq, int64_t nk,
 }
 
 inline cudaStream_t as_stream(uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
+
+// The AttnParams of lse_fwd, attention_fwd and cross_attention_fwd (attention.cu,
+// cross_attention.cu): the one place where the entry points' raw pointers, sizes and strides
+// become kernel parameters. Pointers an op does not take are 0 (null) and their strides empty
+// (left zero): lse_fwd passes no v, out, probs and Dv = 0; attention_fwd no probs.
+inline AttnParams attn_params(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
+                              uintptr_t probs, int64_t batch, int64_t heads, int64_t nq, int64_t nk,
+                              int64_t d, int64_t dv, const std::vector<int64_t>& q_stride,
+                              const std::vector<int64_t>& k_stride, const std::vector<int64_t>& v_stride,
+                              const std::vector<int64_t>& out_stride, const std::vector<int64_t>& lse_stride,
+                              const std::vector<int64_t>& probs_stride, double scale, int dtype) {
+  AttnParams p{};
+  p.q = reinterpret_cast<const void*>(q);
+  p.k = reinterpret_cast<const void*>(k);
+  p.v = reinterpret_cast<const void*>(v);
+  p.out = reinterpret_cast<void*>(out);
+  p.lse = reinterpret_cast<float*>(lse);
+  p.probs = reinterpret_cast<void*>(probs);
+  p.batch = static_cast<int>(batch);
+  p.heads = static_cast<int>(heads);
+  p.nq = static_cast<int>(nq);
+  p.nk = static_cast<int>(nk);
+  p.d = static_cast<int>(d);
+  p.dv = static_cast<int>(dv);
+  copy_strides(p.q_stride, q_stride);
+  copy_strides(p.k_stride, k_stride);
+  copy_strides(p.v_stride, v_stride);
+  copy_strides(p.out_stride, out_stride);
+  copy_strides(p.lse_stride, lse_stride);
+  copy_strides(p.probs_stride, probs_stride);
+  p.scale = static_cast<float>(scale);
+  p.dtype = static_cast<DType>(dtype);
+  return p;
+}
+
+// The SelfCrossParams of self_cross_fwd (self_cross.cu), filled the same way.
+inline SelfCrossParams self_cross_params(uintptr_t q, uintptr_t k, uintptr_t cross, uintptr_t lse,
+                                         uintptr_t out, int64_t batch, int64_t heads, int64_t nq,
+                                         int64_t nk, int64_t d, int64_t t,
+                                         const std::vector<int64_t>& q_stride,
+                                         const std::vector<int64_t>& k_stride,
+                                         const std::vector<int64_t>& cross_stride,
+                                         const std::vector<int64_t>& lse_stride,
+                                         const std::vector<int64_t>& out_stride, double scale, int dtype) {
+  SelfCrossParams p{};
+  p.q = reinterpret_cast<const void*>(q);
+  p.k = reinterpret_cast<const void*>(k);
+  p.cross = reinterpret_cast<const void*>(cross);
+  p.lse = reinterpret_cast<const float*>(lse);
+  p.out = reinterpret_cast<void*>(out);
+  p.batch = static_cast<int>(batch);
+  p.heads = static_cast<int>(heads);
+  p.nq = static_cast<int>(nq);
+  p.nk = static_cast<int>(nk);
+  p.d = static_cast<int>(d);
+  p.t = static_cast<int>(t);
+  copy_strides(p.q_stride, q_stride);
+  copy_strides(p.k_stride, k_stride);
+  copy_strides(p.cross_stride, cross_stride);
+  copy_strides(p.lse_stride, lse_stride);
+  copy_strides(p.out_stride, out_stride);
+  p.scale = static_cast<float>(scale);
+  p.dtype = static_cast<DType>(dtype);
+  return p;
+}
 
 }  // namespace fasttrack

@@ -49,26 +49,8 @@ void self_cross_fwd(uintptr_t q, uintptr_t k, uintptr_t cross, uintptr_t lse, ui
     FT_CHECK_PTR("lse", lse);
   }
 
-  SelfCrossParams p{};
-  p.q = reinterpret_cast<const void*>(q);
-  p.k = reinterpret_cast<const void*>(k);
-  p.cross = reinterpret_cast<const void*>(cross);
-  p.lse = reinterpret_cast<const float*>(lse);
-  p.out = reinterpret_cast<void*>(out);
-  p.batch = static_cast<int>(batch);
-  p.heads = static_cast<int>(heads);
-  p.nq = static_cast<int>(nq);
-  p.nk = static_cast<int>(nk);
-  p.d = static_cast<int>(d);
-  p.t = static_cast<int>(t);
-  copy_strides(p.q_stride, q_stride);
-  copy_strides(p.k_stride, k_stride);
-  copy_strides(p.cross_stride, cross_stride);
-  copy_strides(p.lse_stride, lse_stride);
-  copy_strides(p.out_stride, out_stride);
-  p.scale = static_cast<float>(scale);
-  p.dtype = static_cast<DType>(dtype);
-
+  const SelfCrossParams p = self_cross_params(q, k, cross, lse, out, batch, heads, nq, nk, d, t, q_stride,
+                                              k_stride, cross_stride, lse_stride, out_stride, scale, dtype);
   DeviceGuard guard(device);
   DTYPE_SWITCH(p.dtype, T, [&] {
     HEADDIM_SWITCH(p.d, kD, [&] {

@@ -15,8 +15,14 @@
 // through shared memory (sP, one row per key) so that every lane can use all of them.
 // Padded query rows get L = +inf, hence P = 0; padded keys are never written.
 //
-// Run on a GPU once: H200 (sm_90), 2026-12-04, forward-rule tests passed and compute-sanitizer
-// (memcheck, racecheck, initcheck, synccheck) found no error (benchmarks/results/gpu-h200-2026-12-04/); not run on sm_80.
+// No softmax runs here: L normalizes every P tile, so this is the one kernel of the family that
+// does not use common.cuh's online-softmax update.
+//
+// A correctness reference (scalar FFMA, no tensor cores; 4-19x slower than the Triton kernels on
+// an H200): backend="auto" never picks it. Run on a GPU once: H200 (sm_90), 2026-12-04,
+// forward-rule tests passed and compute-sanitizer (memcheck, racecheck, initcheck, synccheck)
+// found no error (benchmarks/results/gpu-h200-2026-12-04/); its launcher's params filling has
+// changed since and has only been compiled and emulated, not run on a GPU; not run on sm_80.
 #pragma once
 
 #include "common.cuh"

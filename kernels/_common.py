@@ -34,6 +34,24 @@ def load_tile(base, rows, cols, row_mask, col_mask, row_stride):
                    mask=row_mask[:, None] & col_mask[None, :], other=0.0)
 
 
+@triton.jit
+def load_rows(base, rows, row_mask, COLS: tl.constexpr, BLOCK_C: tl.constexpr,
+              MASK_ROWS: tl.constexpr):
+    """The (len(rows), BLOCK_C) tile of a row-major (., COLS) matrix at `base`, zeros outside,
+    with only the masks that can be false: the rows when MASK_ROWS (a tail tile), the columns
+    when COLS < BLOCK_C (a padded head dim), both known at compile time. A full tile of a
+    power-of-two head dim is an unmasked load: no predicate per element in the hot loop."""
+    cols = tl.arange(0, BLOCK_C)
+    ptrs = base + rows[:, None] * COLS + cols[None, :]
+    if MASK_ROWS:
+        if COLS < BLOCK_C:
+            return tl.load(ptrs, mask=row_mask[:, None] & (cols < COLS)[None, :], other=0.0)
+        return tl.load(ptrs, mask=row_mask[:, None], other=0.0)
+    if COLS < BLOCK_C:
+        return tl.load(ptrs, mask=(cols < COLS)[None, :], other=0.0)
+    return tl.load(ptrs)
+
+
 # While set, `launch` hands back a launcher that does nothing (`stub_launches`): host-cost
 # measurements then time everything fasttrack does for a call except the device launch.
 _STUB = None
@@ -216,31 +234,39 @@ def check_grid(kernel: str, grid: tuple) -> tuple:
 
 @functools.lru_cache(maxsize=None)
 def attention_config(d_pad: int, dv_pad: int, dtype: torch.dtype, kind: str, arch: int) -> Config:
-    """Tiles of the flash kernels; kind is "fwd", "dkdv" (block_n keys per program, block_m
-    queries per step) or "dq" (also used by the delta preprocess).
+    """Tiles of the flash kernels; kind is "fwd" (block_m queries per program, block_n keys per
+    step), "bwd" (block_n keys per program, block_m queries per step) or "dq" (the delta
+    preprocess: block_m queries per program, block_n keys per step).
 
-    16-bit: the forward streams key tiles past a 128-query accumulator (as the Triton tutorial
-    and FA2). The dK/dV pass keeps block_n keys and steps block_m queries, the dQ pass keeps
-    block_m queries and steps block_n keys: each program owns a long accumulator and streams
-    short tiles. At head dim 128 the dK/dV pass holds two (block_n, 128) fp32 accumulators, so
-    it keeps 64 keys (the wgmma minimum) rather than 128."""
+    16-bit forward: a 128-query accumulator streams key tiles (the Triton tutorial, FA2). On
+    sm_90 the D <= 64 tiles use one warpgroup (4 warps) with three stages, so that two programs
+    fit on an SM by registers (a compile-report test holds this); the issue's GPU lab sweep
+    decides whether that pays. Backward: every product is (keys x .) except dQ (queries x D),
+    so block_m >= 64 keeps dQ on wgmma too where registers allow."""
     if arch == 0:
-        return Config(32, 16, 1, 1) if kind == "fwd" else Config(16, 32, 1, 1)
+        if kind == "fwd":
+            return Config(32, 16, 1, 1)
+        return Config(16, 32, 1, 1)
     wide = max(d_pad, dv_pad) > 64
     if dtype == torch.float32:
         # FMA dots: 8 warps halve the registers per thread of every tile (no spills).
         if kind == "fwd":
-            return Config(32, 32, 8, 2) if wide else Config(64, 16, 8, 2)
-        if kind == "dkdv":
+            # The forward's two tile instantiations (full tiles, masked tail) cost registers:
+            # (64, 16) / (32, 32) spilled 176 / 604 bytes on sm_90.
+            return Config(16, 16, 8, 2) if wide else Config(32, 16, 8, 2)
+        if kind == "bwd":
             return Config(16, 16, 8, 2)
         return Config(32, 16, 4, 2) if wide else Config(32, 32, 8, 2)
     if kind == "fwd":
         if arch >= 90:
-            return Config(128, 64, 8, 2) if wide else Config(128, 128, 8, 2)
+            return Config(128, 64, 8, 2) if wide else Config(128, 64, 4, 3)
         return Config(128, 64, 8, 2 if wide else 3)
-    if kind == "dkdv":
+    if kind == "bwd":
+        # One pass holds K, V, the dK, dV accumulators and five products' operands: on sm_90
+        # 64 x 64 at 8 warps is the largest D = 64 tile without spills (64 x 128 spilled 84-128
+        # bytes); D = 128 keeps 32 queries per step.
         if arch >= 90:
-            return Config(32, 64, 4, 2) if wide else Config(64, 128, 8, 2)
+            return Config(32, 64, 8, 2) if wide else Config(64, 64, 8, 2)
         return Config(32, 32, 4, 2) if wide else Config(32, 128, 8, 2)
     return Config(64, 32, 8, 2) if wide else Config(128, 32, 8, 2)
 
@@ -250,6 +276,17 @@ def token_block(t_pad: int) -> int:
     recomputed once per 128 tokens; T = 256 splits into two programs (each with a (BLOCK_N, 128)
     fp32 accumulator) rather than one with twice the registers."""
     return min(t_pad, 128)
+
+
+def query_splits(n_programs: int, m_blocks: int, sms: int) -> int:
+    """How many programs share one output tile, each over its own range of the `m_blocks` query
+    blocks: the self x cross forward (cdiv(Nk, BLOCK_N) x token blocks x B programs: 32 at
+    N=1024, B=2 on a 132-SM H100) and the attention backward at short key rows (one key block
+    x B*H). Split until there are about two programs per SM, keeping at least 4 query blocks
+    per program so that the partial sums stay few."""
+    if n_programs >= 2 * sms:
+        return 1
+    return max(1, min(cdiv(2 * sms, n_programs), m_blocks // 4))
 
 
 @functools.lru_cache(maxsize=None)
@@ -302,19 +339,19 @@ def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype, kind: str, arc
 @functools.lru_cache(maxsize=None)
 def cross_config(n_pad: int, d_pad: int, dv_pad: int, dtype: torch.dtype, arch: int) -> Config | None:
     """Tiles of the fused cross-attention forward, which keeps a whole key row of one head in a
-    tile (K, V (n_pad, D) and the (block_m, n_pad) score, probability and head-mean tiles); None
-    routes the call to the flash forward plus the head-mean kernel instead.
+    tile (K, V (n_pad, D) and the (block_m, n_pad) score, probability and head-mean tiles) and
+    writes out, lse and the head-mean probs in one launch; None routes the call to the flash
+    forward plus the head-mean kernel (one more Q K^T pass, a second read of q, k and lse).
 
-    On the GPU the fused kernel is taken only for rows up to 32 keys at head dim <= 64 in
-    16-bit dtypes: with its head loop, wider rows (the 77 text tokens pad to 128) or wider heads
-    spill registers, while the two-kernel path does not; it pays one more Q K^T product and a
-    second read of q, k and lse. The interpreter takes the fused kernel up to 256 keys so that
-    the CPU tests exercise it."""
+    GPU: rows up to 128 keys (the 77 text tokens) at head dim <= 64 in 16-bit dtypes, with 8
+    warps, so that the (block_m, 128) fp32 head-mean accumulator and the score tile share the
+    registers of 256 threads (4 warps spilled at 128 keys). The interpreter takes the fused
+    kernel up to 256 keys so that the CPU tests exercise it."""
     if arch == 0:
         return Config(16, n_pad, 1, 1) if n_pad <= MAX_TOKENS else None
-    if n_pad > 32 or max(d_pad, dv_pad) > 64 or dtype == torch.float32:
+    if n_pad > 128 or max(d_pad, dv_pad) > 64 or dtype == torch.float32:
         return None
-    return Config(64, n_pad, 4, 1)
+    return Config(64, n_pad, 4, 1) if n_pad <= 32 else Config(64, n_pad, 8, 2)
 
 
 # The softmax backward's row term delta = sum_j P_ij dP_ij is summed exactly over the keys (one

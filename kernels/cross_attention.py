@@ -16,44 +16,47 @@ import triton
 import triton.language as tl
 
 from ._common import (AOT_HEAD_DIMS, AOT_TOKENS, LN2, LOG2E, SUPPORTED_DTYPES, KernelSpec,
-                      check_grid, cross_config, device_arch, dot_precision, launch, load_tile,
+                      check_grid, cross_config, dot_precision, launch, load_rows, load_tile,
                       pad, probs_config, ptr)
 from ._common import cdiv, device_facts, fast_inputs_ok
 from .attention import _check_qk, _check_v, _forward, attention_bwd
 
+_LOG2E = float(LOG2E.value)
+
 
 @triton.jit
 def _cross_attention_fwd_kernel(
-    Q, K, V, O, PROBS, LSE, scale, H, Nq, Nk, D: tl.constexpr, Dv: tl.constexpr,
+    Q, K, V, O, PROBS, LSE, qk_scale, H, Nq, Nk, D: tl.constexpr, Dv: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_DV: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_DV: tl.constexpr, NEG_Q: tl.constexpr, PREC: tl.constexpr,
 ):
     """Per head h: P_h = softmax(s Q_h K_h^T), O_h = P_h V_h, L_h = log rowsum exp(s Q K^T);
     probs = (1/H) sum_h P_h accumulated in registers (the epilogue of DESIGN.md 1.2). The
     whole key row fits one tile (BLOCK_N >= Nk), so the softmax is exact in one pass; one
-    (query block, batch) per program, heads looped inside."""
+    (query block, batch) per program, heads looped inside: one launch for out, probs and lse.
+    qk_scale = |s| log2(e) and NEG_Q negates q (exactly) for s < 0, so that the exponent is one
+    FFMA per entry (attention._fwd_tile)."""
     pid_m = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     mask_m = offs_m < Nq
     mask_n = offs_n < Nk
-    mask_d = offs_d < D
     mask_dv = offs_dv < Dv
-    qk_scale = scale * LOG2E
     probs = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for h in range(H):
         bh = b * H + h
-        q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
-        k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
-        v = load_tile(V + bh * Nk * Dv, offs_n, offs_dv, mask_n, mask_dv, Dv)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        # Padded key columns get -inf (weight 0); Nk >= 1 keeps every row max finite.
-        s = tl.where(mask_n[None, :], s, float("-inf"))
-        m = tl.max(s, 1)
-        p = tl.exp2(s - m[:, None])
+        q = load_rows(Q + bh * Nq * D, offs_m, mask_m, D, BLOCK_D, True)
+        if NEG_Q:
+            q = -q
+        k = load_rows(K + bh * Nk * D, offs_n, mask_n, D, BLOCK_D, True)
+        v = load_rows(V + bh * Nk * Dv, offs_n, mask_n, Dv, BLOCK_DV, True)
+        qk = tl.dot(q, tl.trans(k), input_precision=PREC)
+        # Padded keys are zero rows (qk = 0); Nk >= 1 keeps every row max finite, and the
+        # select after the exponential keeps a zero scale from making NaN of -inf * 0.
+        m = tl.max(tl.where(mask_n[None, :], qk, float("-inf")), 1) * qk_scale
+        p = tl.where(mask_n[None, :], tl.exp2(qk * qk_scale - m[:, None]), 0.0)
         l = tl.sum(p, 1)
         inv_l = 1.0 / l
         # Unnormalized P (max entry 1) into the value product, divided afterwards, as the
@@ -120,7 +123,7 @@ def cross_attention_fwd(q, k, v, scale, *, checked: bool = False):
     out = torch.empty_like(q) if Dv == D else torch.empty(B, H, Nq, Dv, device=q.device, dtype=q.dtype)
     lse = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
     launch(_cross_attention_fwd_kernel)[grid](
-        q, k, v, out, probs, lse, float(scale), H, Nq, Nk, D, Dv, **kw)
+        q, k, v, out, probs, lse, abs(scale) * _LOG2E, H, Nq, Nk, D, Dv, NEG_Q=scale < 0, **kw)
     return out, probs, lse
 
 
@@ -150,12 +153,10 @@ def cross_attention_bwd(q, k, v, out, lse, dout, dprobs, scale):
         _check_qk(q, k)
     B, H, Nq, _ = q.shape
     Nk = k.shape[2]
-    extra = None
-    if dprobs is not None:
-        if dprobs.shape != (B, Nq, Nk):
-            raise ValueError(f"dprobs must have shape {(B, Nq, Nk)}, got {tuple(dprobs.shape)}")
-        extra = dprobs.to(torch.float32) / H
-    return attention_bwd(q, k, v, out, lse, dout, None, scale, dp_extra=extra)
+    if dprobs is not None and dprobs.shape != (B, Nq, Nk):
+        raise ValueError(f"dprobs must have shape {(B, Nq, Nk)}, got {tuple(dprobs.shape)}")
+    # dprobs is read as it is (no fp32 copy); the kernels scale it by 1/H as they load it.
+    return attention_bwd(q, k, v, out, lse, dout, None, scale, dp_extra=dprobs, extra_scale=1.0 / H)
 
 
 def aot_specs(arch: int) -> list:
@@ -178,9 +179,9 @@ def aot_specs(arch: int) -> list:
                     continue
                 specs.append(KernelSpec(
                     _cross_attention_fwd_kernel, dtype,
-                    dict(Q=t, K=t, V=t, O=t, PROBS=t, LSE="*fp32", scale="fp32", H="i32",
+                    dict(Q=t, K=t, V=t, O=t, PROBS=t, LSE="*fp32", qk_scale="fp32", H="i32",
                          Nq="i32", Nk="i32"),
                     dict(D=d, Dv=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(d),
-                         BLOCK_DV=pad(d), PREC=prec),
+                         BLOCK_DV=pad(d), NEG_Q=False, PREC=prec),
                     cfg.num_warps, cfg.num_stages, f"D={d} Nk={nk}"))
     return specs

@@ -19,7 +19,7 @@ import triton.language as tl
 from ._common import (AOT_HEAD_DIMS, AOT_TOKENS, LOG2E, MAX_TOKENS, SUPPORTED_DTYPES, KernelSpec,
                       check_grid, check_tensor, device_arch, dot_precision, launch, load_tile,
                       ptr, sm_count)
-from ._common import as_contiguous, cdiv, device_facts, fast_inputs_ok, next_pow2, pad, self_cross_config, token_block
+from ._common import as_contiguous, cdiv, device_facts, fast_inputs_ok, next_pow2, pad, query_splits, self_cross_config, token_block
 from .attention import _check_qk
 from .attention import fwd_plan as attention_fwd_plan
 from .attention import launch_fwd as attention_launch_fwd
@@ -298,17 +298,6 @@ def _p_scale(dtype: torch.dtype, H: int) -> float:
     if dtype != torch.float16:
         return 1.0
     return float(2.0 ** max(0, math.floor(math.log2(2.0 ** 15 / H))))
-
-
-def query_splits(n_programs: int, m_blocks: int, sms: int) -> int:
-    """How many programs share one output tile of the self x cross forward, each over its own
-    range of query blocks. The output grid is small (cdiv(Nk, BLOCK_N) x token blocks x B: 32
-    programs at N=1024, B=2 on a 132-SM H100), so it is split until there are about two
-    programs per SM, keeping at least 4 query blocks per program so the split partial sums
-    (one fp32 (B, Nk, T) buffer each) stay few."""
-    if n_programs >= 2 * sms:
-        return 1
-    return max(1, min(cdiv(2 * sms, n_programs), m_blocks // 4))
 
 
 def self_cross_fwd(q, k, cross, lse, scale, *, checked: bool = False):

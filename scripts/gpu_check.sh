@@ -21,6 +21,12 @@
 #                   wall vs kernel time; SD-64/96/128 vs SDPA, flash-attn, xformers, aten)
 #   compile-report  python -m fasttrack.kernels.compile_report --arch <this GPU> --json ...
 #                   (late: it needs no GPU and can also be run on any machine with triton)
+#   lab             python scripts/gpu_lab.py --out OUTDIR/lab: the perf lab (per-op wall vs
+#                   kernel time against SDPA / aten / flex / eager, a tile sweep of every Triton
+#                   kernel, ncu on the top kernels; OUTDIR/lab/{ops,sweep,ncu,shared,lab}.json),
+#                   within the step's time (its --budget is 90% of the step's limit); with
+#                   .gpu_shared/perf/gpu_lab.py present it also runs that reviewer script
+#                   (--shared-lab). scripts/apply_sweep.py OUTDIR/lab/sweep.json proposes tiles.
 #   bench-rest      fasttrack bench --sections recorder,detrack,dmtrack,trackers (the default
 #                   small cases; sections whose packages are missing, e.g. diffusers, become
 #                   rows that say so)
@@ -32,6 +38,14 @@
 # left is skipped (and counts as failed). Exit status: 0 when every selected step passed,
 # 1 otherwise, 2 for bad arguments or when there is no usable CUDA GPU (checked first, fast).
 #
+# The lab alone (8 minutes; a device session has 15, start included):
+#   bash scripts/gpu_check.sh OUTDIR --steps environment,install,lab
+# Files from outside the repository (a reviewer's perf/ instruments in a folder beside the
+# checkout) reach the device machine only inside the working tree: copy them into the
+# git-ignored .gpu_shared/ first (OUTSIDE: that folder),
+#   mkdir -p .gpu_shared && cp -r OUTSIDE/perf .gpu_shared/
+# and name it in the device call's carry list (carry: [".gpu_shared"]).
+#
 # Environment: PYTHON (default python3), GPU_CHECK_BUDGET, GPU_CHECK_JOBS (pytest-xdist
 # workers when xdist is installed, default 4), MAX_JOBS (nvcc build jobs, default nproc).
 # TRITON_INTERPRET is unset: it would run every Triton kernel on the CPU interpreter.
@@ -42,10 +56,10 @@ usage() {
   exit 2
 }
 
-ALL_STEPS=(environment install info pytest-gpu pytest-triton sanitize bench-ops compile-report bench-rest)
+ALL_STEPS=(environment install info pytest-gpu pytest-triton sanitize bench-ops compile-report lab bench-rest)
 declare -A TIMEOUT=(
   [environment]=60 [install]=300 [install-python]=90 [info]=60 [pytest-gpu]=300
-  [pytest-triton]=180 [compile-report]=150 [sanitize]=240 [bench-ops]=180 [bench-rest]=150
+  [pytest-triton]=180 [compile-report]=150 [sanitize]=240 [bench-ops]=180 [lab]=480 [bench-rest]=150
 )
 MIN_STEP_S=20
 
@@ -131,6 +145,9 @@ if [[ $DRY -eq 0 ]]; then
   "$PYTHON" -c "import pytest_timeout" >/dev/null 2>&1 && PYTEST_EXTRA+=" --timeout 150"
 fi
 JOBS="${MAX_JOBS:-$(nproc 2>/dev/null || echo 4)}"
+SHARED_LAB=".gpu_shared/perf/gpu_lab.py"  # the reviewer's lab, carried in (see the header)
+LAB_SHARED=""
+[[ -f "$ROOT/$SHARED_LAB" ]] && LAB_SHARED=" --shared-lab $SHARED_LAB"
 declare -A CMD=(
   [environment]="\"\$PYTHON\" scripts/gpu_check_report.py env \"$OUTDIR/environment.json\""
   [install]="FASTTRACK_BUILD_CUDA=1 FASTTRACK_CUDA_ARCHS=$ARCH_ARG MAX_JOBS=$JOBS \"\$PYTHON\" -m pip install --no-build-isolation --no-deps -v -e ."
@@ -141,6 +158,7 @@ declare -A CMD=(
   [compile-report]="\"\$PYTHON\" -m fasttrack.kernels.compile_report --arch $ARCH_ARG --json \"$OUTDIR/compile_report.json\""
   [sanitize]="bash scripts/sanitize.sh"
   [bench-ops]="\"\$PYTHON\" -m fasttrack.cli bench --sections host,ops --full --out \"$OUTDIR/bench-ops\""
+  [lab]="\"\$PYTHON\" scripts/gpu_lab.py --out \"$OUTDIR/lab\" --budget \$((GPU_CHECK_STEP_LIMIT * 9 / 10))$LAB_SHARED"
   [bench-rest]="\"\$PYTHON\" -m fasttrack.cli bench --sections recorder,detrack,dmtrack,trackers --out \"$OUTDIR/bench-rest\""
 )
 
@@ -188,6 +206,7 @@ run_step() {  # run_step NAME: runs CMD[NAME] under its timeout; records its sta
     echo "\$ ${CMD[$name]}"
     echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ), timeout ${limit} s"
   } >"$log"
+  export GPU_CHECK_STEP_LIMIT=$limit  # a step may size its own budget by it (lab)
   timeout --kill-after=10 "$limit" bash -c "${CMD[$name]}" >>"$log" 2>&1 </dev/null
   rc=$?
   t1=$(date +%s)

@@ -1,9 +1,12 @@
-"""scripts/gpu_check.sh and its helper scripts/gpu_check_report.py, as far as a machine without a
-GPU can check them: the syntax, the dry run, the fast refusal without a GPU, argument errors,
-and the summary built from a steps table and a junit file."""
+"""scripts/gpu_check.sh and its helpers scripts/gpu_check_report.py, scripts/gpu_lab.py and
+scripts/apply_sweep.py, as far as a machine without a GPU can check them: the syntax, the dry
+runs, the fast refusal without a GPU, argument errors, the summary built from a steps table and a
+junit file, and the lab's plumbing under the Triton interpreter (--smoke)."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +18,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 STEPS = ["environment", "install", "info", "pytest-gpu", "pytest-triton", "sanitize", "bench-ops",
-         "compile-report", "bench-rest"]
+         "compile-report", "lab", "bench-rest"]
+LAB = ROOT / "scripts" / "gpu_lab.py"
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="needs bash and coreutils timeout")
@@ -38,6 +42,8 @@ def test_dry_run_lists_every_step(tmp_path):
     assert "pip install --no-build-isolation --no-deps" in res.stdout
     assert "-m gpu" in res.stdout and "--junitxml" in res.stdout
     assert "compile_report --arch" in res.stdout and "sanitize.sh" in res.stdout
+    lab = next(line for line in res.stdout.splitlines() if line[3:].startswith("lab "))
+    assert "timeout  480s" in lab and "scripts/gpu_lab.py --out" in lab and "GPU_CHECK_STEP_LIMIT" in lab
 
 
 def test_dry_run_subset(tmp_path):
@@ -105,3 +111,130 @@ def test_environment_record_without_a_gpu(tmp_path):
     for key in ("python", "torch", "triton", "nvcc", "driver", "git_commit", "cuda_available"):
         assert key in env
     assert env["torch"] == torch.__version__
+
+
+# ------------------------------------------------------------------ scripts/gpu_lab.py
+def lab(*args, timeout=120, env=None):
+    return subprocess.run([sys.executable, str(LAB), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout, env=env)
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_lab_dry_run_names_every_section_shape_and_kernel():
+    res = lab("--dry-run")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    for section in ("ops", "sweep", "ncu", "shared"):
+        assert f"== section {section}" in out
+    for shape in ("SD-64: (B, H, N, D) = (2, 5, 4096, 64)", "SD-96: (B, H, N, D) = (2, 5, 9216, 64)",
+                  "SD-128: (B, H, N, D) = (1, 10, 16384, 64)"):
+        assert shape in out
+    assert "T = 77" in out and "float16, bfloat16" in out and "fwd, fwd+bwd" in out
+    for impl in ("sdpa", "aten flash (+lse)", "flex compiled (+lse)", "eager softmax + head mean",
+                 "fasttrack triton (lse given)"):
+        assert impl in out
+    # the sweep's variants come from aot_specs(90): one line per variant, default config first
+    for kernel in ("_attention_fwd_kernel", "_self_cross_fwd_kernel", "_head_mean_probs_kernel"):
+        assert kernel + " float16" in out and kernel + " bfloat16" in out
+    assert "(default); M128 N128 w8 s2" in out
+    assert "SpeedOfLight, Occupancy, WarpStateStats" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_lab_without_a_gpu_exits_2_with_one_line(tmp_path):
+    res = lab("--out", tmp_path / "lab")
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "no CUDA GPU" in res.stderr and "--dry-run or --smoke" in res.stderr
+    assert not (tmp_path / "lab").exists()
+
+
+def test_lab_bad_section_exits_2():
+    assert lab("--dry-run", "--sections", "ops,nonsense").returncode == 2
+
+
+def test_lab_smoke_writes_every_section(tmp_path):
+    """--smoke: every section under TRITON_INTERPRET=1 on a tiny CPU shape: rows, skip reasons,
+    a sweep whose non-default config was checked against the default one."""
+    out = tmp_path / "lab"
+    env = dict(os.environ, PATH="/usr/bin:/bin")  # no ncu on the PATH: its skip reason shows
+    res = lab("--smoke", "--out", out, "--shared-lab", tmp_path / "missing.py", timeout=240, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = json.loads((out / "lab.json").read_text())
+    for key in ("device_name", "capability", "torch", "triton", "torch_cuda", "git_commit"):
+        assert key in summary["env"]
+    assert summary["env"]["smoke"] is True and set(summary["sections"]) == {"ops", "sweep", "ncu", "shared"}
+
+    ops = json.loads((out / "ops.json").read_text())
+    assert {r["op"] for r in ops} == {"attention", "self_cross", "cross_attention"}
+    assert {r["pass"] for r in ops} == {"fwd", "fwd+bwd"}
+    ours = [r for r in ops if r["impl"].startswith("fasttrack")]
+    assert len(ours) == 8 and all(r["wall_ms"] > 0 and "error" not in r for r in ours), ours
+    assert all("x_sdpa" in r for r in ours)
+    assert any(r["impl"].startswith("flex") and "skipped" in r for r in ops)
+
+    sweep = json.loads((out / "sweep.json").read_text())
+    checked = [r for r in sweep["rows"] if not r.get("default") and "max_rel_diff" in r]
+    assert checked and any(r["correct"] for r in checked)
+    assert all(r["correct"] == (r["max_rel_diff"] <= 2e-2) for r in checked)
+    assert {b["kernel"] for b in sweep["best"]} >= {"_attention_fwd_kernel", "_self_cross_fwd_kernel"}
+
+    (ncu,) = json.loads((out / "ncu.json").read_text())
+    assert "ncu" in ncu["skipped"]
+    (shared,) = json.loads((out / "shared.json").read_text())
+    assert "no such file" in shared["skipped"]
+
+
+def test_lab_sweep_records_a_changed_kernel_as_an_error_row(tmp_path, monkeypatch):
+    """A spec whose signature no longer names every kernel argument (the kernel changed) is an
+    error row; the sweep goes on to the next variant."""
+    gl = _module("gpu_lab")
+    gl.import_fasttrack()
+    from dataclasses import replace
+
+    real = gl.sweep_variants(r"^_attention_fwd_kernel$", smoke=True)[0]
+    broken = replace(real, signature={k: v for k, v in real.signature.items() if k != "Nk"})
+    monkeypatch.setattr(gl, "sweep_variants", lambda regex, smoke: [broken, real])
+    monkeypatch.setattr(gl, "SMOKE_SWEEP_CONFIGS", ())
+    result = gl.run_sweep(tmp_path, deadline=float("inf"), smoke=True, device=torch.device("cpu"),
+                          kernels_regex=None)
+    rows = result["rows"]
+    assert "argument 'Nk'" in rows[0]["error"]
+    assert rows[1]["correct"] and rows[1]["default"]
+    assert json.loads((tmp_path / "sweep.json").read_text())["rows"][0]["error"] == rows[0]["error"]
+
+
+def test_lab_budget_shares_and_skips():
+    gl = _module("gpu_lab")
+    b = gl.Budget(100.0)
+    d = b.section_deadline("ops", ["sweep", "ncu"])
+    share = (d - b.start) / 100.0
+    assert abs(share - gl.WEIGHTS["ops"] / (gl.WEIGHTS["ops"] + gl.WEIGHTS["sweep"] + gl.WEIGHTS["ncu"])) < 0.01
+    assert gl.out_of_time(b.start, 1.0) and not gl.out_of_time(d, 1.0)
+
+
+def test_apply_sweep_proposes_the_config_fastest_over_all_shapes(tmp_path, capsys):
+    ap = _module("apply_sweep")
+    cfg = lambda m, n, w, s: {"BLOCK_M": m, "BLOCK_N": n, "num_warps": w, "num_stages": s}  # noqa: E731
+    head = {"kernel": "_attention_fwd_kernel", "dtype": "float16", "variant": "D=64 HAS_V=True"}
+    rows = [dict(head, shape="SD-64", config=cfg(128, 64, 4, 3), default=True, correct=True, ms=1.0),
+            dict(head, shape="SD-128", config=cfg(128, 64, 4, 3), default=True, correct=True, ms=10.0),
+            dict(head, shape="SD-64", config=cfg(128, 128, 8, 2), default=False, correct=True, ms=0.8),
+            dict(head, shape="SD-128", config=cfg(128, 128, 8, 2), default=False, correct=True, ms=8.0),
+            # fastest at SD-64 but wrong at SD-128: never proposed
+            dict(head, shape="SD-64", config=cfg(64, 64, 4, 3), default=False, correct=True, ms=0.5),
+            dict(head, shape="SD-128", config=cfg(64, 64, 4, 3), default=False, correct=False, max_rel_diff=1.0)]
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"rows": rows, "best": []}))
+    assert ap.main([str(path), "--json", str(tmp_path / "p.json")]) == 0
+    (p,) = json.loads((tmp_path / "p.json").read_text())
+    assert p["config"] == cfg(128, 128, 8, 2) and p["function"] == "attention_config" and p["kind"] == "fwd"
+    assert p["speedup_over_default"] == {"SD-128": 1.25, "SD-64": 1.25}
+    line = capsys.readouterr().out
+    assert 'attention_config(d_pad=64, dtype=torch.float16, kind="fwd", arch=90) -> Config(128, 128, 8, 2)' in line
+    assert "# was Config(128, 64, 4, 3)" in line

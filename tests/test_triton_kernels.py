@@ -70,7 +70,24 @@ ATTN_SIZES = [  # B, H, Nq, Nk, D, Dv, scale (None: D ** -0.5)
     (1, 1, 1, 1, 16, 16, None),
     (2, 3, 37, 67, 40, 24, None),
     (1, 2, 67, 37, 16, 40, 1.0),  # scores with std ~4: large running-max rescales
+    # A negative scale (the forward negates q), one key block (dQ stored, no atomics) and few
+    # programs (the backward splits the queries: atomic dK, dV): asserted below.
+    (1, 2, 150, 20, 16, 16, -0.3),
 ]
+
+
+def test_attention_bwd_paths_are_taken():
+    """ATTN_SIZES must cover the backward's three ways to write its gradients (atomic dQ over
+    several key blocks; a single key block storing dQ; query splits adding dK, dV atomically),
+    or the tests above do not check them."""
+    from fasttrack.kernels.attention import _bwd_launch
+    if not INTERPRET:
+        pytest.skip("the split choice depends on the GPU's SM count; the interpreter's is fixed")
+    seen = set()
+    for B, H, Nq, Nk, D, Dv, _ in ATTN_SIZES[1:]:
+        plan = _bwd_launch(B * H, Nq, Nk, D, Dv, torch.float32, -1, True, False, False)
+        seen.add(plan[-2:])
+    assert {(True, False), (False, True)} <= seen, seen
 
 
 @pytest.mark.parametrize("B,H,Nq,Nk,D,Dv,scale", ATTN_SIZES)

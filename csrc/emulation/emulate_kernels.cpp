@@ -13,7 +13,6 @@
 
 #include "attention_kernel.cuh"
 #include "cross_attention_kernel.cuh"
-#include "lse_kernel.cuh"
 #include "self_cross_kernel.cuh"
 #include "static_switch.h"
 
@@ -87,15 +86,15 @@ bool check_attention(Op op, DType dt, int B, int H, int Nq, int Nk, int D, int D
   p.scale = scale, p.dtype = dt;
 
   bool ok = HEADDIM_SWITCH(op == Op::kLse ? D : std::max(D, Dv), kD, [&] {
-    if (op == Op::kLse) {
-      using C = LseConfig;
+    if (op == Op::kLse) {  // the attention kernel without V (kHasV = false)
+      using C = AttentionConfig<false>;
       return emu::launch(dim3((Nq + C::kBlockM - 1) / C::kBlockM, H, B), C::kThreads,
-                         C::smem_bytes<kD>(), [&] { lse_fwd_kernel<T, kD>(p); });
+                         C::template smem_bytes<kD>(), [&] { attention_fwd_kernel<T, kD, false>(p); });
     }
     if (op == Op::kAttention) {
-      using C = AttentionConfig;
+      using C = AttentionConfig<true>;
       return emu::launch(dim3((Nq + C::kBlockM - 1) / C::kBlockM, H, B), C::kThreads,
-                         C::smem_bytes<kD>(), [&] { attention_fwd_kernel<T, kD>(p); });
+                         C::template smem_bytes<kD>(), [&] { attention_fwd_kernel<T, kD, true>(p); });
     }
     using C = CrossAttentionConfig;
     return emu::launch(dim3((Nq + C::kBlockM - 1) / C::kBlockM, B, 1), C::kThreads,
@@ -203,6 +202,8 @@ int main() {
   bool ok = true;
   ok &= check_attention<float>(Op::kLse, f32, 2, 3, 37, 77, 40, 40);
   ok &= check_attention<float>(Op::kLse, f32, 1, 2, 130, 300, 64, 64);
+  ok &= check_attention<__half>(Op::kLse, f16, 1, 2, 67, 45, 100, 100);
+  ok &= check_attention<bf16>(Op::kLse, b16, 2, 1, 9, 1, 16, 16);
   ok &= check_attention<float>(Op::kAttention, f32, 2, 3, 37, 77, 40, 24);
   ok &= check_attention<float>(Op::kAttention, f32, 1, 2, 130, 65, 128, 100);
   ok &= check_attention<float>(Op::kAttention, f32, 1, 1, 5, 1, 8, 128);

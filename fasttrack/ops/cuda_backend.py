@@ -8,9 +8,18 @@ Strided (non-contiguous) inputs are read in place.
 Backward primitives delegate to the Triton backend (`fasttrack.ops.triton_backend`), imported
 lazily; `reasons` for a `*_bwd` op therefore reports the Triton backend's reasons.
 
+A correctness reference, not a fast path: the csrc kernels are scalar FFMA on float32
+shared-memory tiles (no tensor cores), measured 4-19x slower than the Triton kernels on an H200
+for attention and self_cross. backend="auto" never picks it: fasttrack.ops.dispatch only lets
+"auto" take the ops in VERIFIED_CUDA_OPS, which is empty; ask for backend="cuda" by name (tests,
+cross-checks against an independent implementation).
+
 Run on a GPU once, an H200 (sm_90) on 2026-12-04: every forward passed tests/test_ops_gpu.py
-and compute-sanitizer (benchmarks/results/gpu-h200-2026-12-04/); not run on sm_80. Not in
-backend="auto" (fasttrack.ops.dispatch.VERIFIED_CUDA_OPS) until a policy is set from those timings.
+and compute-sanitizer (benchmarks/results/gpu-h200-2026-12-04/); not run on sm_80. Since then the
+lse kernel became the attention kernel without V (kHasV), every softmax goes through one
+online-softmax update (csrc/common.cuh) and one params filler per struct (csrc/launch.h): that
+refactored code has only been compiled with nvcc (sm_90) and run under the host emulation
+(csrc/emulation, tests/test_build.py), not on a GPU.
 """
 from __future__ import annotations
 
@@ -137,7 +146,7 @@ def lse_fwd(q, k, scale):
     ext = _require()
     b, h, nq, d = q.shape
     lse = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
-    log.debug("cuda: lse_fwd_kernel B=%d H=%d Nq=%d Nk=%d D=%d %s", b, h, nq, k.shape[2], d, q.dtype)
+    log.debug("cuda: attention_fwd_kernel (lse only) B=%d H=%d Nq=%d Nk=%d D=%d %s", b, h, nq, k.shape[2], d, q.dtype)
     ext.lse_fwd(q=q.data_ptr(), k=k.data_ptr(), lse=lse.data_ptr(), B=b, H=h, Nq=nq, Nk=k.shape[2], D=d,
                 q_stride=list(q.stride()), k_stride=list(k.stride()), lse_stride=list(lse.stride()),
                 scale=float(scale), **_launch_args(q))
