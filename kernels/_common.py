@@ -295,8 +295,9 @@ def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype, kind: str, arc
     - "fwd": block_n keys per program, block_m queries per step, heads summed inside;
     - "pre" (backward row terms): block_m queries per program, block_n keys per step, heads
       inside in chunks of up to `heads` (one C G^T tile per chunk);
-    - "dq" / "dk": block_m queries / block_n keys per program; `heads` = 2 pairs two heads on
-      one program so that they share each C G^T tile, where the second accumulator fits.
+    - "bwd": block_n keys per program, block_m queries per step, dK stored and dQ added per
+      tile; `heads` = 2 pairs two heads on one program so that they share each C G^T tile,
+      where the second dK accumulator fits.
     The backward programs hold (block, T) tiles (cross rows, G rows, the dcross accumulator:
     the whole padded T) next to the (block, D) operands."""
     if arch == 0:
@@ -316,8 +317,6 @@ def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype, kind: str, arc
             if arch >= 90:
                 return Config(16, 16, 16, 1, heads=2) if t_pad > 128 else Config(16, 32, 4, 1, heads=2)
             return Config(16, 16, 4, 1, heads=2) if arch == 89 else Config(16, 32, 8, 1, heads=2)
-        if kind == "dq":
-            return Config(16, 16, 8, 2) if wide else Config(32, 32, 8, 2)
         return Config(16, 16, 8, 2)
     if kind == "fwd":
         return Config(64, 64, 8, 2)
@@ -327,10 +326,6 @@ def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype, kind: str, arc
         # D = 128 with T = 256 sits at 236-255 registers: no pipelining there (triton 3.6
         # spills 20 bytes with two stages).
         return Config(64, 32, 8, 1 if d_pad > 64 and t_pad > 128 else 2, heads=16)
-    if kind == "dq":
-        if wide:
-            return Config(64, 32, 8, 2) if arch >= 90 else Config(32, 32, 8, 2)
-        return Config(64, 64, 8, 2, heads=2) if arch >= 90 else Config(32, 32, 8, 2, heads=2)
     if wide:
         return Config(32, 64, 4, 2)
     return Config(64, 64, 8, 2, heads=2) if arch >= 90 else Config(64, 32, 8, 2, heads=2)

@@ -28,7 +28,7 @@ from .attention import launch_fwd as attention_launch_fwd
 @triton.jit
 def _self_cross_fwd_kernel(
     Q, K, C, LSE, OUT, scale, p_scale, H, Nq, Nk, n_split, m_blocks_per_split,
-    D: tl.constexpr, T: tl.constexpr,
+    D: tl.constexpr, T: tl.constexpr, CS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr, PREC: tl.constexpr, PREC_C: tl.constexpr,
 ):
@@ -43,7 +43,11 @@ def _self_cross_fwd_kernel(
     subnormal range (< 6.1e-5), where it would lose its mantissa; p_scale = 2^k with
     H * 2^k < 65504 keeps every summed entry normal. With n_split > 1 each program covers
     m_blocks_per_split query blocks and writes a partial sum to OUT[split], which the launcher
-    reduces in a fixed order (deterministic, no atomics)."""
+    reduces in a fixed order (deterministic, no atomics).
+
+    C's rows are CS >= T elements apart, CS a multiple of 16 bytes (the launcher pads C with
+    zero columns, see padded_rows): each C tile is then 16-byte vector loads, where the 77-token
+    rows (154 bytes) came in as scalar 2-byte loads."""
     pid_n = tl.program_id(0)
     pid_t = tl.program_id(1)
     pid_bs = tl.program_id(2)
@@ -72,7 +76,7 @@ def _self_cross_fwd_kernel(
             p_t += tl.exp2(s_t - lse2[None, :])
         # Padded query columns hold finite garbage (q = 0, L = 0: entries <= H) that meets
         # zero rows of C; padded key rows are never stored. No mask needed on either.
-        c = load_tile(C + b * Nq * T, offs_m, offs_t, mask_m, mask_t, T)
+        c = load_tile(C + b * Nq * CS, offs_m, offs_t, mask_m, offs_t < CS, CS)
         acc += tl.dot((p_t * p_scale).to(c.dtype), c, input_precision=PREC_C)
     acc = acc / (p_scale * H)
     n_batch = tl.num_programs(2) // n_split
@@ -84,7 +88,7 @@ def _self_cross_fwd_kernel(
 @triton.jit
 def _self_cross_bwd_preprocess_kernel(
     Q, K, C, G, LSE, DCROSS, DELTA, scale, p_scale, H, Nq, Nk,
-    D: tl.constexpr, T: tl.constexpr,
+    D: tl.constexpr, T: tl.constexpr, CS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, PREC: tl.constexpr, PREC_C: tl.constexpr,
 ):
@@ -106,7 +110,7 @@ def _self_cross_bwd_preprocess_kernel(
     mask_m = offs_m < Nq
     mask_d = offs_d < D
     mask_t = offs_t < T
-    c = load_tile(C + b * Nq * T, offs_m, offs_t, mask_m, mask_t, T)
+    c = load_tile(C + b * Nq * CS, offs_m, offs_t, mask_m, offs_t < CS, CS)
     qk_scale = scale * LOG2E
     dcross = tl.zeros([BLOCK_M, BLOCK_T], tl.float32)
     for h0 in range(0, H, BLOCK_H):
@@ -114,7 +118,7 @@ def _self_cross_bwd_preprocess_kernel(
         for start_n in range(0, Nk, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             mask_n = offs_n < Nk
-            g = load_tile(G + b * Nk * T, offs_n, offs_t, mask_n, mask_t, T)
+            g = load_tile(G + b * Nk * CS, offs_n, offs_t, mask_n, offs_t < CS, CS)
             cg = tl.dot(c, tl.trans(g), input_precision=PREC_C)
             p_sum = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
             for h in range(h0, tl.minimum(h0 + BLOCK_H, H)):
@@ -137,96 +141,45 @@ def _self_cross_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _self_cross_bwd_dq_kernel(
-    Q, K, C, G, LSE, DELTA, DQ, scale, H, Nq, Nk, D: tl.constexpr, T: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_T: tl.constexpr, PAIR: tl.constexpr, LSE_GIVEN: tl.constexpr, PREC: tl.constexpr,
-    PREC_C: tl.constexpr,
-):
-    """dQ_h = s dZ_h K_h, dZ_h = P_h (dP - delta_h) (or P_h dP when L is an input, DESIGN.md
-    1.3), dP = C G^T / H, as FA2's dQ pass: one (query block, batch x head group) per program
-    looping over key blocks. With PAIR a program owns two heads, which share every dP tile:
-    the head-independent C G^T product runs once per two heads, for a second (BLOCK_M, D)
-    accumulator (the second head of an odd H is masked off)."""
-    pid_m = tl.program_id(0)
-    pid_bg = tl.program_id(1)
-    n_groups = (H + 1) // 2 if PAIR else H
-    b = (pid_bg // n_groups).to(tl.int64)
-    h0 = (pid_bg % n_groups) * (2 if PAIR else 1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+def _head_grads(dk, q, k, lse2, delta, dp_t, offs_m, mask_m, mask_n, DQ, bh, Nq, qk_scale, scale,
+                D: tl.constexpr, BLOCK_D: tl.constexpr, LSE_GIVEN: tl.constexpr,
+                DQ_ATOMIC: tl.constexpr, PREC: tl.constexpr):
+    """One head's share of a (key block, query block) tile: P_h^T recomputed once, then
+    dZ_h^T = P_h^T (dP^T - delta_h) (P_h^T dP^T when L is an input) feeds both dK_h += dZ^T Q
+    and dQ_h (+)= s dZ K. Padded queries and keys get P = 0 (a zero row would give exp2(-L))."""
+    s_t = tl.dot(k, tl.trans(q), input_precision=PREC)
+    p_t = tl.where(mask_n[:, None] & mask_m[None, :], tl.exp2(s_t * qk_scale - lse2[None, :]), 0.0)
+    if LSE_GIVEN:
+        ds_t = (p_t * dp_t).to(q.dtype)
+    else:
+        ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
+    dk += tl.dot(ds_t, q, input_precision=PREC)
+    dq = tl.dot(tl.trans(ds_t), k, input_precision=PREC) * scale
     offs_d = tl.arange(0, BLOCK_D)
-    offs_t = tl.arange(0, BLOCK_T)
-    mask_m = offs_m < Nq
-    mask_d = offs_d < D
-    mask_t = offs_t < T
-    bh0 = b * H + h0
-    c = load_tile(C + b * Nq * T, offs_m, offs_t, mask_m, mask_t, T)
-    q0 = load_tile(Q + bh0 * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
-    lse0 = tl.load(LSE + bh0 * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
-    delta0 = tl.load(DELTA + bh0 * Nq + offs_m, mask=mask_m, other=0.0)
-    dq0 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    if PAIR:
-        # Odd H: the second head of the last group does not exist (block-shaped masks: the
-        # interpreter rejects a scalar one).
-        mask_m1 = mask_m & (offs_m * 0 + h0 + 1 < H)
-        q1 = load_tile(Q + (bh0 + 1) * Nq * D, offs_m, offs_d, mask_m1, mask_d, D)
-        lse1 = tl.load(LSE + (bh0 + 1) * Nq + offs_m, mask=mask_m1, other=0.0) * LOG2E
-        delta1 = tl.load(DELTA + (bh0 + 1) * Nq + offs_m, mask=mask_m1, other=0.0)
-        dq1 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    qk_scale = scale * LOG2E
-    for start_n in range(0, Nk, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < Nk
-        g = load_tile(G + b * Nk * T, offs_n, offs_t, mask_n, mask_t, T)
-        dp = tl.dot(c, tl.trans(g), input_precision=PREC_C) / H
-        k0 = load_tile(K + bh0 * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
-        dq0 += tl.dot(_ds(q0, k0, lse0, delta0, dp, mask_n, qk_scale, LSE_GIVEN, PREC).to(k0.dtype),
-                      k0, input_precision=PREC)
-        if PAIR:
-            k1 = load_tile(K + (bh0 + 1) * Nk * D, offs_n, offs_d, mask_n & (offs_n * 0 + h0 + 1 < H),
-                           mask_d, D)
-            dq1 += tl.dot(_ds(q1, k1, lse1, delta1, dp, mask_n, qk_scale, LSE_GIVEN,
-                              PREC).to(k1.dtype), k1, input_precision=PREC)
-    mask_md = mask_m[:, None] & mask_d[None, :]
-    out = DQ + offs_m[:, None] * D + offs_d[None, :]
-    tl.store(out + bh0 * Nq * D, (dq0 * scale).to(DQ.dtype.element_ty), mask=mask_md)
-    if PAIR:
-        tl.store(out + (bh0 + 1) * Nq * D, (dq1 * scale).to(DQ.dtype.element_ty),
-                 mask=mask_md & mask_m1[:, None])
+    ptrs = DQ + bh * Nq * D + offs_m[:, None] * D + offs_d[None, :]
+    mask = mask_m[:, None] & (offs_d < D)[None, :]
+    if DQ_ATOMIC:
+        tl.atomic_add(ptrs, dq, mask=mask, sem="relaxed")
+    else:
+        tl.store(ptrs, dq.to(DQ.dtype.element_ty), mask=mask)
+    return dk
 
 
 @triton.jit
-def _ds(q, k, lse2, delta, dp, mask_n, qk_scale, LSE_GIVEN: tl.constexpr, PREC: tl.constexpr):
-    """dZ = P (dP - delta), or P dP when L is an input, for a (queries, keys) tile with
-    P = exp2(s q k^T log2(e) - L log2(e)); padded keys get P = 0."""
-    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-    p = tl.where(mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)
-    if LSE_GIVEN:
-        return p * dp
-    return p * (dp - delta[:, None])
-
-
-@triton.jit
-def _ds_t(k, q, lse2, delta, dp_t, mask_m, qk_scale, LSE_GIVEN: tl.constexpr,
-          PREC: tl.constexpr):
-    """_ds for a transposed (keys, queries) tile; padded queries get P = 0."""
-    s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
-    p_t = tl.where(mask_m[None, :], tl.exp2(s_t - lse2[None, :]), 0.0)
-    if LSE_GIVEN:
-        return p_t * dp_t
-    return p_t * (dp_t - delta[None, :])
-
-
-@triton.jit
-def _self_cross_bwd_dk_kernel(
-    Q, K, C, G, LSE, DELTA, DK, scale, H, Nq, Nk, D: tl.constexpr, T: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_T: tl.constexpr, PAIR: tl.constexpr, LSE_GIVEN: tl.constexpr, PREC: tl.constexpr,
-    PREC_C: tl.constexpr,
+def _self_cross_bwd_kernel(
+    Q, K, C, G, LSE, DELTA, DQ, DK, scale, H, Nq, Nk, D: tl.constexpr, T: tl.constexpr,
+    CS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, PAIR: tl.constexpr, LSE_GIVEN: tl.constexpr,
+    DQ_ATOMIC: tl.constexpr, PREC: tl.constexpr, PREC_C: tl.constexpr,
 ):
-    """dK_h = s dZ_h^T Q_h with dZ_h^T = P_h^T (G C^T / H - delta_h) (or P_h^T G C^T / H when L
-    is an input), as FA2's dK pass: one (key block, batch x head group) per program looping
-    over query blocks; with PAIR two heads share every G C^T tile (see the dQ kernel)."""
+    """dK_h = s dZ_h^T Q_h and dQ_h = s dZ_h K_h in one pass (DESIGN.md 1.3), dZ_h = P_h (dP -
+    delta_h) (or P_h dP when L is an input), dP = C G^T / H: one (key block, batch x head
+    group) per program streaming query blocks, as FA2's backward. Each tile forms the
+    head-independent G C^T once for the group (PAIR: two heads) and P_h once per head for both
+    gradients, where separate dQ and dK passes formed each twice. dQ rows get one product per
+    key block: DQ_ATOMIC adds them into an fp32 buffer (order-dependent last bits), else (one
+    key block) the program stores dQ. C and G rows are CS apart (16-byte aligned, zero-padded
+    columns: see the forward)."""
     pid_n = tl.program_id(0)
     pid_bg = tl.program_id(1)
     n_groups = (H + 1) // 2 if PAIR else H
@@ -237,12 +190,13 @@ def _self_cross_bwd_dk_kernel(
     offs_t = tl.arange(0, BLOCK_T)
     mask_n = offs_n < Nk
     mask_d = offs_d < D
-    mask_t = offs_t < T
     bh0 = b * H + h0
-    g = load_tile(G + b * Nk * T, offs_n, offs_t, mask_n, mask_t, T)
+    g = load_tile(G + b * Nk * CS, offs_n, offs_t, mask_n, offs_t < CS, CS)
     k0 = load_tile(K + bh0 * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
     dk0 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     if PAIR:
+        # Odd H: the second head of the last group does not exist (block-shaped masks: the
+        # interpreter rejects a scalar one).
         mask_n1 = mask_n & (offs_n * 0 + h0 + 1 < H)
         k1 = load_tile(K + (bh0 + 1) * Nk * D, offs_n, offs_d, mask_n1, mask_d, D)
         dk1 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -250,20 +204,20 @@ def _self_cross_bwd_dk_kernel(
     for start_m in range(0, Nq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < Nq
-        c = load_tile(C + b * Nq * T, offs_m, offs_t, mask_m, mask_t, T)
+        c = load_tile(C + b * Nq * CS, offs_m, offs_t, mask_m, offs_t < CS, CS)
         dp_t = tl.dot(g, tl.trans(c), input_precision=PREC_C) / H
         q0 = load_tile(Q + bh0 * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
         lse0 = tl.load(LSE + bh0 * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
         delta0 = tl.load(DELTA + bh0 * Nq + offs_m, mask=mask_m, other=0.0)
-        dk0 += tl.dot(_ds_t(k0, q0, lse0, delta0, dp_t, mask_m, qk_scale, LSE_GIVEN,
-                            PREC).to(q0.dtype), q0, input_precision=PREC)
+        dk0 = _head_grads(dk0, q0, k0, lse0, delta0, dp_t, offs_m, mask_m, mask_n, DQ, bh0, Nq,
+                          qk_scale, scale, D, BLOCK_D, LSE_GIVEN, DQ_ATOMIC, PREC)
         if PAIR:
             mask_m1 = mask_m & (offs_m * 0 + h0 + 1 < H)
             q1 = load_tile(Q + (bh0 + 1) * Nq * D, offs_m, offs_d, mask_m1, mask_d, D)
             lse1 = tl.load(LSE + (bh0 + 1) * Nq + offs_m, mask=mask_m1, other=0.0) * LOG2E
             delta1 = tl.load(DELTA + (bh0 + 1) * Nq + offs_m, mask=mask_m1, other=0.0)
-            dk1 += tl.dot(_ds_t(k1, q1, lse1, delta1, dp_t, mask_m1, qk_scale, LSE_GIVEN,
-                                PREC).to(q1.dtype), q1, input_precision=PREC)
+            dk1 = _head_grads(dk1, q1, k1, lse1, delta1, dp_t, offs_m, mask_m1, mask_n1, DQ,
+                              bh0 + 1, Nq, qk_scale, scale, D, BLOCK_D, LSE_GIVEN, DQ_ATOMIC, PREC)
     mask_nd = mask_n[:, None] & mask_d[None, :]
     out = DK + offs_n[:, None] * D + offs_d[None, :]
     tl.store(out + bh0 * Nk * D, (dk0 * scale).to(DK.dtype.element_ty), mask=mask_nd)
@@ -328,6 +282,27 @@ def self_cross_lse_fwd(q, k, cross, scale, *, checked: bool = False):
     return _forward(q, k, cross, lse, scale, (B, H, Nq, Nk, D, T), plan), lse
 
 
+def row_stride(T: int, dtype: torch.dtype) -> int:
+    """The row stride the kernels read C and G with: T rounded up to 16 bytes (77 -> 80 in
+    16-bit), so that every row starts 16-byte aligned and tiles load as 16-byte vectors."""
+    per = 16 // torch.empty((), dtype=dtype).element_size() if dtype in _ELEM else 1
+    return -(-T // per) * per
+
+
+_ELEM = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def padded_rows(x: torch.Tensor) -> torch.Tensor:
+    """x (B, N, T) contiguous as a (B, N, row_stride(T)) buffer with zero columns past T; x
+    itself when T is already aligned. One copy of B N T elements, against the N^2 work of the
+    kernels that read it."""
+    T = x.shape[2]
+    cs = row_stride(T, x.dtype)
+    if cs == T:
+        return x
+    return torch.nn.functional.pad(x, (0, cs - T))
+
+
 def _forward(q, k, cross, lse, scale, sizes, plan):
     """self_cross_fwd on contiguous q, k, cross and a contiguous float32 lse, with its sizes
     (B, H, Nq, Nk, D, T) and plan."""
@@ -339,7 +314,8 @@ def _forward(q, k, cross, lse, scale, sizes, plan):
     else:  # fp32 partial sums, reduced below in a fixed order
         out = torch.empty(n_split, B, Nk, T, device=q.device, dtype=torch.float32)
     launch(_self_cross_fwd_kernel)[grid](
-        q, k, cross, lse, out, float(scale), p_scale, H, Nq, Nk, n_split, per_split, D, T, **kw)
+        q, k, padded_rows(cross), lse, out, float(scale), p_scale, H, Nq, Nk, n_split, per_split,
+        D, T, **kw)
     if n_split == 1:
         return out
     return out.sum(0).to(cross.dtype)
@@ -366,9 +342,10 @@ def _fwd_plan(B, H, Nq, Nk, D, T, dtype, cross_dtype, dev) -> tuple:
     per_split = cdiv(m_blocks, n_split)
     n_split = cdiv(m_blocks, per_split)  # no empty splits
     grid = check_grid("self_cross_fwd", (cdiv(Nk, cfg.block_n), cdiv(T, block_t), B * n_split))
-    kw = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_T=block_t,
-              PREC=dot_precision(dtype), PREC_C=dot_precision(cross_dtype),
-              num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    kw = dict(CS=row_stride(T, cross_dtype), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+              BLOCK_D=pad(D), BLOCK_T=block_t, PREC=dot_precision(dtype),
+              PREC_C=dot_precision(cross_dtype), num_warps=cfg.num_warps,
+              num_stages=cfg.num_stages)
     return n_split, per_split, grid, _p_scale(cross_dtype, H), kw
 
 
@@ -390,36 +367,48 @@ def self_cross_bwd(q, k, cross, lse, dout, scale, lse_given):
     cross = cross.contiguous()
     dout = as_contiguous(dout, cross.dtype)
     lse = as_contiguous(lse, torch.float32)
-    arch = device_facts(q.get_device())[0]
+    pre_grid, pre_kw, grid, kw, p_scale, dq_atomic = _bwd_plan(
+        B, H, Nq, Nk, D, T, q.dtype, cross.dtype, q.get_device(), bool(lse_given))
+    c, g = padded_rows(cross), padded_rows(dout)
     delta = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
     dcross = torch.empty(B, Nq, T, device=q.device, dtype=cross.dtype)
-    dq, dk = torch.empty_like(q), torch.empty_like(k)
-    flags = dict(BLOCK_D=pad(D), BLOCK_T=pad(T), PREC=dot_precision(q.dtype),
-                 PREC_C=dot_precision(cross.dtype))
-    sizes = (float(scale), H, Nq, Nk, D, T)
-    cfg = self_cross_config(pad(D), pad(T), q.dtype, "pre", arch)
-    launch(_self_cross_bwd_preprocess_kernel)[
-        check_grid("self_cross_bwd", (cdiv(Nq, cfg.block_m), B))](
-        q, k, cross, dout, lse, dcross, delta, float(scale), _p_scale(cross.dtype, H), H, Nq,
-        Nk, D, T, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_H=min(cfg.heads, next_pow2(H)), num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, **flags)
-    for kind, kernel, grad, n in (("dq", _self_cross_bwd_dq_kernel, dq, Nq),
-                                  ("dk", _self_cross_bwd_dk_kernel, dk, Nk)):
-        cfg = self_cross_config(pad(D), pad(T), q.dtype, kind, arch)
-        block = cfg.block_m if kind == "dq" else cfg.block_n
-        grid = check_grid("self_cross_bwd", (cdiv(n, block), B * cdiv(H, cfg.heads)))
-        launch(kernel)[grid](
-            q, k, cross, dout, lse, delta, grad, *sizes, BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n, PAIR=cfg.heads == 2, LSE_GIVEN=bool(lse_given),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags)
+    dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if dq_atomic else torch.empty_like(q)
+    dk = torch.empty_like(k)
+    launch(_self_cross_bwd_preprocess_kernel)[pre_grid](
+        q, k, c, g, lse, dcross, delta, float(scale), p_scale, H, Nq, Nk, D, T, **pre_kw)
+    launch(_self_cross_bwd_kernel)[grid](
+        q, k, c, g, lse, delta, dq, dk, float(scale), H, Nq, Nk, D, T, **kw)
+    if dq_atomic:
+        dq = dq.to(q.dtype)
     # L as an input: dL_h = -delta_h (DESIGN.md 1.3), the row term with its sign flipped.
     dlse = delta.neg() if lse_given else None
     return dq, dk, dcross, dlse
 
 
+@functools.lru_cache(maxsize=256)
+def _bwd_plan(B, H, Nq, Nk, D, T, dtype, cross_dtype, dev, lse_given) -> tuple:
+    """(preprocess grid, preprocess keywords, backward grid, backward keywords, p_scale, dq
+    atomic) of the backward for one shape on device index `dev`, built once."""
+    arch = device_facts(dev)[0]
+    flags = dict(CS=row_stride(T, cross_dtype), BLOCK_D=pad(D), BLOCK_T=pad(T),
+                 PREC=dot_precision(dtype), PREC_C=dot_precision(cross_dtype))
+    cfg = self_cross_config(pad(D), pad(T), dtype, "pre", arch)
+    pre_grid = check_grid("self_cross_bwd", (cdiv(Nq, cfg.block_m), B))
+    pre_kw = dict(flags, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                  BLOCK_H=min(cfg.heads, next_pow2(H)), num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages)
+    cfg = self_cross_config(pad(D), pad(T), dtype, "bwd", arch)
+    grid = check_grid("self_cross_bwd", (cdiv(Nk, cfg.block_n), B * cdiv(H, cfg.heads)))
+    dq_atomic = grid[0] > 1
+    kw = dict(flags, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAIR=cfg.heads == 2,
+              LSE_GIVEN=lse_given, DQ_ATOMIC=dq_atomic, num_warps=cfg.num_warps,
+              num_stages=cfg.num_stages)
+    return pre_grid, pre_kw, grid, kw, _p_scale(cross_dtype, H), dq_atomic
+
+
 def aot_specs(arch: int) -> list:
-    """Variants the launchers select on compute capability `arch` (compile report)."""
+    """Variants the launchers select on compute capability `arch` (compile report); the
+    backward with atomic dQ (several key blocks, the benchmark sizes)."""
     specs = []
     for dtype in SUPPORTED_DTYPES:
         t, prec = ptr(dtype), dot_precision(dtype)
@@ -427,33 +416,32 @@ def aot_specs(arch: int) -> list:
             for tok in AOT_TOKENS:
                 sizes = dict(scale="fp32", H="i32", Nq="i32", Nk="i32")
                 label = f"D={d} T={tok}"
+                cs = row_stride(tok, dtype)
                 cfg = self_cross_config(pad(d), pad(tok), dtype, "fwd", arch)
                 specs.append(KernelSpec(
                     _self_cross_fwd_kernel, dtype,
                     dict(Q=t, K=t, C=t, LSE="*fp32", OUT=t, p_scale="fp32", n_split="i32",
                          m_blocks_per_split="i32", **sizes),
-                    dict(D=d, T=tok, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(d),
-                         BLOCK_T=token_block(pad(tok)), PREC=prec, PREC_C=prec),
+                    dict(D=d, T=tok, CS=cs, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                         BLOCK_D=pad(d), BLOCK_T=token_block(pad(tok)), PREC=prec, PREC_C=prec),
                     cfg.num_warps, cfg.num_stages, label))
                 cfg = self_cross_config(pad(d), pad(tok), dtype, "pre", arch)
                 specs.append(KernelSpec(
                     _self_cross_bwd_preprocess_kernel, dtype,
                     dict(Q=t, K=t, C=t, G=t, LSE="*fp32", DCROSS=t, DELTA="*fp32",
                          p_scale="fp32", **sizes),
-                    dict(D=d, T=tok, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(d),
-                         BLOCK_T=pad(tok), BLOCK_H=min(cfg.heads, 16), PREC=prec, PREC_C=prec),
+                    dict(D=d, T=tok, CS=cs, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                         BLOCK_D=pad(d), BLOCK_T=pad(tok), BLOCK_H=min(cfg.heads, 16), PREC=prec,
+                         PREC_C=prec),
                     cfg.num_warps, cfg.num_stages, label + " H=10"))
+                cfg = self_cross_config(pad(d), pad(tok), dtype, "bwd", arch)
                 for given in (False, True):
-                    lab = label + (" lse given" if given else "")
-                    for kind, kernel, grad in (("dq", _self_cross_bwd_dq_kernel, "DQ"),
-                                               ("dk", _self_cross_bwd_dk_kernel, "DK")):
-                        cfg = self_cross_config(pad(d), pad(tok), dtype, kind, arch)
-                        specs.append(KernelSpec(
-                            kernel, dtype,
-                            {"Q": t, "K": t, "C": t, "G": t, "LSE": "*fp32", "DELTA": "*fp32",
-                             grad: t, **sizes},
-                            dict(D=d, T=tok, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                                 BLOCK_D=pad(d), BLOCK_T=pad(tok), PAIR=cfg.heads == 2,
-                                 LSE_GIVEN=given, PREC=prec, PREC_C=prec),
-                            cfg.num_warps, cfg.num_stages, lab))
+                    specs.append(KernelSpec(
+                        _self_cross_bwd_kernel, dtype,
+                        dict(Q=t, K=t, C=t, G=t, LSE="*fp32", DELTA="*fp32", DQ="*fp32", DK=t,
+                             **sizes),
+                        dict(D=d, T=tok, CS=cs, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                             BLOCK_D=pad(d), BLOCK_T=pad(tok), PAIR=cfg.heads == 2,
+                             LSE_GIVEN=given, DQ_ATOMIC=True, PREC=prec, PREC_C=prec),
+                        cfg.num_warps, cfg.num_stages, label + (" lse given" if given else "")))
     return specs

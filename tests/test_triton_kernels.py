@@ -135,6 +135,7 @@ SC_SIZES = [  # B, H, Nq, Nk, D, T
     (1, 1, 1, 1, 16, 1),
     (2, 3, 37, 67, 40, 77),
     (1, 2, 67, 37, 16, 130),  # T > 128: the forward splits the tokens over two programs
+    (1, 3, 40, 20, 16, 77),   # one key block: the backward stores dQ instead of adding it
     (1, 2, 150, 37, 40, 77),  # few output tiles: the forward splits the queries (asserted below)
 ]
 
