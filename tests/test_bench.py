@@ -259,7 +259,8 @@ def test_default_is_small_and_full_is_the_full_matrix(name):
         head = [c for c in small if c.labels["shape"] == "SD-64"]
         # the README's headline case (self_cross forward at SD-64) stays in the default, timed once
         assert [(c.labels["op"], c.labels["impl"], c.labels["pass"]) for c in head] == [
-            ("self_cross", "reference", "fwd"), ("self_cross", "torch", "fwd")]
+            ("self_cross", "reference", "fwd"), ("self_cross", "torch", "fwd"),
+            ("self_cross", "torch (lse given)", "fwd")]
         assert all((c.warmup, c.repeat) == (1, 1) for c in head)
         assert all(c.repeat is None for c in full)  # --full: the harness's repeats
         cuda = lambda q: [p[0].name for p in mod.default_plan(torch.device("cuda"), q)]  # noqa: E731

@@ -20,7 +20,7 @@ What runs:
   test_aten_attention_rule    the aten backend (PyTorch's flash / memory-efficient kernels with
                               their lse, the lse gradient through the augmented column);
   test_box_branch             the fused DeTrack box branch kernel at ragged sizes, 3 dtypes;
-  test_auto_runs_triton       backend="auto" on CUDA tensors runs Triton (dispatch log);
+  test_auto_runs_triton       backend="auto" on CUDA tensors runs Triton where not excluded (dispatch log);
   test_interpreter_refused    TRITON_INTERPRET=1 in a GPU process is refused with a warning.
 
 Triton compiles one kernel per (dtype, padded head dims, token block, flags): the case lists
@@ -366,8 +366,9 @@ def test_box_branch(B, Ns, C, H, dtype, rng):
 # ------------------------------------------------------------------------------ dispatch
 
 def test_auto_runs_triton(caplog, rng):
-    """backend="auto" on CUDA tensors runs the Triton kernels, forward and backward (the CUDA
-    backend once an op is in VERIFIED_CUDA_OPS), as the dispatch log at DEBUG says."""
+    """backend="auto" on CUDA tensors runs the Triton kernels, forward and backward, except
+    the ops in TRITON_AUTO_EXCLUDED (torch then; the CUDA backend once an op is in
+    VERIFIED_CUDA_OPS), as the dispatch log at DEBUG says."""
     q, k, v, c = _inputs((1, 2, 67, 67, 64, 64, 77), F16, _seed(rng), requires_grad=True)
     with caplog.at_level(logging.DEBUG, logger="fasttrack.dispatch"):
         out, lse = ops.attention(q, k, v)
@@ -376,7 +377,9 @@ def test_auto_runs_triton(caplog, rng):
         loss = out.float().sum() + lse.sum() + sc.float().sum() + co.float().sum() + probs.float().sum()
         loss.backward()
     for op in ("attention", "self_cross", "cross_attention"):
-        want = "cuda" if HAS_CUDA_EXT and op in dispatch.VERIFIED_CUDA_OPS else "triton"
+        want = "torch" if op in dispatch.TRITON_AUTO_EXCLUDED else "triton"
+        if HAS_CUDA_EXT and op in dispatch.VERIFIED_CUDA_OPS:
+            want = "cuda"
         if op == "attention" and "cuda" in dispatch.ATEN_AUTO_DEVICES:
             want = "aten"
         for name in (op, op + "_bwd"):

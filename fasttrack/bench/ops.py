@@ -138,12 +138,26 @@ _FASTTRACK = {"self_cross": lambda x, b: ops.self_cross(x.q, x.k, x.cross, backe
               "cross_attention": lambda x, b: ops.cross_attention(x.q, x.tk, x.tv, backend=b)}
 
 
+def _self_cross_lse_given(x, b):
+    """self_cross with the lse of the layer's attention call, as the recorder and Diff-Tracker
+    call it (one product pass, no normalization pass). The lse is computed once per inputs x,
+    outside the timed call, and enters as a constant (no gradient into it)."""
+    if not hasattr(x, "lse"):
+        with torch.no_grad():
+            x.lse = ops.attention(x.q.detach(), x.k.detach(), x.v.detach())[1]
+    return ops.self_cross(x.q, x.k, x.cross, lse=x.lse, backend=b)
+
+
 def _impls(device, op: str):
     """(impl, role, fn(x) or the reason it cannot run) for one op."""
     yield "reference", "reference", _REFERENCE[op]
     for b in _backends(device):
         if b != "aten" or op == "attention":
             yield b, "fasttrack", functools.partial(_FASTTRACK[op], b=b)
+    if op == "self_cross":
+        for b in _backends(device):
+            if b != "aten":
+                yield b + " (lse given)", "fasttrack", functools.partial(_self_cross_lse_given, b=b)
     if op == "attention":
         for name, peer in _peers(device).items():
             fn = peer if isinstance(peer, str) else (lambda x, peer=peer: peer(x.q, x.k, x.v))
