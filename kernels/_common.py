@@ -152,6 +152,7 @@ class Config:
     num_warps: int
     num_stages: int
     heads: int = 1  # heads one program handles (self x cross backward: shared C G^T tiles)
+    tma: bool = False  # attention forward: K, V through tensor descriptors (sm_90)
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,23 @@ def _cuda_facts(index: int) -> tuple[int, int]:
     driver costs microseconds on every launch)."""
     major, minor = torch.cuda.get_device_capability(index)
     return 10 * major + minor, torch.cuda.get_device_properties(index).multi_processor_count
+
+
+_ALLOCATOR_SET = False
+
+
+def set_tma_allocator() -> None:
+    """Give Triton an allocator for the global scratch that in-kernel tensor descriptors
+    (tl.make_tensor_descriptor) live in, once per process: torch's caching allocator on the
+    current CUDA stream. Kernels without descriptors never call it."""
+    global _ALLOCATOR_SET
+    if _ALLOCATOR_SET:
+        return
+
+    def alloc(size: int, alignment: int, stream):
+        return torch.empty(size, device="cuda", dtype=torch.int8)
+    triton.set_allocator(alloc)
+    _ALLOCATOR_SET = True
 
 
 def check_grid(kernel: str, grid: tuple) -> tuple:

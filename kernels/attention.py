@@ -23,24 +23,29 @@ import triton.language as tl
 
 from ._common import (AOT_HEAD_DIMS, SUPPORTED_DTYPES, KernelSpec, LN2, LOG2E, attention_config,
                       check_grid, check_head_dims, check_tensor, device_facts, dot_precision,
-                      load_rows, load_tile, ptr, query_splits)
+                      load_rows, load_tile, ptr, query_splits, set_tma_allocator)
 from ._common import as_contiguous, cdiv, exact_delta, fast_inputs_ok, launch, pad
 
 _LOG2E = float(LOG2E.value)
 
 
 @triton.jit
-def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, start_n, Nk, qk_scale, D: tl.constexpr,
+def _fwd_tile(acc, l_i, m_i, q, k_src, v_src, head, start_n, Nk, qk_scale, D: tl.constexpr,
               Dv: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               BLOCK_DV: tl.constexpr, HAS_V: tl.constexpr, MASK_N: tl.constexpr,
-              PREC: tl.constexpr):
+              TMA: tl.constexpr, PREC: tl.constexpr):
     """One key tile of the online softmax. qk_scale = |s| log2(e) >= 0, so the row max of the
     raw products times qk_scale is the max of the scaled scores and p = exp2(qk * qk_scale - m)
     is one FFMA per entry (the tutorial's form; FMUL + FADD before). MASK_N (the one tail tile)
-    masks keys >= Nk; full tiles carry no mask, no FSEL/ISETP."""
+    masks keys >= Nk; full tiles carry no mask, no FSEL/ISETP. k_src, v_src: this head's base
+    pointers, or with TMA the (B*H, Nk, D) tensor descriptors (rows past Nk and columns past D
+    arrive as zeros from the copy engine)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < Nk
-    k = load_rows(k_base, offs_n, mask_n, D, BLOCK_D, MASK_N)
+    if TMA:
+        k = k_src.load([head, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+    else:
+        k = load_rows(k_src, offs_n, mask_n, D, BLOCK_D, MASK_N)
     qk = tl.dot(q, tl.trans(k), input_precision=PREC)
     if MASK_N:
         m_new = tl.maximum(m_i, tl.max(tl.where(mask_n[None, :], qk, float("-inf")), 1) * qk_scale)
@@ -53,7 +58,10 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, start_n, Nk, qk_scale, D: tl.con
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     if HAS_V:
-        v = load_rows(v_base, offs_n, mask_n, Dv, BLOCK_DV, MASK_N)
+        if TMA:
+            v = v_src.load([head, start_n, 0]).reshape(BLOCK_N, BLOCK_DV)
+        else:
+            v = load_rows(v_src, offs_n, mask_n, Dv, BLOCK_DV, MASK_N)
         # P in the value dtype for the tensor-core product (as FA2); exact for fp32. The
         # rescaled accumulator goes into the product as its addend.
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
@@ -64,13 +72,17 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, start_n, Nk, qk_scale, D: tl.con
 def _attention_fwd_kernel(
     Q, K, V, O, LSE, qk_scale, Nq, Nk, D: tl.constexpr, Dv: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_DV: tl.constexpr, HAS_V: tl.constexpr, NEG_Q: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_DV: tl.constexpr, HAS_V: tl.constexpr, NEG_Q: tl.constexpr, TMA: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """O = softmax(s Q K^T) V and L[i] = log sum_j exp(s q_i.k_j), one (query block,
     batch*head) per program, keys streamed with the online softmax of FlashAttention-2 (Dao
     2023, Algorithm 1): the full key tiles unmasked, then one masked tail tile. qk_scale =
     |s| log2(e); NEG_Q (s < 0) negates q once per program, exactly, so s q.k = |s| (-q).k.
-    HAS_V=False computes L only (DESIGN.md 1.2 records (q, k, L) of self layers)."""
+    HAS_V=False computes L only (DESIGN.md 1.2 records (q, k, L) of self layers). TMA (sm_90,
+    16-byte aligned rows) streams K and V through tensor descriptors built in the kernel (the
+    Hopper copy engine: one instruction per tile instead of per-thread address math); the
+    launcher sets a Triton allocator for their scratch."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -78,8 +90,16 @@ def _attention_fwd_kernel(
     q = load_rows(Q + bh * Nq * D, offs_m, mask_m, D, BLOCK_D, True)
     if NEG_Q:
         q = -q
-    k_base = K + bh * Nk * D
-    v_base = V + bh * Nk * Dv
+    head = tl.program_id(1)  # int32: descriptor coordinates are 32-bit
+    if TMA:
+        BH = tl.num_programs(1)
+        k_src = tl.make_tensor_descriptor(K, shape=[BH, Nk, D], strides=[Nk * D, D, 1],
+                                          block_shape=[1, BLOCK_N, BLOCK_D])
+        v_src = tl.make_tensor_descriptor(V, shape=[BH, Nk, Dv], strides=[Nk * Dv, Dv, 1],
+                                          block_shape=[1, BLOCK_N, BLOCK_DV])
+    else:
+        k_src = K + bh * Nk * D
+        v_src = V + bh * Nk * Dv
     # Every key tile holds at least one valid key, so the running max is finite after the first
     # tile and exp2(m_old - m_new) = exp2(-inf) = 0 there: no NaN from masked columns.
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -87,11 +107,11 @@ def _attention_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     n_full = Nk - Nk % BLOCK_N
     for start_n in range(0, n_full, BLOCK_N):
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, start_n, Nk, qk_scale, D, Dv,
-                                  BLOCK_N, BLOCK_D, BLOCK_DV, HAS_V, False, PREC)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_src, v_src, head, start_n, Nk, qk_scale, D, Dv,
+                                  BLOCK_N, BLOCK_D, BLOCK_DV, HAS_V, False, TMA, PREC)
     if n_full < Nk:
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, n_full, Nk, qk_scale, D, Dv,
-                                  BLOCK_N, BLOCK_D, BLOCK_DV, HAS_V, True, PREC)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_src, v_src, head, n_full, Nk, qk_scale, D, Dv,
+                                  BLOCK_N, BLOCK_D, BLOCK_DV, HAS_V, True, TMA, PREC)
     tl.store(LSE + bh * Nq + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
     if HAS_V:
         offs_dv = tl.arange(0, BLOCK_DV)
@@ -309,20 +329,28 @@ def _forward(q, k, v, scale):
 def launch_fwd(q, k, v, out, lse, scale, sizes, grid, kw):
     """The forward kernel's one launch site: contiguous q, k (v, out: None for lse only), lse
     (B, H, Nq) float32 to fill, sizes (Nq, Nk, D, Dv), and the (grid, keywords) of fwd_plan."""
+    v = v if v is not None else k
+    if kw["TMA"] and (k.data_ptr() | v.data_ptr()) % 16:
+        kw = dict(kw, TMA=False)  # a view at an odd offset: descriptors need 16-byte bases
     # |s| log2(e) and the sign as NEG_Q (see the kernel): the launch keywords stay per shape.
     launch(_attention_fwd_kernel)[grid](
-        q, k, v if v is not None else q, out if out is not None else q, lse,
-        abs(scale) * _LOG2E, *sizes, NEG_Q=scale < 0, **kw)
+        q, k, v, out if out is not None else q, lse, abs(scale) * _LOG2E, *sizes,
+        NEG_Q=scale < 0, **kw)
 
 
 @functools.lru_cache(maxsize=256)
 def fwd_plan(BH: int, Nq: int, D: int, Dv: int, has_v: bool, dtype: torch.dtype, dev: int) -> tuple[tuple, dict]:
     """(grid, launch keywords) of the forward for one shape on device index `dev`, built once
-    (tiles, grid and a dozen keywords cost microseconds per call)."""
+    (tiles, grid and a dozen keywords cost microseconds per call). TMA where the config asks for
+    it and K, V rows are 16-byte multiples (a descriptor's requirement)."""
     cfg = attention_config(pad(D), pad(Dv), dtype, "fwd", device_facts(dev)[0])
     grid = check_grid("attention_fwd", (cdiv(Nq, cfg.block_m), BH))
+    size = torch.empty((), dtype=dtype).element_size()
+    tma = cfg.tma and (D * size) % 16 == 0 and (Dv * size) % 16 == 0
+    if tma and dev >= 0:
+        set_tma_allocator()
     return grid, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
-                      HAS_V=has_v, PREC=dot_precision(dtype), num_warps=cfg.num_warps,
+                      HAS_V=has_v, TMA=tma, PREC=dot_precision(dtype), num_warps=cfg.num_warps,
                       num_stages=cfg.num_stages)
 
 
@@ -453,13 +481,17 @@ def aot_specs(arch: int) -> list:
         for d in AOT_HEAD_DIMS:
             t, prec = ptr(dtype), dot_precision(dtype)
             cfg = attention_config(pad(d), pad(d), dtype, "fwd", arch)
-            for has_v in (True, False):
-                specs.append(KernelSpec(
-                    _attention_fwd_kernel, dtype,
-                    dict(Q=t, K=t, V=t, O=t, LSE="*fp32", qk_scale="fp32", Nq="i32", Nk="i32"),
-                    dict(D=d, Dv=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(d),
-                         BLOCK_DV=pad(d), HAS_V=has_v, NEG_Q=False, PREC=prec),
-                    cfg.num_warps, cfg.num_stages, f"D={d}" + ("" if has_v else " lse only")))
+            # The TMA form is compiled on sm_90 for 16-bit inputs whatever the config says, so
+            # that the report and the GPU lab's sweep can weigh it against the pointer form.
+            for tma in ((False, True) if arch >= 90 and dtype != torch.float32 else (False,)):
+                for has_v in (True, False):
+                    specs.append(KernelSpec(
+                        _attention_fwd_kernel, dtype,
+                        dict(Q=t, K=t, V=t, O=t, LSE="*fp32", qk_scale="fp32", Nq="i32", Nk="i32"),
+                        dict(D=d, Dv=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(d),
+                             BLOCK_DV=pad(d), HAS_V=has_v, NEG_Q=False, TMA=tma, PREC=prec),
+                        cfg.num_warps, cfg.num_stages,
+                        f"D={d}" + ("" if has_v else " lse only") + (" tma" if tma else "")))
             bsizes = dict(scale="fp32", H="i32", Nq="i32", Nk="i32")
             for extra in (False, True):
                 label = f"D={d}" + (" dprobs" if extra else "")

@@ -402,7 +402,8 @@ def tensor_shape(name: str, z: dict, kernel: str) -> tuple | None:
     table = {"Q": (B, H, Nq, D), "K": (B, H, Nk, D), "V": (B, H, Nk, D), "O": (B, H, Nq, D),
              "DO": (B, H, Nq, D), "DQ": (B, H, Nq, D), "DK": (B, H, Nk, D), "DV": (B, H, Nk, D),
              "LSE": (B, H, Nq), "DLSE": (B, H, Nq), "DELTA": (B, H, Nq), "EXTRA": (B, Nq, Nk),
-             "PROBS": (B, Nq, Nk), "C": (B, Nq, T), "DCROSS": (B, Nq, T), "G": (B, Nk, T),
+             "PROBS": (B, Nq, Nk), "C": (B, Nq, z.get("CS", T)), "DCROSS": (B, Nq, T),
+             "G": (B, Nk, z.get("CS", T)),
              "OUT": (z["n_split"], B, Nk, T)}
     return table.get(name)
 
@@ -460,8 +461,9 @@ def sweep_sizes(spec, shape, device) -> dict:
     cross forward filled in per candidate (split_sizes)."""
     name = spec.kernel.__name__
     nk = shape.T if name in TEXT_KEY_KERNELS or spec.constexprs.get("HAS_EXTRA") else shape.N
+    # CS: the row stride the self x cross kernels read C and G with (T rounded up to 16 bytes)
     return {"B": shape.B, "H": shape.H, "Nq": shape.N, "Nk": nk, "D": shape.D, "T": shape.T, "n_split": 1,
-            "m_blocks_per_split": 1, "device": device}
+            "m_blocks_per_split": 1, "device": device, "CS": spec.constexprs.get("CS", shape.T)}
 
 
 def selected_at(spec, z) -> bool:
@@ -537,7 +539,7 @@ def launch_args(spec, z: dict, base: dict, c: dict):
     import torch
     name = spec.kernel.__name__
     scalars = {"scale": z["D"] ** -0.5, "qk_scale": z["D"] ** -0.5 * math.log2(math.e), "H": z["H"], "Nq": z["Nq"], "Nk": z["Nk"], "n_split": z["n_split"],
-               "m_blocks_per_split": z["m_blocks_per_split"], "p_scale": 1.0}
+               "m_blocks_per_split": z["m_blocks_per_split"], "p_scale": 1.0, "extra_scale": 1.0 / z["H"]}
     if "p_scale" in spec.signature:
         from fasttrack.kernels.self_cross import _p_scale
         scalars["p_scale"] = _p_scale(base["C"].dtype, z["H"])
