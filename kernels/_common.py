@@ -226,6 +226,25 @@ def set_tma_allocator() -> None:
     _ALLOCATOR_SET = True
 
 
+def row_stride(T: int, dtype: torch.dtype) -> int:
+    """The row stride kernels read a (., ., T) operand with (C and G of self x cross, the
+    cross-attention probability gradient): T rounded up to 16 bytes (77 -> 80 in 16-bit), so
+    that every row starts 16-byte aligned and tiles load as 16-byte vectors."""
+    per = 16 // dtype.itemsize
+    return -(-T // per) * per
+
+
+def padded_rows(x: torch.Tensor) -> torch.Tensor:
+    """x (B, N, T) contiguous as a (B, N, row_stride(T)) buffer with zero columns past T; x
+    itself when T is already aligned. One copy of B N T elements, against the N^2 work of the
+    kernels that read it."""
+    T = x.shape[2]
+    cs = row_stride(T, x.dtype)
+    if cs == T:
+        return x
+    return torch.nn.functional.pad(x, (0, cs - T))
+
+
 def check_grid(kernel: str, grid: tuple) -> tuple:
     """`grid` unchanged, or ValueError when a y/z dimension passes CUDA's 65535 (the launch
     would fail with an opaque driver error). The backend's dispatch limits (fasttrack.ops)
@@ -335,7 +354,9 @@ def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype, kind: str, arc
             if arch >= 90:
                 return Config(16, 16, 16, 1, heads=2) if t_pad > 128 else Config(16, 32, 4, 1, heads=2)
             return Config(16, 16, 4, 1, heads=2) if arch == 89 else Config(16, 32, 8, 1, heads=2)
-        return Config(16, 16, 8, 2)
+        # The one-pass backward: 8 warps spilled 4 bytes at D=64, T=1 on sm_90, 4 warps 8 bytes
+        # at D=40, T=1 on sm_80.
+        return Config(16, 16, 4, 2) if arch >= 90 else Config(16, 16, 8, 2)
     if kind == "fwd":
         # 128-key programs on sm_90 (231 registers at D=64, T=77, no spills): each query
         # block's q tile and lse row meet twice the keys per load.

@@ -23,7 +23,8 @@ import triton.language as tl
 
 from ._common import (AOT_HEAD_DIMS, SUPPORTED_DTYPES, KernelSpec, LN2, LOG2E, attention_config,
                       check_grid, check_head_dims, check_tensor, device_facts, dot_precision,
-                      load_rows, load_tile, ptr, query_splits, set_tma_allocator)
+                      load_rows, load_tile, padded_rows, ptr, query_splits, row_stride,
+                      set_tma_allocator)
 from ._common import as_contiguous, cdiv, exact_delta, fast_inputs_ok, launch, pad
 
 _LOG2E = float(LOG2E.value)
@@ -123,7 +124,7 @@ def _attention_fwd_kernel(
 @triton.jit
 def _attention_bwd_preprocess_kernel(
     Q, K, V, O, DO, LSE, DLSE, EXTRA, DELTA, scale, extra_scale, H, Nq, Nk, D: tl.constexpr,
-    Dv: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    Dv: tl.constexpr, ES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, HAS_DO: tl.constexpr, HAS_DLSE: tl.constexpr,
     HAS_EXTRA: tl.constexpr, EXACT: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -170,7 +171,7 @@ def _attention_bwd_preprocess_kernel(
                 v = load_tile(V + bh * Nk * Dv, offs_n, offs_dv, mask_n, mask_dv, Dv)
                 dp += tl.dot(do, tl.trans(v), input_precision=PREC)
             if HAS_EXTRA:
-                dp += tl.load(EXTRA + b * Nq * Nk + offs_m.to(tl.int64)[:, None] * Nk + offs_n[None, :],
+                dp += tl.load(EXTRA + b * Nq * ES + offs_m.to(tl.int64)[:, None] * ES + offs_n[None, :],
                               mask=mask, other=0.0).to(tl.float32) * extra_scale
             delta += tl.sum(p * dp, 1)
     tl.store(DELTA + bh * Nq + offs_m, delta, mask=mask_m)
@@ -179,6 +180,7 @@ def _attention_bwd_preprocess_kernel(
 @triton.jit
 def _bwd_tiles(dk, dv, k, v, start_m, end_m, offs_n, mask_n, Q, DO, LSE, DELTA, EXTRA, DQ, bh, b,
                scale, qk_scale, extra_scale, Nq, Nk, D: tl.constexpr, Dv: tl.constexpr,
+               ES: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                HAS_DO: tl.constexpr, HAS_EXTRA: tl.constexpr, DQ_ATOMIC: tl.constexpr,
                MASK: tl.constexpr, PREC: tl.constexpr):
@@ -211,7 +213,7 @@ def _bwd_tiles(dk, dv, k, v, start_m, end_m, offs_n, mask_n, Q, DO, LSE, DELTA, 
         else:
             dp_t = tl.zeros_like(p_t)
         if HAS_EXTRA:
-            e_ptrs = EXTRA + b * Nq * Nk + offs_m.to(tl.int64)[None, :] * Nk + offs_n[:, None]
+            e_ptrs = EXTRA + b * Nq * ES + offs_m.to(tl.int64)[None, :] * ES + offs_n[:, None]
             if MASK:
                 e_t = tl.load(e_ptrs, mask=mask_n[:, None] & mask_m[None, :], other=0.0)
             else:
@@ -233,7 +235,7 @@ def _bwd_tiles(dk, dv, k, v, start_m, end_m, offs_n, mask_n, Q, DO, LSE, DELTA, 
 def _attention_bwd_kernel(
     Q, K, V, DO, LSE, DELTA, EXTRA, DQ, DK, DV, scale, qk_scale, extra_scale, H, Nq, Nk,
     m_blocks_per_split,
-    D: tl.constexpr, Dv: tl.constexpr,
+    D: tl.constexpr, Dv: tl.constexpr, ES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, HAS_DO: tl.constexpr, HAS_EXTRA: tl.constexpr,
     DQ_ATOMIC: tl.constexpr, DKV_ATOMIC: tl.constexpr, PREC: tl.constexpr,
@@ -265,10 +267,12 @@ def _attention_bwd_kernel(
     if pid_n * BLOCK_N + BLOCK_N > Nk:
         full_end = m_begin
     dk, dv = _bwd_tiles(dk, dv, k, v, m_begin, full_end, offs_n, mask_n, Q, DO, LSE, DELTA, EXTRA,
-                        DQ, bh, b, scale, qk_scale, extra_scale, Nq, Nk, D, Dv, BLOCK_M, BLOCK_D, BLOCK_DV,
+                        DQ, bh, b, scale, qk_scale, extra_scale, Nq, Nk, D, Dv, ES, BLOCK_M, BLOCK_D,
+                        BLOCK_DV,
                         HAS_DO, HAS_EXTRA, DQ_ATOMIC, False, PREC)
     dk, dv = _bwd_tiles(dk, dv, k, v, full_end, m_end, offs_n, mask_n, Q, DO, LSE, DELTA, EXTRA,
-                        DQ, bh, b, scale, qk_scale, extra_scale, Nq, Nk, D, Dv, BLOCK_M, BLOCK_D, BLOCK_DV,
+                        DQ, bh, b, scale, qk_scale, extra_scale, Nq, Nk, D, Dv, ES, BLOCK_M, BLOCK_D,
+                        BLOCK_DV,
                         HAS_DO, HAS_EXTRA, DQ_ATOMIC, True, PREC)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -345,7 +349,7 @@ def fwd_plan(BH: int, Nq: int, D: int, Dv: int, has_v: bool, dtype: torch.dtype,
     it and K, V rows are 16-byte multiples (a descriptor's requirement)."""
     cfg = attention_config(pad(D), pad(Dv), dtype, "fwd", device_facts(dev)[0])
     grid = check_grid("attention_fwd", (cdiv(Nq, cfg.block_m), BH))
-    size = torch.empty((), dtype=dtype).element_size()
+    size = dtype.itemsize
     tma = cfg.tma and (D * size) % 16 == 0 and (Dv * size) % 16 == 0
     if tma and dev >= 0:
         set_tma_allocator()
@@ -413,10 +417,10 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None, extra_sca
     if dlse is not None:
         dlse = dlse.contiguous()
     if dp_extra is not None:
-        dp_extra = dp_extra.contiguous()
+        dp_extra = padded_rows(dp_extra.contiguous())  # 16-byte aligned rows: vector loads
     grid_pre, grid, pre, per_split, kw, dq_atomic, dkv_atomic = _bwd_launch(
-        B * H, Nq, Nk, D, Dv, q.dtype, q.get_device(), dout is not None, dp_extra is not None,
-        dlse is not None)
+        B * H, Nq, Nk, D, Dv, q.dtype, q.get_device(), dout is not None,
+        dp_extra.dtype if dp_extra is not None else None, dlse is not None)
     do = dout if dout is not None else dummy
     extra = dp_extra if dp_extra is not None else dummy
     delta = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
@@ -444,7 +448,7 @@ def attention_bwd(q, k, v, out, lse, dout, dlse, scale, dp_extra=None, extra_sca
 
 @functools.lru_cache(maxsize=256)
 def _bwd_launch(BH: int, Nq: int, Nk: int, D: int, Dv: int, dtype: torch.dtype, dev: int, has_do: bool,
-                has_extra: bool, has_dlse: bool) -> tuple:
+                extra_dtype: torch.dtype | None, has_dlse: bool) -> tuple:
     """(preprocess grid, backward grid, preprocess keywords, m_blocks_per_split, backward
     keywords, dq atomic, dk/dv atomic) of the backward for one shape, built once.
 
@@ -453,8 +457,10 @@ def _bwd_launch(BH: int, Nq: int, Nk: int, D: int, Dv: int, dtype: torch.dtype, 
     idle; dQ needs atomics when there is more than one key block, dK/dV when the queries split."""
     arch, sms = device_facts(dev)
     prec = dot_precision(dtype)
+    has_extra = extra_dtype is not None
+    es = row_stride(Nk, extra_dtype) if has_extra else Nk  # dp_extra's row stride (padded_rows)
     pcfg = attention_config(pad(D), pad(Dv), dtype, "dq", arch)
-    pre = dict(BLOCK_M=pcfg.block_m, BLOCK_N=pcfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
+    pre = dict(ES=es, BLOCK_M=pcfg.block_m, BLOCK_N=pcfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
                HAS_DO=has_do, HAS_EXTRA=has_extra, HAS_DLSE=has_dlse, EXACT=exact_delta(Nk),
                PREC=prec, num_warps=pcfg.num_warps, num_stages=pcfg.num_stages)
     grid_pre = check_grid("attention_bwd", (cdiv(Nq, pcfg.block_m), BH))
@@ -466,7 +472,7 @@ def _bwd_launch(BH: int, Nq: int, Nk: int, D: int, Dv: int, dtype: torch.dtype, 
     n_split = cdiv(m_blocks, per_split)  # no empty splits
     grid = check_grid("attention_bwd", (n_blocks, BH, n_split))
     dq_atomic, dkv_atomic = n_blocks > 1, n_split > 1
-    kw = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
+    kw = dict(ES=es, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
               HAS_DO=has_do, HAS_EXTRA=has_extra, DQ_ATOMIC=dq_atomic, DKV_ATOMIC=dkv_atomic,
               PREC=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return grid_pre, grid, pre, per_split, kw, dq_atomic, dkv_atomic
@@ -496,7 +502,9 @@ def aot_specs(arch: int) -> list:
             for extra in (False, True):
                 label = f"D={d}" + (" dprobs" if extra else "")
                 cfg = attention_config(pad(d), pad(d), dtype, "dq", arch)
-                tiles = dict(D=d, Dv=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                # dprobs comes with the 77-token rows of cross attention, at its aligned stride
+                es = row_stride(77, dtype) if extra else 1
+                tiles = dict(D=d, Dv=d, ES=es, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                              BLOCK_D=pad(d), BLOCK_DV=pad(d))
                 # The O-based delta (long key rows) and the exact one (short rows, exact_delta).
                 specs += [KernelSpec(
@@ -517,7 +525,7 @@ def aot_specs(arch: int) -> list:
                          DQ="*fp32" if dq_atomic else t, DK="*fp32" if dkv_atomic else t,
                          DV="*fp32" if dkv_atomic else t, qk_scale="fp32",
                          m_blocks_per_split="i32", **bsizes),
-                    dict(D=d, Dv=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(d),
+                    dict(D=d, Dv=d, ES=es, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(d),
                          BLOCK_DV=pad(d), HAS_DO=True, HAS_EXTRA=extra, DQ_ATOMIC=dq_atomic,
                          DKV_ATOMIC=dkv_atomic, PREC=prec),
                     cfg.num_warps, cfg.num_stages,

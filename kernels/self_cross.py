@@ -19,7 +19,8 @@ import triton.language as tl
 from ._common import (AOT_HEAD_DIMS, AOT_TOKENS, LOG2E, MAX_TOKENS, SUPPORTED_DTYPES, KernelSpec,
                       check_grid, check_tensor, device_arch, dot_precision, launch, load_tile,
                       ptr, sm_count)
-from ._common import as_contiguous, cdiv, device_facts, fast_inputs_ok, next_pow2, pad, query_splits, self_cross_config, token_block
+from ._common import (as_contiguous, cdiv, device_facts, fast_inputs_ok, next_pow2, pad, padded_rows,
+                      query_splits, row_stride, self_cross_config, token_block)
 from .attention import _check_qk
 from .attention import fwd_plan as attention_fwd_plan
 from .attention import launch_fwd as attention_launch_fwd
@@ -280,27 +281,6 @@ def self_cross_lse_fwd(q, k, cross, scale, *, checked: bool = False):
     lse = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
     attention_launch_fwd(q, k, None, None, lse, scale, (Nq, Nk, D, D), lse_grid, lse_kw)
     return _forward(q, k, cross, lse, scale, (B, H, Nq, Nk, D, T), plan), lse
-
-
-def row_stride(T: int, dtype: torch.dtype) -> int:
-    """The row stride the kernels read C and G with: T rounded up to 16 bytes (77 -> 80 in
-    16-bit), so that every row starts 16-byte aligned and tiles load as 16-byte vectors."""
-    per = 16 // torch.empty((), dtype=dtype).element_size() if dtype in _ELEM else 1
-    return -(-T // per) * per
-
-
-_ELEM = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def padded_rows(x: torch.Tensor) -> torch.Tensor:
-    """x (B, N, T) contiguous as a (B, N, row_stride(T)) buffer with zero columns past T; x
-    itself when T is already aligned. One copy of B N T elements, against the N^2 work of the
-    kernels that read it."""
-    T = x.shape[2]
-    cs = row_stride(T, x.dtype)
-    if cs == T:
-        return x
-    return torch.nn.functional.pad(x, (0, cs - T))
 
 
 def _forward(q, k, cross, lse, scale, sizes, plan):

@@ -401,7 +401,7 @@ def tensor_shape(name: str, z: dict, kernel: str) -> tuple | None:
     B, H, Nq, Nk, D, T = (z[k] for k in ("B", "H", "Nq", "Nk", "D", "T"))
     table = {"Q": (B, H, Nq, D), "K": (B, H, Nk, D), "V": (B, H, Nk, D), "O": (B, H, Nq, D),
              "DO": (B, H, Nq, D), "DQ": (B, H, Nq, D), "DK": (B, H, Nk, D), "DV": (B, H, Nk, D),
-             "LSE": (B, H, Nq), "DLSE": (B, H, Nq), "DELTA": (B, H, Nq), "EXTRA": (B, Nq, Nk),
+             "LSE": (B, H, Nq), "DLSE": (B, H, Nq), "DELTA": (B, H, Nq), "EXTRA": (B, Nq, z.get("ES", Nk)),
              "PROBS": (B, Nq, Nk), "C": (B, Nq, z.get("CS", T)), "DCROSS": (B, Nq, T),
              "G": (B, Nk, z.get("CS", T)),
              "OUT": (z["n_split"], B, Nk, T)}
@@ -463,7 +463,8 @@ def sweep_sizes(spec, shape, device) -> dict:
     nk = shape.T if name in TEXT_KEY_KERNELS or spec.constexprs.get("HAS_EXTRA") else shape.N
     # CS: the row stride the self x cross kernels read C and G with (T rounded up to 16 bytes)
     return {"B": shape.B, "H": shape.H, "Nq": shape.N, "Nk": nk, "D": shape.D, "T": shape.T, "n_split": 1,
-            "m_blocks_per_split": 1, "device": device, "CS": spec.constexprs.get("CS", shape.T)}
+            "m_blocks_per_split": 1, "device": device, "CS": spec.constexprs.get("CS", shape.T),
+            "ES": spec.constexprs.get("ES", nk)}
 
 
 def selected_at(spec, z) -> bool:

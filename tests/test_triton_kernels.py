@@ -116,7 +116,7 @@ def test_attention_bwd_paths_are_taken():
         pytest.skip("the split choice depends on the GPU's SM count; the interpreter's is fixed")
     seen = set()
     for B, H, Nq, Nk, D, Dv, _ in ATTN_SIZES[1:]:
-        plan = _bwd_launch(B * H, Nq, Nk, D, Dv, torch.float32, -1, True, False, False)
+        plan = _bwd_launch(B * H, Nq, Nk, D, Dv, torch.float32, -1, True, None, False)
         seen.add(plan[-2:])
     assert {(True, False), (False, True)} <= seen, seen
 
