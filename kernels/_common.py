@@ -209,21 +209,16 @@ def _cuda_facts(index: int) -> tuple[int, int]:
     return 10 * major + minor, torch.cuda.get_device_properties(index).multi_processor_count
 
 
-_ALLOCATOR_SET = False
+def _scratch(size: int, alignment: int, stream):
+    return torch.empty(size, device=torch.cuda.current_device(), dtype=torch.int8)
 
 
 def set_tma_allocator() -> None:
     """Give Triton an allocator for the global scratch that in-kernel tensor descriptors
-    (tl.make_tensor_descriptor) live in, once per process: torch's caching allocator on the
-    current CUDA stream. Kernels without descriptors never call it."""
-    global _ALLOCATOR_SET
-    if _ALLOCATOR_SET:
-        return
-
-    def alloc(size: int, alignment: int, stream):
-        return torch.empty(size, device="cuda", dtype=torch.int8)
-    triton.set_allocator(alloc)
-    _ALLOCATOR_SET = True
+    (tl.make_tensor_descriptor) live in: torch's caching allocator on the current device.
+    Triton keeps it per thread (a ContextVar), so the TMA launch path sets it on every call
+    (a context-variable write); kernels without descriptors never call it."""
+    triton.set_allocator(_scratch)
 
 
 def row_stride(T: int, dtype: torch.dtype) -> int:

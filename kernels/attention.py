@@ -171,8 +171,11 @@ def _attention_bwd_preprocess_kernel(
                 v = load_tile(V + bh * Nk * Dv, offs_n, offs_dv, mask_n, mask_dv, Dv)
                 dp += tl.dot(do, tl.trans(v), input_precision=PREC)
             if HAS_EXTRA:
+                # Columns Nk..ES are zeros of the padded buffer (padded_rows) and meet P = 0: a
+                # column mask against the compile-time ES keeps the loads 16-byte vectors.
                 dp += tl.load(EXTRA + b * Nq * ES + offs_m.to(tl.int64)[:, None] * ES + offs_n[None, :],
-                              mask=mask, other=0.0).to(tl.float32) * extra_scale
+                              mask=mask_m[:, None] & (offs_n < ES)[None, :], other=0.0
+                              ).to(tl.float32) * extra_scale
             delta += tl.sum(p * dp, 1)
     tl.store(DELTA + bh * Nq + offs_m, delta, mask=mask_m)
 
@@ -215,7 +218,7 @@ def _bwd_tiles(dk, dv, k, v, start_m, end_m, offs_n, mask_n, Q, DO, LSE, DELTA, 
         if HAS_EXTRA:
             e_ptrs = EXTRA + b * Nq * ES + offs_m.to(tl.int64)[None, :] * ES + offs_n[:, None]
             if MASK:
-                e_t = tl.load(e_ptrs, mask=mask_n[:, None] & mask_m[None, :], other=0.0)
+                e_t = tl.load(e_ptrs, mask=(offs_n < ES)[:, None] & mask_m[None, :], other=0.0)
             else:
                 e_t = tl.load(e_ptrs)
             dp_t += e_t.to(tl.float32) * extra_scale
@@ -334,8 +337,11 @@ def launch_fwd(q, k, v, out, lse, scale, sizes, grid, kw):
     """The forward kernel's one launch site: contiguous q, k (v, out: None for lse only), lse
     (B, H, Nq) float32 to fill, sizes (Nq, Nk, D, Dv), and the (grid, keywords) of fwd_plan."""
     v = v if v is not None else k
-    if kw["TMA"] and (k.data_ptr() | v.data_ptr()) % 16:
-        kw = dict(kw, TMA=False)  # a view at an odd offset: descriptors need 16-byte bases
+    if kw["TMA"]:
+        if (k.data_ptr() | v.data_ptr()) % 16:
+            kw = dict(kw, TMA=False)  # a view at an odd offset: descriptors need 16-byte bases
+        elif k.is_cuda:
+            set_tma_allocator()  # per call: Triton keeps the allocator per thread
     # |s| log2(e) and the sign as NEG_Q (see the kernel): the launch keywords stay per shape.
     launch(_attention_fwd_kernel)[grid](
         q, k, v, out if out is not None else q, lse, abs(scale) * _LOG2E, *sizes,
@@ -351,8 +357,6 @@ def fwd_plan(BH: int, Nq: int, D: int, Dv: int, has_v: bool, dtype: torch.dtype,
     grid = check_grid("attention_fwd", (cdiv(Nq, cfg.block_m), BH))
     size = dtype.itemsize
     tma = cfg.tma and (D * size) % 16 == 0 and (Dv * size) % 16 == 0
-    if tma and dev >= 0:
-        set_tma_allocator()
     return grid, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
                       HAS_V=has_v, TMA=tma, PREC=dot_precision(dtype), num_warps=cfg.num_warps,
                       num_stages=cfg.num_stages)
@@ -458,7 +462,9 @@ def _bwd_launch(BH: int, Nq: int, Nk: int, D: int, Dv: int, dtype: torch.dtype, 
     arch, sms = device_facts(dev)
     prec = dot_precision(dtype)
     has_extra = extra_dtype is not None
-    es = row_stride(Nk, extra_dtype) if has_extra else Nk  # dp_extra's row stride (padded_rows)
+    # dp_extra's row stride (padded_rows), a compile-time constant: 1 when there is none, so
+    # that self attention does not compile a backward per key count.
+    es = row_stride(Nk, extra_dtype) if has_extra else 1
     pcfg = attention_config(pad(D), pad(Dv), dtype, "dq", arch)
     pre = dict(ES=es, BLOCK_M=pcfg.block_m, BLOCK_N=pcfg.block_n, BLOCK_D=pad(D), BLOCK_DV=pad(Dv),
                HAS_DO=has_do, HAS_EXTRA=has_extra, HAS_DLSE=has_dlse, EXACT=exact_delta(Nk),
@@ -516,9 +522,10 @@ def aot_specs(arch: int) -> list:
                     cfg.num_warps, cfg.num_stages, label + (" exact delta" if exact else ""))
                     for exact in (False, True)]
                 cfg = attention_config(pad(d), pad(d), dtype, "bwd", arch)
-                # Long rows without dprobs (self attention): atomic dQ; 77-key rows with
-                # dprobs (cross attention): one key block, query splits, atomic dK / dV.
-                dq_atomic, dkv_atomic = (True, False) if not extra else (False, True)
+                # As _bwd_launch picks them at SD-64: self attention (4096 keys, no dprobs) adds
+                # dQ atomically; cross attention (77 keys with dprobs, 10 key-block programs)
+                # splits the queries (atomic dK, dV) and adds dQ atomically past one key block.
+                dq_atomic, dkv_atomic = (True, False) if not extra else (cdiv(77, cfg.block_n) > 1, True)
                 specs.append(KernelSpec(
                     _attention_bwd_kernel, dtype,
                     dict(Q=t, K=t, V=t, DO=t, LSE="*fp32", DELTA="*fp32", EXTRA=t, extra_scale="fp32",
