@@ -348,10 +348,13 @@ def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype, kind: str, arc
         if kind == "pre":
             if arch >= 90:
                 return Config(16, 16, 16, 1, heads=2) if t_pad > 128 else Config(16, 32, 4, 1, heads=2)
-            return Config(16, 16, 4, 1, heads=2) if arch == 89 else Config(16, 32, 8, 1, heads=2)
-        # The one-pass backward: 8 warps spilled 4 bytes at D=64, T=1 on sm_90, 4 warps 8 bytes
-        # at D=40, T=1 on sm_80.
-        return Config(16, 16, 4, 2) if arch >= 90 else Config(16, 16, 8, 2)
+            if arch == 89:
+                return Config(16, 16, 4, 1, heads=2)
+            # 8 warps spilled 8-36 bytes at T=77 on sm_80 with the aligned C stride
+            return Config(16, 32, 4, 1, heads=2)
+        # The one-pass backward: 8 warps spilled 4 bytes at D=64, T=1 on sm_90; on sm_80 4
+        # warps spilled 8 bytes at D=40, T=1, two stages 4 bytes at D=40, T=77.
+        return Config(16, 16, 4, 2) if arch >= 90 else Config(16, 16, 8, 1)
     if kind == "fwd":
         # 128-key programs on sm_90 (231 registers at D=64, T=77, no spills): each query
         # block's q tile and lse row meet twice the keys per load.
@@ -362,9 +365,10 @@ def self_cross_config(d_pad: int, t_pad: int, dtype: torch.dtype, kind: str, arc
         # D = 128 with T = 256 sits at 236-255 registers: no pipelining there (triton 3.6
         # spills 20 bytes with two stages).
         return Config(64, 32, 8, 1 if d_pad > 64 and t_pad > 128 else 2, heads=16)
+    # The one-pass backward (dK and dQ per tile): on sm_80 (64, 32) tiles spilled 4-12 bytes.
     if wide:
-        return Config(32, 64, 4, 2)
-    return Config(64, 64, 8, 2, heads=2) if arch >= 90 else Config(64, 32, 8, 2, heads=2)
+        return Config(32, 64, 4, 2) if arch >= 90 else Config(32, 64, 8, 2)
+    return Config(64, 64, 8, 2, heads=2) if arch >= 90 else Config(32, 64, 8, 2, heads=2)
 
 
 @functools.lru_cache(maxsize=None)
