@@ -293,9 +293,10 @@ def _forward(q, k, cross, lse, scale, sizes, plan):
         out = torch.empty_like(cross) if Nk == Nq else torch.empty(B, Nk, T, device=q.device, dtype=cross.dtype)
     else:  # fp32 partial sums, reduced below in a fixed order
         out = torch.empty(n_split, B, Nk, T, device=q.device, dtype=torch.float32)
+    if kw["CS"] != T:  # padded_rows, with the stride the plan already holds
+        cross = torch.nn.functional.pad(cross, (0, kw["CS"] - T))
     launch(_self_cross_fwd_kernel)[grid](
-        q, k, padded_rows(cross), lse, out, float(scale), p_scale, H, Nq, Nk, n_split, per_split,
-        D, T, **kw)
+        q, k, cross, lse, out, float(scale), p_scale, H, Nq, Nk, n_split, per_split, D, T, **kw)
     if n_split == 1:
         return out
     return out.sum(0).to(cross.dtype)
