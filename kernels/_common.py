@@ -153,6 +153,7 @@ class Config:
     num_stages: int
     heads: int = 1  # heads one program handles (self x cross backward: shared C G^T tiles)
     tma: bool = False  # attention forward: K, V through tensor descriptors (sm_90)
+    head_outer: bool = False  # self x cross forward: heads outside the query loop (K loaded once)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ def _self_cross_fwd_kernel(
     Q, K, C, LSE, OUT, scale, p_scale, H, Nq, Nk, n_split, m_blocks_per_split,
     D: tl.constexpr, T: tl.constexpr, CS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_T: tl.constexpr, PREC: tl.constexpr, PREC_C: tl.constexpr,
+    BLOCK_T: tl.constexpr, HEAD_OUTER: tl.constexpr, PREC: tl.constexpr, PREC_C: tl.constexpr,
 ):
     """out[j, t] = (1/H) sum_i (sum_h exp(s q_i^h.k_j^h - L_h[i])) C[i, t] (DESIGN.md 1.1):
     the dV = P^T dO pass of FlashAttention-2 with dO := C, summed over heads.
@@ -48,7 +48,12 @@ def _self_cross_fwd_kernel(
 
     C's rows are CS >= T elements apart, CS a multiple of 16 bytes (the launcher pads C with
     zero columns, see padded_rows): each C tile is then 16-byte vector loads, where the 77-token
-    rows (154 bytes) came in as scalar 2-byte loads."""
+    rows (154 bytes) came in as scalar 2-byte loads.
+
+    HEAD_OUTER (a variant for the GPU lab to weigh, off by default): heads in the outer loop, so
+    each head's K tile is loaded once per program and stays in registers (FA2's dV pass) while
+    the query blocks stream past; the price is one P_h^T C product per head instead of one per
+    head sum (H times the P C flops: 1.8x the tensor-core work at H=5, D=64, T=77)."""
     pid_n = tl.program_id(0)
     pid_t = tl.program_id(1)
     pid_bs = tl.program_id(2)
@@ -64,21 +69,34 @@ def _self_cross_fwd_kernel(
     acc = tl.zeros([BLOCK_N, BLOCK_T], tl.float32)
     m_begin = split * m_blocks_per_split * BLOCK_M
     m_end = tl.minimum(m_begin + m_blocks_per_split * BLOCK_M, Nq)
-    for start_m in range(m_begin, m_end, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < Nq
-        p_t = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    # Padded query columns hold finite garbage (q = 0, L = 0: entries <= H) that meets zero rows
+    # of C; padded key rows are never stored. No mask needed on either.
+    if HEAD_OUTER:
         for h in range(H):
             bh = b * H + h
             k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
-            q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
-            lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
-            s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
-            p_t += tl.exp2(s_t - lse2[None, :])
-        # Padded query columns hold finite garbage (q = 0, L = 0: entries <= H) that meets
-        # zero rows of C; padded key rows are never stored. No mask needed on either.
-        c = load_tile(C + b * Nq * CS, offs_m, offs_t, mask_m, offs_t < CS, CS)
-        acc += tl.dot((p_t * p_scale).to(c.dtype), c, input_precision=PREC_C)
+            for start_m in range(m_begin, m_end, BLOCK_M):
+                offs_m = start_m + tl.arange(0, BLOCK_M)
+                mask_m = offs_m < Nq
+                q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
+                lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
+                p_t = tl.exp2(tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale - lse2[None, :])
+                c = load_tile(C + b * Nq * CS, offs_m, offs_t, mask_m, offs_t < CS, CS)
+                acc += tl.dot((p_t * p_scale).to(c.dtype), c, input_precision=PREC_C)
+    else:
+        for start_m in range(m_begin, m_end, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            mask_m = offs_m < Nq
+            p_t = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+            for h in range(H):
+                bh = b * H + h
+                k = load_tile(K + bh * Nk * D, offs_n, offs_d, mask_n, mask_d, D)
+                q = load_tile(Q + bh * Nq * D, offs_m, offs_d, mask_m, mask_d, D)
+                lse2 = tl.load(LSE + bh * Nq + offs_m, mask=mask_m, other=0.0) * LOG2E
+                s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
+                p_t += tl.exp2(s_t - lse2[None, :])
+            c = load_tile(C + b * Nq * CS, offs_m, offs_t, mask_m, offs_t < CS, CS)
+            acc += tl.dot((p_t * p_scale).to(c.dtype), c, input_precision=PREC_C)
     acc = acc / (p_scale * H)
     n_batch = tl.num_programs(2) // n_split
     base = OUT + (split * n_batch + b) * Nk * T  # OUT is (n_split, B, Nk, T)
@@ -324,7 +342,7 @@ def _fwd_plan(B, H, Nq, Nk, D, T, dtype, cross_dtype, dev) -> tuple:
     n_split = cdiv(m_blocks, per_split)  # no empty splits
     grid = check_grid("self_cross_fwd", (cdiv(Nk, cfg.block_n), cdiv(T, block_t), B * n_split))
     kw = dict(CS=row_stride(T, cross_dtype), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-              BLOCK_D=pad(D), BLOCK_T=block_t, PREC=dot_precision(dtype),
+              BLOCK_D=pad(D), BLOCK_T=block_t, HEAD_OUTER=cfg.head_outer, PREC=dot_precision(dtype),
               PREC_C=dot_precision(cross_dtype), num_warps=cfg.num_warps,
               num_stages=cfg.num_stages)
     return n_split, per_split, grid, _p_scale(cross_dtype, H), kw
@@ -399,13 +417,17 @@ def aot_specs(arch: int) -> list:
                 label = f"D={d} T={tok}"
                 cs = row_stride(tok, dtype)
                 cfg = self_cross_config(pad(d), pad(tok), dtype, "fwd", arch)
-                specs.append(KernelSpec(
-                    _self_cross_fwd_kernel, dtype,
-                    dict(Q=t, K=t, C=t, LSE="*fp32", OUT=t, p_scale="fp32", n_split="i32",
-                         m_blocks_per_split="i32", **sizes),
-                    dict(D=d, T=tok, CS=cs, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                         BLOCK_D=pad(d), BLOCK_T=token_block(pad(tok)), PREC=prec, PREC_C=prec),
-                    cfg.num_warps, cfg.num_stages, label))
+                # The head-outer form is compiled on sm_90 for 16-bit inputs whatever the config
+                # says, for the report and the GPU lab's sweep.
+                for outer in ((False, True) if arch >= 90 and dtype != torch.float32 else (cfg.head_outer,)):
+                    specs.append(KernelSpec(
+                        _self_cross_fwd_kernel, dtype,
+                        dict(Q=t, K=t, C=t, LSE="*fp32", OUT=t, p_scale="fp32", n_split="i32",
+                             m_blocks_per_split="i32", **sizes),
+                        dict(D=d, T=tok, CS=cs, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                             BLOCK_D=pad(d), BLOCK_T=token_block(pad(tok)), HEAD_OUTER=outer,
+                             PREC=prec, PREC_C=prec),
+                        cfg.num_warps, cfg.num_stages, label + (" head outer" if outer else "")))
                 cfg = self_cross_config(pad(d), pad(tok), dtype, "pre", arch)
                 specs.append(KernelSpec(
                     _self_cross_bwd_preprocess_kernel, dtype,

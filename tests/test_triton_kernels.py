@@ -206,6 +206,28 @@ def test_self_cross_bwd(B, H, Nq, Nk, D, T, lse_given):
         assert_close(got, want, name=name)
 
 
+@pytest.mark.parametrize("B,H,Nq,Nk,D,T", [SC_SIZES[1], SC_SIZES[-1]])
+def test_self_cross_fwd_head_outer(B, H, Nq, Nk, D, T, monkeypatch):
+    """The head-outer forward (each head's K loaded once per program, one P_h^T C product per
+    head; a GPU-lab variant) against the float64 reference, with and without query splits."""
+    import dataclasses
+    from fasttrack.kernels import self_cross as S
+    real = S.self_cross_config
+    monkeypatch.setattr(S, "self_cross_config",
+                        lambda *a: dataclasses.replace(real(*a), head_outer=True))
+    S._fwd_plan.cache_clear()
+    try:
+        assert S._fwd_plan(B, H, Nq, Nk, D, T, torch.float32, torch.float32, -1)[-1]["HEAD_OUTER"]
+        scale = D ** -0.5
+        q, k = make((B, H, Nq, D), torch.float32, 51), make((B, H, Nk, D), torch.float32, 52)
+        cross = torch.softmax(make((B, Nq, T), torch.float32, 53), -1)
+        out = K.self_cross_fwd(q, k, cross, K.lse_fwd(q, k, scale), scale)
+        want = ref_self_cross(q.double(), k.double(), cross.double(), scale)
+        assert_close(out, want, name="out")
+    finally:
+        S._fwd_plan.cache_clear()
+
+
 def test_self_cross_fwd_query_split_is_taken():
     """The last SC_SIZES row must run the split-query path (several programs per output tile,
     partial sums reduced by the launcher), or the test above does not cover it."""
