@@ -3,9 +3,10 @@
 Shapes: q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv); out (B, H, Nq, Dv),
 probs (B, Nq, Nk) = (1/H) sum_h softmax(s Q_h K_h^T) in q.dtype, lse (B, H, Nq) float32.
 No (B, H, Nq, Nk) tensor is ever formed.
-Run compiled once, on an H200 (sm_90, triton 3.6, 2026-12-04): tests/test_ops_gpu.py and the
-Triton cases of the CPU suite passed (benchmarks/results/gpu-h200-2026-12-04/); sm_80/89 only
-compiled ahead of time (kernels/compile_report.py) and run under TRITON_INTERPRET=1.
+UNVERIFIED ON A GPU in its current form (one launch up to 128 keys, dprobs read at an aligned
+stride by the one-pass attention backward): run only under TRITON_INTERPRET=1 and compiled ahead
+of time for sm_80/90 (kernels/compile_report.py). The earlier form passed every GPU test on an
+H200 (sm_90, triton 3.6; benchmarks/results/gpu-h200-2026-12-04/).
 """
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
 Shapes: q (B, H, Nq, D), k (B, H, Nk, D), cross C (B, Nq, T), lse L (B, H, Nq) float32,
 out / dout G (B, Nk, T). S = (1/H) sum_h P_h with P_h = exp(s Q_h K_h^T - L_h) (Nq, Nk);
 every kernel recomputes P tile by tile from (q, k, L).
-Run compiled once, on an H200 (sm_90, triton 3.6, 2026-12-04): tests/test_ops_gpu.py and the
-Triton cases of the CPU suite passed (benchmarks/results/gpu-h200-2026-12-04/); sm_80/89 only
-compiled ahead of time (kernels/compile_report.py) and run under TRITON_INTERPRET=1.
+UNVERIFIED ON A GPU in its current form (16-byte-aligned C / G rows, one-pass dQ + dK backward,
+the head-outer variant): run only under TRITON_INTERPRET=1 and compiled ahead of time for
+sm_80/90 (kernels/compile_report.py). The earlier form passed every GPU test on an H200 (sm_90,
+triton 3.6; benchmarks/results/gpu-h200-2026-12-04/).
 """
 from __future__ import annotations
 
