@@ -55,7 +55,16 @@ class DiffusionTracker(SerializationMixin, Tracker):
     def _step(self, image) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame, all on the device: boxes (K, 4) and scores (K,) as device tensors."""
 
+    def _read_back(self) -> torch.Tensor | None:
+        """(K, E) float32 device tensor read back with the boxes at the end of a frame (the
+        frame's only host read), for host-side work of the next frame (DINTR's crop windows);
+        its host copy lands in `self._host_extra` ((K, E) float32 ndarray). None: nothing."""
+        return None
+
     def _advance(self, image):
         boxes, scores = self._step(image)
-        host = torch.cat([boxes, scores[:, None]], 1).cpu()   # the frame's only host sync
-        return host[:, :4].numpy(), host[:, 4].numpy()
+        extra = self._read_back()
+        parts = [boxes.float(), scores.float()[:, None]] + ([] if extra is None else [extra.float()])
+        host = torch.cat(parts, 1).cpu().numpy()   # the frame's only host read
+        self._host_extra = None if extra is None else host[:, 5:]
+        return host[:, :4], host[:, 4]
