@@ -51,6 +51,11 @@ class Selector:
     def empty(self) -> bool:
         return not (self.everything or self.resolutions or self.globs)
 
+    def may_match(self, name: str) -> bool:
+        """Whether the layer can be recorded at all: a resolution selector needs the layer's
+        size, known only when it runs; name globs decide before."""
+        return bool(self.resolutions) or self.matches(name, None)
+
     def matches(self, name: str, hw) -> bool:
         if self.everything or any(fnmatch.fnmatchcase(name, g) for g in self.globs):
             return True

@@ -29,6 +29,7 @@ ops, reads, writes and host milliseconds per frame (the bench's trackers section
 """
 from __future__ import annotations
 
+import os
 import time
 import traceback
 
@@ -53,11 +54,16 @@ class HostSyncError(RuntimeError):
     """A host <-> device transfer inside a tracker frame beyond the allowed ones."""
 
 
+_SKIP = (os.path.dirname(torch.__file__), os.path.abspath(__file__))
+
+
 def _where() -> str:
-    """The innermost fasttrack frame of the current stack (file:line), outside this module."""
+    """The innermost caller outside torch and this module (file:line, the path shortened to
+    what follows 'fasttrack/' when it has it)."""
     for fr in reversed(traceback.extract_stack()[:-2]):
-        if "fasttrack" in fr.filename and not fr.filename.endswith("watch.py"):
-            return f"{fr.filename.split('fasttrack')[-1].lstrip('/')}:{fr.lineno}"
+        if not fr.filename.startswith(_SKIP):
+            name = fr.filename.split("fasttrack/", 1)[-1] if "fasttrack/" in fr.filename else fr.filename
+            return f"{name}:{fr.lineno}"
     return "?"
 
 

@@ -15,7 +15,8 @@ Frame 1: the prompt (P tokens, D = prompt dim) is learned with Adam (lr 5e-3) on
 normalized MSE(M, box mask) + dm_weight * L_DM (the UNet's denoising loss), the UNet frozen.
 From the frame of 0-based index `update_from` (5: the 6th frame) on, the online prompt updater
 (updater.py) moves the prompt with short- and long-term motion; `train_updater` trains it (Adam,
-lr 5e-4). Without saved updater weights the updater starts as the identity (see updater.py).
+lr 5e-4). Without saved updater weights the updater starts as the identity (see updater.py),
+and then a frame skips it (its output would be the prompt itself).
 
 Many targets run as batch rows of one UNet pass (`init_batch` / `update_batch`), sharing the
 frame's latents and noise, so K targets give the boxes of K single runs.
@@ -183,6 +184,9 @@ class DiffTracker(DiffusionTracker):
         self._reader.start(b)
         self._frame = 0
         self._short, self._long = [], []
+        # An identity updater (untrained: no saved weights) returns the prompt bit for bit:
+        # its two ResNet18 passes and attention per frame are skipped, same boxes.
+        self._run_updater = self.use_updater and not self.updater.is_identity()
         if self.use_updater:
             with torch.no_grad():
                 crops = crop_boxes(x, self._image_boxes_to_input(b), self.updater.config["template_size"])
@@ -223,7 +227,7 @@ class DiffTracker(DiffusionTracker):
         x, z = self._encode(image)
         self._frame += 1
         with torch.no_grad():
-            if self.use_updater:
+            if self._run_updater:
                 self._push_features(x)
                 if self._frame >= self.update_from:
                     short, long = self._motion_inputs()

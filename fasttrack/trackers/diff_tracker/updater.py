@@ -170,6 +170,14 @@ class PromptUpdater(nn.Module):
         P, D = self.config["num_tokens"], self.config["prompt_dim"]
         return fused.view(K, P, D)
 
+    def is_identity(self) -> bool:
+        """Whether forward returns the prompt unchanged whatever its inputs: the last layers of
+        the fusion MLP and of H_b are zero (an untrained updater), so l_k = 0 and MLP(x) = 0.
+        Reads the weights on the host: call it outside a frame."""
+        with torch.no_grad():
+            return all(not last.weight.any() and not last.bias.any()
+                       for last in (self.fusion[-1], self.blend[-1]))
+
     def forward(self, prompt: torch.Tensor, template: torch.Tensor, short: torch.Tensor,
                 long: torch.Tensor) -> torch.Tensor:
         l_k = self.motion(template, short, long)

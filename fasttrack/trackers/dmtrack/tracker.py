@@ -221,10 +221,12 @@ class DMTrack(Tracker, nn.Module):
             self._graph = StepGraph(self._step, state, key, use_graph=self.use_graph)
         with torch.no_grad():
             self._graph()
-        res = st["result"].to("cpu", copy=True).numpy()
+        # one read: the result row and the mask together
+        parts = [st["result"].float()] + ([st["mask"].float()] if self.net.mask is not None else [])
+        host = torch.cat(parts, 1).cpu().numpy()
         if self.net.mask is not None:
-            self.masks = st["mask"].to("cpu", copy=True).float().numpy()
-        return res[:, :4], res[:, 4]
+            self.masks = host[:, 6:].copy()
+        return host[:, :4], host[:, 4]
 
     # -- run options ------------------------------------------------------------------------
     def set_run_options(self, **options) -> "DMTrack":
