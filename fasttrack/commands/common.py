@@ -44,6 +44,9 @@ def add_tracker_args(parser: argparse.ArgumentParser, default: str | None = None
                             help="run the plain PyTorch model instead of fasttrack's fused kernels")
     parser.add_argument("--device", default=None,
                         help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32",
+                        help="run the tracker in float32 (default), TF32 matmuls (CUDA), or "
+                             "under bfloat16 / float16 autocast")
     parser.add_argument("--seed", type=int, default=0, help="seed of a tracker's own noise "
                         "(Diff-Tracker's latent noise; the others are deterministic) "
                         "(default: %(default)s)")
@@ -120,7 +123,7 @@ def tracker_options(args, device: str, patched: bool | None = None) -> dict:
     if patched is None:
         patched = not args.no_patch
     return {"tracker": args.tracker, "weights": args.weights, "patched": bool(patched),
-            "seed": args.seed, "device": device}
+            "seed": args.seed, "device": device, "precision": getattr(args, "precision", "fp32")}
 
 
 def make_tracker(opts: dict):
@@ -129,7 +132,8 @@ def make_tracker(opts: dict):
     from ..trackers.registry import build_tracker
 
     return build_tracker(opts["tracker"], opts["weights"], patched=opts["patched"],
-                         seed=opts["seed"], device=opts["device"])
+                         seed=opts["seed"], device=opts["device"],
+                         precision=opts.get("precision", "fp32"))
 
 
 def out_folder(path, arg: str = "--out") -> Path:

@@ -23,6 +23,11 @@ boxes, `tracker.scores` (K,)); `track(frames, box)` runs a whole sequence; pytra
 called with a box it runs a sequence, called with one image (and optionally pytracking's info
 dict) it is pytracking's step.
 
+Precision: `set_precision("bf16")` (or "fp16") runs init and every frame under
+`torch.autocast` in that dtype, "tf32" lets float32 matmuls and convolutions use TF32 on CUDA
+(a no-op on the CPU), "fp32" (the default) runs the model as built. The flags are set for the
+duration of the call and restored after it: nothing global changes.
+
 Errors: a wrong image (type, rank, channel count, dtype, empty, or a size other than the
 init frame's) is a TypeError/ValueError naming `image`; a box that is not 4 finite numbers with
 w, h > 0 overlapping the frame is a ValueError naming `box` (`boxes[i]` for batches); update
@@ -31,13 +36,40 @@ before init is `NotInitializedError` (a ValueError and a RuntimeError) naming `i
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["Tracker", "NotInitializedError", "as_image", "check_image", "check_boxes", "MAX_BOX_TO_FRAME"]
+__all__ = ["Tracker", "NotInitializedError", "as_image", "check_image", "check_boxes", "MAX_BOX_TO_FRAME",
+           "PRECISIONS", "precision_context"]
+
+# What `Tracker.set_precision` accepts: the autocast dtype of each ("tf32": float32 with TF32
+# matmuls and convolutions on CUDA).
+PRECISIONS = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device) -> Any:
+    """Run a block at `precision` (PRECISIONS) on `device`: autocast for "bf16" / "fp16",
+    TF32 matmuls and convolutions for "tf32" on CUDA; the previous flags are restored after."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    kind = torch.device(device).type
+    if PRECISIONS[precision] is not None:
+        with torch.autocast(kind, dtype=PRECISIONS[precision]):
+            yield
+    elif precision == "tf32" and kind == "cuda":
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    else:
+        yield
 
 
 # The largest box width / height accepted, in multiples of the frame's width / height.
@@ -128,6 +160,7 @@ class Tracker(abc.ABC):
     """
 
     max_targets: int | None = None
+    precision: str = "fp32"
 
     def __init__(self) -> None:
         self.score: float | None = None
@@ -143,6 +176,19 @@ class Tracker(abc.ABC):
     @abc.abstractmethod
     def _advance(self, image) -> tuple[Any, Any]:
         """One step on the validated frame: returns boxes (K, 4) and scores (K,)."""
+
+    def set_precision(self, precision: str) -> "Tracker":
+        """Run init and frames at `precision`: "fp32" (default), "tf32" (CUDA matmuls and
+        convolutions in TF32), "bf16" or "fp16" (autocast). Returns self. ValueError naming
+        `precision` for anything else. Changing it re-captures a tracker's CUDA graph."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        return self
+
+    def _precision(self):
+        """The context of this tracker's precision on its device."""
+        return precision_context(self.precision, getattr(self, "device", "cpu"))
 
     # -- checks -----------------------------------------------------------------------------
     def _check_frame(self, image):
@@ -175,7 +221,8 @@ class Tracker(abc.ABC):
 
     def _begin(self, image, size, boxes: np.ndarray) -> None:
         self.frame_size = None
-        self._start(image, boxes)
+        with self._precision():
+            self._start(image, boxes)
         self.frame_size = size
         self._num_targets = boxes.shape[0]
         self.scores = np.ones(boxes.shape[0], dtype=np.float32)
@@ -188,7 +235,8 @@ class Tracker(abc.ABC):
     def update_batch(self, image) -> np.ndarray:
         """Track one frame for all targets; returns (K, 4) float32 boxes."""
         image = self._check_frame(image)
-        boxes, scores = self._advance(image)
+        with self._precision():
+            boxes, scores = self._advance(image)
         boxes = np.asarray(boxes, dtype=np.float32).reshape(self._num_targets, 4)
         self.scores = np.asarray(scores, dtype=np.float32).reshape(self._num_targets)
         self.score = float(self.scores[0])

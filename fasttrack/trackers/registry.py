@@ -119,7 +119,7 @@ def tracker_names() -> list[str]:
 
 
 def build_tracker(name: str, weights=None, *, patched: bool = True, seed: int = 0,
-                  device: str = "cpu"):
+                  device: str = "cpu", precision: str = "fp32"):
     """Build a tracker by name.
 
     Args:
@@ -128,11 +128,16 @@ def build_tracker(name: str, weights=None, *, patched: bool = True, seed: int = 
         patched: fasttrack's fused kernels (True) or plain PyTorch (False).
         seed: Diff-Tracker's noise seed (the other trackers are deterministic).
         device: torch device string.
+        precision: "fp32", "tf32", "bf16" or "fp16" (`Tracker.set_precision`).
     Returns:
         a :class:`fasttrack.trackers.Tracker`.
     """
     if name not in TRACKERS:
         raise ValueError(f"unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
+    from .base import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if weights is not None:
         if not isinstance(weights, (str, os.PathLike)):
             raise TypeError(f"weights must be a path, got {type(weights).__name__}")
@@ -140,7 +145,7 @@ def build_tracker(name: str, weights=None, *, patched: bool = True, seed: int = 
         if not os.path.exists(weights):
             raise ValueError(f"weights {weights!r}: no such file or folder ({name} expects "
                              f"{TRACKERS[name].weights})")
-    tracker = TRACKERS[name].build(weights, int(seed), str(device))
+    tracker = TRACKERS[name].build(weights, int(seed), str(device)).set_precision(precision)
     if patched:
         import fasttrack
 

@@ -13,7 +13,9 @@ watch tells on any machine what a frame would cost a GPU:
           `host[:, :4].numpy()`) are one sync, counted once. Blind spot: `t.to("cpu")` of a CPU
           tensor dispatches nothing and cannot be told from `t.to(tracker.device)`;
   writes  `aten.lift_fresh` / `lift_fresh_copy` (`torch.tensor(data)`, `torch.as_tensor(array)`,
-          `torch.from_numpy`, `t.new_tensor(data)`), and a copy from the CPU to another device.
+          `torch.from_numpy`, `t.new_tensor(data)`), and a copy from the CPU to another device;
+          a lift and its copies with nothing else between them (`torch.from_numpy(a).to(dev)`,
+          then `buf.copy_(...)`) are one upload, counted once.
 
 Counts come from a TorchDispatchMode (every aten op the frame dispatches, `ops`), plus, while the
 watch is active, thin wrappers on the Tensor methods above (restored on exit). `strict=True`
@@ -86,6 +88,7 @@ class FrameWatch(TorchDispatchMode):
         self._saved: dict = {}
         self._inside = 0      # >0 inside a wrapped method: its own dispatches are not re-counted
         self._work_since_read = True   # a non-view op ran since the last read
+        self._work_since_write = True  # ... since the last write
 
     # -- recording ------------------------------------------------------------------------
     def _record(self, kind: str, what: str) -> None:
@@ -96,6 +99,9 @@ class FrameWatch(TorchDispatchMode):
             self.reads += 1
             over = self.reads > self.allowed_reads
         else:
+            if not self._work_since_write:
+                return              # one upload: from_numpy then its copy to the device
+            self._work_since_write = False
             self.writes += 1
             over = self.writes > self.allowed_writes
         where = _where()
@@ -110,6 +116,8 @@ class FrameWatch(TorchDispatchMode):
         name = str(func)
         if name not in _VIEW_OPS and name not in _READ_OPS:
             self._work_since_read = True
+        if name not in _VIEW_OPS and name not in _WRITE_OPS and name not in _COPY_OPS:
+            self._work_since_write = True
         if not self._inside:
             if name in _READ_OPS:
                 self._record("read", name)

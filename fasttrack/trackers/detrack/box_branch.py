@@ -66,7 +66,11 @@ class BoxBranch(nn.Module):
 
     def forward(self, b: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """b (B, Nq, C) box tokens; k, v (B, H, Ns, D) keys/values of the search tokens (any
-        strides). Returns b_next (B, Nq, C)."""
+        strides). Returns b_next (B, Nq, C). Under autocast k and v come from autocast matmuls
+        while b is the float32 residual stream: they are brought to b's dtype first (the
+        matmuls below autocast again)."""
+        if torch.is_autocast_enabled(b.device.type):
+            k, v = k.to(b.dtype), v.to(b.dtype)
         check_box_branch_inputs(b, k, v, self.dim, self.heads)
         B, nq, C = b.shape
         q = self.q(self.norm1(b)).view(B, nq, self.heads, self.head_dim).transpose(1, 2)

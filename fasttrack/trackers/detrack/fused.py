@@ -74,9 +74,13 @@ class FusedBoxBranch(BoxBranch):
         return dispatch.select("box_branch", self.backend, *(t for t in (b, k, v) if t is not None))
 
     def forward(self, b: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Same contract as BoxBranch.forward; falls back to it while autograd records."""
+        """Same contract as BoxBranch.forward; falls back to it while autograd records, and
+        under autocast (the fused launch takes one dtype for inputs and weights; the reference
+        module autocasts each matmul as the unpatched tracker does)."""
         if torch.is_grad_enabled() and (b.requires_grad or k.requires_grad or v.requires_grad
                                         or any(p.requires_grad for p in self.parameters())):
+            return super().forward(b, k, v)
+        if torch.is_autocast_enabled(b.device.type):
             return super().forward(b, k, v)
         check_box_branch_inputs(b, k, v, self.dim, self.heads)
         backend = dispatch.backend_module(self.resolve_backend(b, k, v))

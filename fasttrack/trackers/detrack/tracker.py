@@ -12,7 +12,7 @@ One step, for all K targets at once, entirely on the tracker's device: crop the 
 (4x the box's sqrt(w h)) out of the frame, embed them, denoise the box tokens through the ViT,
 refine them with the trajectory memory, map them to a box, map that back to the frame and clip
 it, then crop the new template (2x) and let the score gate refresh the visual memory. The step
-reads and writes fixed tensors, so on a GPU it is captured once in a CUDA graph (graph.py); the
+reads and writes fixed tensors, so on a GPU it is captured once in a CUDA graph (fasttrack.trackers.graph); the
 only device-to-host copy per frame is the (K, 6) result row (box, IoU score, softmax score).
 `tracker.score` is the predicted IoU score; `tracker.softmax_scores` holds the other one.
 """
@@ -26,7 +26,7 @@ from ..base import Tracker
 from ..checkpoint import (build_random, checked_load_state_dict, load_shipped, read_checkpoint,
                           save_checkpoint)
 from .crop import clip_boxes, crop_and_resize, crop_to_frame, frame_to_crop, frame_to_tensor
-from .graph import StepGraph
+from ..graph import StepGraph
 from .memory import VisualMemory, score_gate
 from .model import DeTrackConfig, DeTrackNet
 
@@ -166,7 +166,7 @@ class DeTrack(Tracker, nn.Module):
         st["result"].copy_(torch.cat([box, out["iou_score"][:, None], out["softmax_score"][:, None]], 1))
 
     def _graph_key(self):
-        return (tuple(id(m) for m in self.net.modules()), self.dtype, self.device, self.training,
+        return (tuple(id(m) for m in self.net.modules()), self.dtype, self.device, self.training, self.precision,
                 self._st["box"].shape[0])
 
     def _advance(self, image):

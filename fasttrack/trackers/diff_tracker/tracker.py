@@ -32,6 +32,7 @@ from ..diffusion.prompt_learning import learn_prompt as adam_prompt
 from ..diffusion.sd import SDComponents, add_noise, diffusion_target, preprocess
 from ..diffusion.serialization import load_module_state, write_tracker_folder
 from ..diffusion.tracker import DiffusionTracker
+from ..graph import StepGraph
 from .updater import PromptUpdater, UpdaterConfig, crop_boxes, updater_config_for
 
 __all__ = ["DiffTracker"]
@@ -183,6 +184,7 @@ class DiffTracker(DiffusionTracker):
                                  self.calibrate_size, self.motion)
         self._reader.start(b)
         self._frame = 0
+        self._st = self._graph = None
         self._short, self._long = [], []
         # An identity updater (untrained: no saved weights) returns the prompt bit for bit:
         # its two ResNet18 passes and attention per frame are skipped, same boxes.
@@ -223,18 +225,45 @@ class DiffTracker(DiffusionTracker):
         return torch.stack(short, 1), torch.stack(long, 1)
 
     def _step(self, image) -> tuple[torch.Tensor, torch.Tensor]:
-        """One frame, all on the device: boxes (K, 4) and scores (K,) as device tensors."""
-        x, z = self._encode(image)
+        """One frame, all on the device: boxes (K, 4) and scores (K,) as device tensors.
+
+        The frame is uploaded into a fixed buffer; the updater (when it runs: its frame history
+        is Python state) moves the fixed prompt in place; then `_frame_step` -- VAE, noise, UNet,
+        maps, readout -- runs through the shared graph runner (fasttrack.trackers.graph): one
+        CUDA graph replay per frame on a GPU, the same step eagerly on the CPU."""
+        st = self._st
+        if st is None or st["frame"].shape != tuple(image.shape):
+            st = self._st = {"frame": torch.empty(tuple(image.shape), dtype=torch.uint8, device=self.device),
+                             "result": torch.zeros(self.prompt.shape[0], 5, device=self.device)}
+            self._graph = None
+        frame = torch.from_numpy(image) if not isinstance(image, torch.Tensor) else image
+        st["frame"].copy_(frame, non_blocking=True)       # the frame's one upload
         self._frame += 1
-        with torch.no_grad():
-            if self._run_updater:
+        if self._run_updater:
+            with torch.no_grad():
+                x = preprocess(st["frame"], self.sd.image_size, self.device, self.dtype)
                 self._push_features(x)
                 if self._frame >= self.update_from:
                     short, long = self._motion_inputs()
-                    self.prompt = self.updater(self.prompt, self._template, short, long)
-            maps, _, _ = self._forward(z, self.prompt)
-            boxes, scores = self._boxes_from_maps(maps)
-        return boxes, scores
+                    self.prompt.copy_(self.updater(self.prompt, self._template, short, long))
+        key = (self.patched, self.precision, self.dtype, str(self.device), self.prompt.data_ptr())
+        if self._graph is None or self._graph.key != key:
+            r = self._reader
+            state = [st["result"], r.boxes, r.velocity, r._ratio, r._calibrated]
+            self._graph = StepGraph(self._frame_step, state, key, use_graph=self.use_graph,
+                                    generators=[self._gen] if self._gen.device.type == "cuda" else [])
+        with torch.no_grad():
+            self._graph()
+        return st["result"][:, :4], st["result"][:, 4]
+
+    def _frame_step(self) -> None:
+        """The captured part of a frame: reads the frame buffer and the prompt, writes the
+        (K, 5) result row and the readout state in place."""
+        st = self._st
+        x = preprocess(st["frame"], self.sd.image_size, self.device, self.dtype)
+        maps, _, _ = self._forward(self.sd.encode(x), self.prompt)
+        boxes, scores = self._boxes_from_maps(maps)
+        st["result"].copy_(torch.cat([boxes, scores[:, None]], 1))
 
     def _boxes_from_maps(self, maps: torch.Tensor):
         r = self._reader.read(maps, self._image_size)

@@ -224,7 +224,9 @@ class BoxReader:
     Use: `start(boxes)` with the init boxes (K, 4), then `read(maps, image_size)` per frame;
     `boxes` holds the last boxes (K, 4) float32 on the maps' device, `velocity` (K, 2) the
     centres' estimated motion in pixels per frame, `predicted` (K, 4) where the next frame's
-    search is centred (`boxes` moved by `velocity`).
+    search is centred (`boxes` moved by `velocity`). The state tensors are allocated by `start`
+    and updated in place by `read` (a CUDA graph of the frame keeps their addresses): clone
+    `boxes` to keep a frame's value.
     """
 
     def __init__(self, threshold: float = 0.5, search: float = 3.0, scale_step: float = 1.1,
@@ -277,9 +279,9 @@ class BoxReader:
         wh = prev[:, 2:].pow(1 - self.size_lr) * bounded.pow(self.size_lr)
         if self.calibrate:
             first = (r.found & ~self._calibrated)[:, None]
-            self._ratio = torch.where(first, prev[:, 2:] / region, self._ratio)
+            self._ratio.copy_(torch.where(first, prev[:, 2:] / region, self._ratio))
             wh = torch.where(first, prev[:, 2:], wh)
-            self._calibrated = self._calibrated | r.found
+            self._calibrated.copy_(self._calibrated | r.found)
         boxes = torch.where(r.found[:, None], torch.cat([centre - wh / 2, wh], 1), prev)
         if self.motion:
             # v <- (1 - a) v + a (c_t - c_{t-1}); a target with nothing read coasts (its box is
@@ -290,6 +292,6 @@ class BoxReader:
             ahead = centre + v
             inside = torch.stack([ahead[:, 0].clamp(0.0, float(image_size[1])),
                                   ahead[:, 1].clamp(0.0, float(image_size[0]))], 1)
-            self.velocity = inside - centre
-        self.boxes = boxes
+            self.velocity.copy_(inside - centre)
+        self.boxes.copy_(boxes)
         return r._replace(boxes=boxes)

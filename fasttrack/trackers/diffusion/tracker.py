@@ -41,6 +41,9 @@ class DiffusionTracker(SerializationMixin, Tracker):
         self.cross_layers, self.self_layers = cross_layers, self_layers
         self.reader = MapReader(components.unet, resolution=self.resolution, cross_layers=cross_layers,
                                 self_layers=self_layers, tokens=tokens)
+        # Capture a tracker's frame step in a CUDA graph on GPU devices (fasttrack.trackers.graph;
+        # Diff-Tracker; the capture has not run on a GPU yet). Set False to run it eagerly.
+        self.use_graph = True
 
     def _patch_roots(self) -> list[torch.nn.Module]:
         """The models `fasttrack.patch(tracker)` acts on."""

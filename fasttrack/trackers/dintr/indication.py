@@ -100,12 +100,13 @@ def extract(indication: str, reader: BoxReader, maps: torch.Tensor, image_size: 
     check_indication(indication)
     if windows is not None and indication == "mask":
         raise ValueError("the mask indication reads whole-frame maps (no crop windows)")
-    prev = reader.boxes
+    # the read updates reader.boxes in place: the point's size is taken before it
+    wh = reader.boxes[:, 2:].clone() if indication == "point" else None
     r = reader.read(maps, image_size, windows)
     out = {"boxes": r.boxes, "scores": r.scores, "found": r.found}
     if indication == "point":
-        wh = prev[:, 2:].to(r.points)
-        out["boxes"] = reader.boxes = torch.cat([r.points - wh / 2, wh], 1)
+        out["boxes"] = torch.cat([r.points - wh.to(r.points) / 2, wh.to(r.points)], 1)
+        reader.boxes.copy_(out["boxes"])
         out["points"] = r.points
     elif indication == "mask":
         out["masks"] = r.masks

@@ -34,7 +34,7 @@ from ..base import Tracker
 from ..checkpoint import (build_random, checked_load_state_dict, load_shipped, read_checkpoint,
                           save_checkpoint)
 from ..detrack.crop import clip_boxes, crop_and_resize, crop_to_frame, frame_to_crop, frame_to_tensor
-from ..detrack.graph import StepGraph
+from ..graph import StepGraph
 from .model import DMTrackConfig, DMTrackNet
 from .text import clean_text
 
@@ -207,7 +207,7 @@ class DMTrack(Tracker, nn.Module):
             st["mask"].copy_(out["mask"])
 
     def _graph_key(self):
-        return (tuple(id(m) for m in self.net.modules()), self.dtype, self.device, self.training,
+        return (tuple(id(m) for m in self.net.modules()), self.dtype, self.device, self.training, self.precision,
                 self._st["box"].shape[0], self.config.samples, self.config.mask_steps)
 
     def _advance(self, image):
