@@ -1,6 +1,6 @@
 """The GPU perf lab: what one rare GPU session (15 device-minutes, starts included) should measure.
 
-    python scripts/gpu_lab.py --out OUT [--budget 450] [--sections ops,sweep,ncu,shared]
+    python scripts/gpu_lab.py --out OUT [--budget 450] [--sections ops,sweep,ncu,trackers,shared]
                               [--shared-lab .gpu_shared/perf/gpu_lab.py] [--kernels REGEX]
     python scripts/gpu_lab.py --dry-run          # every section, shape and config; no GPU needed
     python scripts/gpu_lab.py --smoke --out OUT  # TRITON_INTERPRET=1 on tiny CPU shapes: plumbing only
@@ -27,6 +27,19 @@ once its share of --budget is spent):
           config per (kernel, dtype, shape, variant).
   ncu     Nsight Compute (SpeedOfLight, Occupancy, WarpStateStats), one launch of each top kernel
           at SD-128; text reports OUT/ncu-<target>.txt. Skipped with the reason without ncu.
+  trackers  each tracker's frame, patched and unpatched: DMTrack.dmtrack256 (its first GPU run),
+          DeTrack.detrack256 at 1 and 64 targets (float32, random weights, 480 x 640 frames, the
+          step in a CUDA graph as shipped), Diff-Tracker and DINTR on the SD 2.1 architecture
+          at random weights (fasttrack.trackers.diffusion.sd.random_components("sd2.1"), float16,
+          480 x 640 frames, the bench's quick settings). Per variant: init and first-frame
+          seconds, warm-up frames, then frames/s over timed frames, one extra frame under
+          fasttrack.trackers.watch.FrameWatch (aten ops, host reads / writes, host ms under the
+          watch), and one torch.profiler trace of a few update_batch calls: per frame the host
+          (CPU) op time against the device (CUDA) kernel time, the kernel launches (runtime
+          launch calls, graph launches included) and the device kernels, the top-10 ops by self
+          device time (OUT/trackers-<variant>.txt holds the profiler's table), the chrome trace
+          gzipped as OUT/trace-<variant>.json.gz when under TRACE_LIMIT_MB. A variant that fails
+          is an error row; the others still run. --smoke: the tiny models on the CPU.
   shared  the reviewer's instrument run as it is (python PATH --out OUT/shared-lab --budget S)
           when --shared-lab PATH is given (gpu_check.sh passes .gpu_shared/perf/gpu_lab.py when
           the device machine has it: one device call runs both).
@@ -56,9 +69,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("ops", "sweep", "ncu", "shared")
+SECTIONS = ("ops", "sweep", "ncu", "trackers", "shared")
 # A section's share of what is left of the budget when it starts, against the sections after it.
-WEIGHTS = {"ops": 4.0, "sweep": 3.5, "ncu": 1.5, "shared": 4.0}
+WEIGHTS = {"ops": 4.0, "sweep": 3.5, "ncu": 1.5, "trackers": 3.0, "shared": 4.0}
 DEFAULT_BUDGET = 450.0  # s: with start-up, the lab stays within 8 minutes
 
 # (name, B, H, N, D, T)
@@ -83,6 +96,21 @@ NCU_TARGETS = {"attention_fwd": "_attention_fwd_kernel", "attention_dkdv": "_att
                "cross_attention_probs": "_head_mean_probs_kernel|_cross_attention_fwd_kernel",
                "sdpa_fwd": "flash|fmha|cudnn"}
 NCU_SHAPE = "SD-128"
+# Section trackers: (tracker, targets) in the order they run (DMTrack first: its first GPU run;
+# the SD trackers, the dearest, last), and per tracker (warm-up frames, timed frames, profiled
+# frames, seconds a variant needs before it starts).
+TRACKER_PLAN = (("DMTrack", 1), ("DeTrack", 1), ("DeTrack", 64), ("DiffTracker", 1), ("DINTR", 1))
+TRACKER_FRAMES = {"DMTrack": (3, 10, 3, 20.0), "DeTrack": (3, 10, 3, 20.0),
+                  "DiffTracker": (3, 5, 2, 45.0), "DINTR": (2, 3, 2, 90.0)}
+SMOKE_TRACKER_FRAMES = (1, 1, 1, 2.0)
+TRACKER_SIZE, SMOKE_TRACKER_SIZE = (480, 640), (96, 128)
+TRACKER_MODELS = {"DMTrack": "dmtrack256 (random weights, float32)", "DeTrack": "detrack256 (random weights, float32)",
+                  "DiffTracker": "SD 2.1 architecture, random weights, float16",
+                  "DINTR": "SD 2.1 architecture, random weights, float16"}
+TRACE_LIMIT_MB = 8.0  # a gzipped chrome trace above this is dropped (its size recorded)
+# CUDA runtime / driver calls that launch device work (a CUDA graph launch counts once)
+LAUNCH_RE = re.compile(r"^(cudaLaunchKernel|cudaLaunchKernelExC|cuLaunchKernel|cuLaunchKernelEx|"
+                       r"cudaLaunchCooperativeKernel|cudaGraphLaunch|cuGraphLaunch)(_v\d+)?$")
 
 
 # ------------------------------------------------------------------------------ budget and output
@@ -763,6 +791,209 @@ def run_ncu(out: Path, deadline: float, smoke: bool, device) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------------------ section trackers
+def tracker_plan(smoke: bool) -> list[dict]:
+    """The variants of section trackers, in order: tracker, targets, patched, and the frames."""
+    out = []
+    for name, k in TRACKER_PLAN:
+        warmup, timed, profiled, need = SMOKE_TRACKER_FRAMES if smoke else TRACKER_FRAMES[name]
+        for patched in (True, False):
+            out.append({"tracker": name, "targets": k, "patched": patched, "warmup": warmup,
+                        "timed": timed, "profiled": profiled, "need_s": need})
+    return out
+
+
+def _slug(v: dict) -> str:
+    return f"{v['tracker']}-x{v['targets']}-{'patched' if v['patched'] else 'unpatched'}"
+
+
+def build_tracker(name: str, patched: bool, device, smoke: bool, warmup: int, components):
+    """The lab's tracker: tiny models with --smoke, else the GPU models of the module docstring.
+    components() gives the shared SD 2.1 components (built once)."""
+    import torch
+    from fasttrack.patch import patch, unpatch
+    backend = "torch" if smoke else "auto"  # smoke runs under TRITON_INTERPRET=1
+    if name in ("DiffTracker", "DINTR"):
+        from fasttrack.bench.trackers import build
+        tracker = "diff_tracker" if name == "DiffTracker" else "dintr"
+        if tracker == "diff_tracker":  # the paper's full frame: the online prompt updater on
+            settings = {"update_from": warmup, "use_updater": True, **({"prompt_steps": 2} if smoke else {})}
+        else:  # smoke: the plumbing only, the fewest steps
+            settings = {"num_steps": 2, "init_steps": 2} if smoke else {}
+        dtype = torch.float32 if smoke else torch.float16
+        return build(tracker, "tiny" if smoke else "sd2.1", device, dtype=dtype, patched=patched, backend=backend,
+                     quick=True, components=None if smoke else components(), **settings)
+    if name == "DeTrack":
+        from fasttrack.trackers.detrack.tracker import DeTrack
+        tr = (DeTrack.tiny(0) if smoke else DeTrack.detrack256(seed=0)).to(device).eval()
+    else:
+        from fasttrack.trackers.dmtrack import DMTrack
+        tr = (DMTrack.tiny(0) if smoke else DMTrack.dmtrack256(seed=0)).to(device).eval()
+        with torch.no_grad():
+            tr.net.cross.gate.fill_(0.5)  # an open gate (as the bench): random init leaves it shut
+    unpatch(tr)
+    return patch(tr, backend=backend) if patched else tr
+
+
+def tracker_frames(n: int, size, targets: int):
+    """n synthetic frames, `targets` init boxes and the sequence's description."""
+    from fasttrack.bench.trackers import frames_and_boxes
+    from fasttrack.data.synthetic import synthetic_sequence
+    frames, boxes = frames_and_boxes(n, size, targets)
+    H, W = size
+    text = synthetic_sequence(1, size=size, sprite_size=(H // 4, W // 4), seed=0).text
+    return frames, boxes, text
+
+
+def _attr(e, *names):
+    for n in names:
+        v = getattr(e, n, None)
+        if v is not None:
+            return v
+    return 0.0
+
+
+def profile_summary(prof, frames: int, cuda: bool) -> dict:
+    """Per frame: host (CPU) op time, device (CUDA) time, launches and kernels; the top-10 ops
+    by self device time (CPU: by self CPU time)."""
+    import torch
+    DT = torch.autograd.DeviceType
+    events = prof.events()
+    host_us = sum(e.self_cpu_time_total for e in events if e.device_type == DT.CPU)
+    dev = [e for e in events if e.device_type == DT.CUDA]
+    launches = sum(1 for e in events if e.device_type == DT.CPU and LAUNCH_RE.match(e.name))
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    avgs = sorted(prof.key_averages(), key=lambda a: _attr(a, key, "self_cuda_time_total"), reverse=True)
+    top = [{"name": a.key, "calls": a.count,
+            "self_device_ms": _attr(a, "self_device_time_total", "self_cuda_time_total") / 1e3 if cuda else None,
+            "device_ms": _attr(a, "device_time_total", "cuda_time_total") / 1e3 if cuda else None,
+            "self_cpu_ms": a.self_cpu_time_total / 1e3, "cpu_ms": a.cpu_time_total / 1e3}
+           for a in avgs[:10]]
+    return {"host_op_ms_per_frame": host_us / frames / 1e3,
+            "device_ms_per_frame": sum(e.time_range.elapsed_us() for e in dev) / frames / 1e3 if cuda else None,
+            "device_kernels_per_frame": len(dev) / frames if cuda else None,
+            "launches_per_frame": launches / frames if cuda else None,
+            "top_ops": top}
+
+
+def save_trace(prof, out: Path, slug: str) -> dict:
+    """The chrome trace, gzipped, kept when under TRACE_LIMIT_MB."""
+    import gzip
+    raw, gz = out / f"trace-{slug}.json", out / f"trace-{slug}.json.gz"
+    try:
+        prof.export_chrome_trace(str(raw))
+        with open(raw, "rb") as f, gzip.open(gz, "wb", compresslevel=6) as g:
+            shutil.copyfileobj(f, g)
+        mb = gz.stat().st_size / 2**20
+        if mb > TRACE_LIMIT_MB:
+            gz.unlink()
+            return {"trace": None, "trace_note": f"dropped: {mb:.1f} MB gzipped > {TRACE_LIMIT_MB} MB"}
+        return {"trace": gz.name, "trace_mb": round(mb, 2)}
+    except Exception as e:
+        return {"trace": None, "trace_note": "export failed: " + error_text(e)}
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def run_tracker_variant(v: dict, out: Path, device, smoke: bool, components) -> dict:
+    """One variant of section trackers (module docstring); raises on failure."""
+    import itertools
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from fasttrack.trackers.watch import frame_profile
+    cuda = device.type == "cuda"
+    size = SMOKE_TRACKER_SIZE if smoke else TRACKER_SIZE
+    row = {}
+    t0 = time.perf_counter()
+    tr = build_tracker(v["tracker"], v["patched"], device, smoke, v["warmup"], components)
+    row["build_s"] = time.perf_counter() - t0
+    frames, boxes, text = tracker_frames(8, size, v["targets"])
+    cycle = itertools.cycle(frames[1:])
+    step = lambda: tr.update_batch(next(cycle))  # noqa: E731
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    if v["tracker"] == "DMTrack":
+        tr.init_batch(frames[0], boxes, text=text)
+    else:
+        tr.init_batch(frames[0], boxes)
+    sync(device)
+    row["init_s"] = time.perf_counter() - t0
+    for i in range(v["warmup"]):
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        if i == 0:
+            row["first_frame_s"] = time.perf_counter() - t0  # compiles, CUDA graph capture
+    ms = wall_ms(step, device, v["timed"])
+    row.update(ms_per_frame=ms, frames_per_s=1e3 / ms)
+    if v["targets"] > 1:
+        row["target_frames_per_s"] = 1e3 * v["targets"] / ms
+    w = frame_profile(tr, [next(cycle)])
+    row.update(ops_per_frame=int(w["ops_per_frame"]), host_reads=int(w["reads_per_frame"]),
+               host_writes=int(w["writes_per_frame"]), host_ms_under_watch=w["host_ms_per_frame"])
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync(device)
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        for _ in range(v["profiled"]):
+            step()
+        sync(device)
+        row["profiled_wall_ms_per_frame"] = (time.perf_counter() - t0) * 1e3 / v["profiled"]
+    row.update(profile_summary(prof, v["profiled"], cuda))
+    try:
+        (out / f"trackers-{_slug(v)}.txt").write_text(prof.key_averages().table(
+            sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=25))
+        row["table"] = f"trackers-{_slug(v)}.txt"
+    except Exception as e:
+        row["table_note"] = error_text(e)
+    row.update(save_trace(prof, out, _slug(v)))
+    if cuda:
+        row["peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return row
+
+
+def run_trackers(out: Path, deadline: float, smoke: bool, device) -> list[dict]:
+    """Section trackers (module docstring): one row per (tracker, targets, patched)."""
+    import functools
+    import gc
+
+    import torch
+    size = SMOKE_TRACKER_SIZE if smoke else TRACKER_SIZE
+    dtype = torch.float32 if smoke else torch.float16
+
+    @functools.cache
+    def components():  # the SD 2.1 architecture, built once for Diff-Tracker and DINTR
+        from fasttrack.trackers.diffusion.sd import random_components
+        return random_components("sd2.1", seed=0, device=device, dtype=dtype)
+
+    rows = []
+    for v in tracker_plan(smoke):
+        row = {"tracker": v["tracker"], "targets": v["targets"],
+               "impl": "patched" if v["patched"] else "unpatched",
+               "model": "tiny" if smoke else TRACKER_MODELS[v["tracker"]],
+               "frame": f"{size[0]}x{size[1]}", "warmup": v["warmup"], "timed": v["timed"],
+               "profiled": v["profiled"]}
+        if out_of_time(deadline, v["need_s"]):
+            row["skipped"] = f"budget: section trackers out of time (a {v['tracker']} variant needs ~{v['need_s']:.0f} s)"
+        else:
+            t0 = time.monotonic()
+            try:
+                row.update(run_tracker_variant(v, out, device, smoke, components))
+            except Exception as e:  # one tracker failing must not stop the others
+                row["error"] = error_text(e, 1000)
+            row["seconds"] = round(time.monotonic() - t0, 1)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(row)
+        print("trackers", json.dumps({k: v for k, v in row.items() if k != "top_ops"}, default=str), flush=True)
+        write_json(out / "trackers.json", rows)  # partial results survive a kill
+    return rows
+
+
 # ------------------------------------------------------------------------------ section shared
 def run_shared(out: Path, deadline: float, smoke: bool, path: str | None) -> list[dict]:
     """Section shared: the reviewer's script as it is, with what is left of this section."""
@@ -816,6 +1047,13 @@ def dry_run(args) -> None:
             print(f"  ncu: {find_ncu() or 'not found here (skipped on such a machine)'}; sections {', '.join(NCU_SECTIONS)}")
             for t, rx in NCU_TARGETS.items():
                 print(f"  {t} at {NCU_SHAPE}: --kernel-name regex:{rx} --launch-skip 1 --launch-count 1")
+        elif name == "trackers":
+            h, w = TRACKER_SIZE
+            for v in tracker_plan(False):
+                print(f"  {v['tracker']} x{v['targets']} {'patched' if v['patched'] else 'unpatched'}: "
+                      f"{TRACKER_MODELS[v['tracker']]}, {h}x{w} frames; {v['warmup']} warm-up, "
+                      f"{v['timed']} timed, {v['profiled']} profiled frames; FrameWatch counts; "
+                      f"trace OUT/trace-{_slug(v)}.json.gz (<= {TRACE_LIMIT_MB:.0f} MB)")
         elif name == "shared":
             print(f"  {('python ' + args.shared_lab + ' --out ' + str(Path(args.out) / 'shared-lab')) if args.shared_lab else 'skipped: no --shared-lab PATH given'}")
     print("\nthen lab.json (device, capability, versions, git commit, sections)")
@@ -919,6 +1157,8 @@ def run_section(name: str, out: Path, deadline: float, args, device):
         return run_sweep(out, deadline, args.smoke, device, args.kernels)
     if name == "ncu":
         return run_ncu(out, deadline, args.smoke, device)
+    if name == "trackers":
+        return run_trackers(out, deadline, args.smoke, device)
     return run_shared(out, deadline, args.smoke, args.shared_lab)
 
 

@@ -208,6 +208,69 @@ def test_section_cases_give_rows_with_unit_and_honest_labels(name, section_rows)
                 assert r["ms_per_learning_step"] == pytest.approx(r["ms"] / r["learning_steps"])
 
 
+WATCH = ("ops_per_frame", "host_reads", "host_writes", "host_ms")
+
+
+@pytest.mark.parametrize("name", ("trackers", "detrack", "dmtrack"))
+def test_update_rows_carry_the_frame_watch(name, section_rows):
+    """Every per-frame row that ran (patched and unpatched, every target count) has the frame
+    watch's fields: ops > 0, integer host reads and writes >= 0, host ms > 0."""
+    if name == "trackers":
+        pytest.importorskip("diffusers")
+    cases, rows = section_rows[name]
+    watched = [(c, r) for c, r in zip(cases, rows) if c.unit == "frame" and not c.skip]
+    assert watched
+    for c, r in watched:
+        assert "watch_error" not in r, r
+        assert isinstance(r["ops_per_frame"], int) and r["ops_per_frame"] > 0, r
+        for key in ("host_reads", "host_writes"):
+            assert isinstance(r[key], int) and not isinstance(r[key], bool) and r[key] >= 0, r
+        assert r["host_ms"] > 0
+        assert r["host_reads"] >= 1 and r["host_writes"] >= 1  # the frame's upload and its boxes' read
+    for c, r in zip(cases, rows):
+        if c.unit != "frame" or c.skip:
+            assert not set(WATCH) & set(r), r  # init calls, blocks, facts rows: no frame watch
+    ran = {(c.role, c.targets) for c, _ in watched}
+    want = {"trackers": {(role, k) for role in ("fasttrack", "reference") for k in (1, 4)},
+            "detrack": {(role, k) for role in ("fasttrack", "reference") for k in (1, 8, 64)},
+            "dmtrack": {("fasttrack", 1), ("reference", 1), ("other", 1)}}[name]
+    assert ran == want
+    if name == "trackers":
+        names = {r["name"] for c, r in watched}
+        assert {n.split()[0] for n in names} == {"diff_tracker", "dintr"} and len(names) == 4
+    elif name == "dmtrack":
+        assert sorted(r["samples"] for c, r in watched if c.role != "other") == [1, 1, 5, 5, 10, 10]
+
+
+def test_detrack_patched_row_ops_match_a_direct_recount(section_rows):
+    """An independent recount: a fresh patched tiny DeTrack, the bench's frames and boxes, the
+    updates the row's case made before its watched frame (section_rows: no warm-up, one timed
+    call, one memory call), then that frame under a FrameWatch of its own."""
+    from fasttrack.bench import detrack as bench_detrack
+    from fasttrack.patch import patch
+    from fasttrack.trackers.detrack.tracker import DeTrack
+    from fasttrack.trackers.watch import FrameWatch
+
+    _, rows = section_rows["detrack"]
+    row = {report.row_label(r): r for r in rows}["detrack / tiny patched(torch) x1"]
+    height, width = 120, 160
+    frames = [bench_detrack._frame(height, width, s) for s in range(4)]
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tr = DeTrack.tiny(seed=0).eval()
+        patch(tr, backend="torch")
+        tr.init_batch(frames[0], bench_detrack._boxes(1, height, width, 1))
+        for frame in frames[1:3]:
+            tr.update_batch(frame)
+        with FrameWatch() as w:
+            tr.update_batch(frames[3])
+    finally:
+        torch.set_num_threads(saved)
+    assert w.ops > 0
+    assert (row["ops_per_frame"], row["host_reads"], row["host_writes"]) == (w.ops, w.reads, w.writes)
+
+
 def test_report_has_every_numeric_column_and_one_chart_panel_per_unit(section_rows, tmp_path):
     from fasttrack.bench.facts import device_facts
 

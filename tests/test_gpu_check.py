@@ -130,7 +130,7 @@ def test_lab_dry_run_names_every_section_shape_and_kernel():
     res = lab("--dry-run")
     assert res.returncode == 0, res.stderr
     out = res.stdout
-    for section in ("ops", "sweep", "ncu", "shared"):
+    for section in ("ops", "sweep", "ncu", "trackers", "shared"):
         assert f"== section {section}" in out
     for shape in ("SD-64: (B, H, N, D) = (2, 5, 4096, 64)", "SD-96: (B, H, N, D) = (2, 5, 9216, 64)",
                   "SD-128: (B, H, N, D) = (1, 10, 16384, 64)"):
@@ -144,6 +144,12 @@ def test_lab_dry_run_names_every_section_shape_and_kernel():
         assert kernel + " float16" in out and kernel + " bfloat16" in out
     assert "(default); M128 N128 w8 s2" in out
     assert "SpeedOfLight, Occupancy, WarpStateStats" in out
+    # section trackers: the four trackers, patched and unpatched, DeTrack at 1 and 64 targets
+    for variant in ("DMTrack x1", "DeTrack x1", "DeTrack x64", "DiffTracker x1", "DINTR x1"):
+        for impl in ("patched", "unpatched"):
+            assert f"  {variant} {impl}: " in out
+    assert "SD 2.1 architecture, random weights, float16, 480x640 frames" in out
+    assert "detrack256" in out and "dmtrack256" in out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -162,13 +168,14 @@ def test_lab_smoke_writes_every_section(tmp_path):
     """--smoke: every section under TRITON_INTERPRET=1 on a tiny CPU shape: rows, skip reasons,
     a sweep whose non-default config was checked against the default one."""
     out = tmp_path / "lab"
-    env = dict(os.environ, PATH="/usr/bin:/bin")  # no ncu on the PATH: its skip reason shows
-    res = lab("--smoke", "--out", out, "--shared-lab", tmp_path / "missing.py", timeout=240, env=env)
+    # no ncu on the PATH: its skip reason shows; one torch thread: the tiny trackers in seconds
+    env = dict(os.environ, PATH="/usr/bin:/bin", OMP_NUM_THREADS="1")
+    res = lab("--smoke", "--out", out, "--shared-lab", tmp_path / "missing.py", timeout=420, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     summary = json.loads((out / "lab.json").read_text())
     for key in ("device_name", "capability", "torch", "triton", "torch_cuda", "git_commit"):
         assert key in summary["env"]
-    assert summary["env"]["smoke"] is True and set(summary["sections"]) == {"ops", "sweep", "ncu", "shared"}
+    assert summary["env"]["smoke"] is True and set(summary["sections"]) == {"ops", "sweep", "ncu", "trackers", "shared"}
 
     ops = json.loads((out / "ops.json").read_text())
     assert {r["op"] for r in ops} == {"attention", "self_cross", "cross_attention"}
@@ -189,6 +196,23 @@ def test_lab_smoke_writes_every_section(tmp_path):
     (shared,) = json.loads((out / "shared.json").read_text())
     assert "no such file" in shared["skipped"]
 
+    # section trackers: the four tiny trackers, patched and unpatched, DeTrack at 1 and 64 targets
+    trackers = json.loads((out / "trackers.json").read_text())
+    assert sorted((r["tracker"], r["targets"], r["impl"]) for r in trackers) == sorted(
+        (t, k, impl) for t, k in (("DMTrack", 1), ("DeTrack", 1), ("DeTrack", 64), ("DiffTracker", 1), ("DINTR", 1))
+        for impl in ("patched", "unpatched"))
+    for r in trackers:
+        assert "error" not in r and "skipped" not in r, r
+        assert r["model"] == "tiny" and r["frames_per_s"] > 0 and r["host_op_ms_per_frame"] > 0
+        assert isinstance(r["ops_per_frame"], int) and r["ops_per_frame"] > 0
+        assert isinstance(r["host_reads"], int) and r["host_reads"] >= 1
+        assert isinstance(r["host_writes"], int) and r["host_writes"] >= 1
+        assert r["device_ms_per_frame"] is None and r["launches_per_frame"] is None  # no CUDA here
+        assert 0 < len(r["top_ops"]) <= 10 and all(o["self_cpu_ms"] >= 0 for o in r["top_ops"])
+        assert (out / r["table"]).is_file()
+        assert (out / r["trace"]).stat().st_size > 0 and r["trace"].endswith(".json.gz")
+    assert all("target_frames_per_s" in r for r in trackers if r["targets"] == 64)
+
 
 def test_lab_sweep_records_a_changed_kernel_as_an_error_row(tmp_path, monkeypatch):
     """A spec whose signature no longer names every kernel argument (the kernel changed) is an
@@ -207,6 +231,30 @@ def test_lab_sweep_records_a_changed_kernel_as_an_error_row(tmp_path, monkeypatc
     assert "argument 'Nk'" in rows[0]["error"]
     assert rows[1]["correct"] and rows[1]["default"]
     assert json.loads((tmp_path / "sweep.json").read_text())["rows"][0]["error"] == rows[0]["error"]
+
+
+def test_lab_trackers_one_failure_does_not_stop_the_others_and_the_budget_skips(tmp_path, monkeypatch):
+    """A tracker variant that raises is an error row, the next variants still run; with the
+    section's time spent every variant is a skipped row with the reason."""
+    gl = _module("gpu_lab")
+    ran = []
+
+    def variant(v, out, device, smoke, components):
+        ran.append((v["tracker"], v["targets"], v["patched"]))
+        if v["tracker"] == "DMTrack":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return {"frames_per_s": 1.0}
+
+    monkeypatch.setattr(gl, "run_tracker_variant", variant)
+    rows = gl.run_trackers(tmp_path, deadline=float("inf"), smoke=True, device=torch.device("cpu"))
+    assert len(ran) == len(rows) == 10
+    bad = [r for r in rows if "error" in r]
+    assert [r["tracker"] for r in bad] == ["DMTrack", "DMTrack"] and "illegal memory access" in bad[0]["error"]
+    assert all(r["frames_per_s"] == 1.0 for r in rows if r["tracker"] != "DMTrack")
+    assert json.loads((tmp_path / "trackers.json").read_text()) == json.loads(json.dumps(rows))
+    ran.clear()
+    rows = gl.run_trackers(tmp_path, deadline=0.0, smoke=True, device=torch.device("cpu"))
+    assert ran == [] and all(r["skipped"].startswith("budget: section trackers out of time") for r in rows)
 
 
 def test_lab_budget_shares_and_skips():

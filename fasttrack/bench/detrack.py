@@ -6,6 +6,8 @@
       also synchronizes the device); K = 1 rows give frames/s, K > 1 rows target-frames/s.
       FLOPs: one step of K targets counted by torch.utils.flop_counter on the meta device
       (2 per MAC; search embedding, denoising ViT, refiner, mapping, template embedding).
+      ops_per_frame, host_reads, host_writes, host_ms: one more, untimed `update_batch` after
+      the measured ones under FrameWatch (harness.watch_frame).
       The reference is eager; torch.compile of the reference network is "other". torch.compile
       on the CPU takes minutes on small machines: with quick=True (the default run) it is
       skipped there; `fasttrack bench --full` runs it.
@@ -24,7 +26,7 @@ import itertools
 import numpy as np
 import torch
 
-from .harness import Case
+from .harness import Case, watch_frame
 
 __all__ = ["cases", "count_step_flops", "PAPER_GFLOPS"]
 
@@ -95,7 +97,13 @@ def _step_cases(device: torch.device, quick: bool) -> list[Case]:
     models = ["tiny"] if device.type == "cpu" else (["detrack256"] if quick else ["detrack256", "detrack384"])
     height, width = (120, 160) if device.type == "cpu" else (480, 640)
     frames = [_frame(height, width, s) for s in range(4)]
+    current = {}  # the running case's tracker and frame source, for its frame watch
     out = []
+
+    def watch(row, out):
+        """One more frame of the case's tracker, untimed, under the watch."""
+        return watch_frame(current.pop("tracker"), current.pop("next_frame")())
+
     for model in models:
         for label, role, make, skip in _variants(device, quick):
             @functools.cache
@@ -105,16 +113,17 @@ def _step_cases(device: torch.device, quick: bool) -> list[Case]:
                 return tr
 
             def setup(k, tracker=tracker):
-                tr = tracker()
+                tr = current["tracker"] = tracker()
                 tr.init_batch(frames[0], _boxes(k, height, width, k))
                 i = itertools.count()
-                return lambda: tr.update_batch(frames[1 + next(i) % (len(frames) - 1)])
+                current["next_frame"] = lambda: frames[1 + next(i) % (len(frames) - 1)]
+                return lambda: tr.update_batch(current["next_frame"]())
 
             for k in TARGETS if skip is None else TARGETS[:1]:  # a skipped variant: one row
                 out.append(Case(
                     "detrack", {"name": f"{model} {label}"}, unit="frame", targets=k, role=role,
                     setup=functools.partial(setup, k), skip=skip, group=(model, k),
-                    flops=functools.partial(count_step_flops, model, k),
+                    flops=functools.partial(count_step_flops, model, k), check=watch,
                     # full runs: 5 warm-up frames (CUDA graph capture), 64 targets: half the runs
                     warmup=None if quick else 5, repeat=None if quick else (15 if k > 8 else 30)))
     return out

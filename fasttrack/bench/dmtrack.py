@@ -8,6 +8,8 @@
       encoded once, so time grows with K only through the small U-net. Patched: the gated
       cross-attention through fasttrack.ops.attention. Peak memory is the harness's.
       FLOPs: one step counted by torch.utils.flop_counter on the meta device.
+      ops_per_frame, host_reads, host_writes, host_ms: one more, untimed `update_batch` after
+      the measured ones under FrameWatch (harness.watch_frame).
   "<model> w/o diffusion": the same step without the diffusion module and filter (the
       ablation's model), role "other": what the module costs.
   "dmtrack256 flops (meta device)": an untimed row, the GFLOPs of a DMTrack-256 step at K = 1
@@ -23,7 +25,7 @@ import itertools
 import numpy as np
 import torch
 
-from .harness import Case
+from .harness import Case, watch_frame
 
 __all__ = ["cases", "count_step_flops", "SAMPLES"]
 
@@ -79,13 +81,20 @@ def cases(device, quick: bool = False) -> list[Case]:
             patch(tr, backend=backend)
         return tr
 
+    current = {}  # the running case's tracker and frame source, for its frame watch
+
     def setup(patched, k, diffusion=True):
-        tr = tracker(patched, diffusion)
+        tr = current["tracker"] = tracker(patched, diffusion)
         if diffusion:
             tr.set_run_options(samples=k)
         tr.init(frames[0], box, text=text)
         i = itertools.count()
-        return lambda: tr.update(frames[1 + next(i) % (len(frames) - 1)])
+        current["next_frame"] = lambda: frames[1 + next(i) % (len(frames) - 1)]
+        return lambda: tr.update(current["next_frame"]())
+
+    def watch(row, out):
+        """One more frame of the case's tracker, untimed, under the watch."""
+        return watch_frame(current.pop("tracker"), current.pop("next_frame")())
 
     out = []
     for k in SAMPLES:
@@ -94,12 +103,13 @@ def cases(device, quick: bool = False) -> list[Case]:
             out.append(Case("dmtrack", {"name": f"{model} K={k}", "impl": impl}, unit="frame", targets=1,
                             info={"samples": k}, role="fasttrack" if patched else "reference",
                             setup=functools.partial(setup, patched, k), group=(model, k),
-                            flops=functools.partial(count_step_flops, model, k),
+                            flops=functools.partial(count_step_flops, model, k), check=watch,
                             warmup=None if quick else 5, repeat=None if quick else 30))
     out.append(Case("dmtrack", {"name": f"{model} w/o diffusion", "impl": "unpatched"}, unit="frame", targets=1,
                     info={"samples": 0}, role="other",
                     setup=functools.partial(setup, False, 1, False), group=(model, 1),
-                    flops=functools.partial(count_step_flops, model, 1, mask_module="none")))
+                    flops=functools.partial(count_step_flops, model, 1, mask_module="none"),
+                    check=watch))
     out.append(Case("dmtrack", {"name": "dmtrack256 flops (meta device)"}, unit=None, role="other",
                     check=_paper_flops))
     return out

@@ -19,6 +19,15 @@ allocated MB" (MiB).
         Frees of tensors made before the call count negative, so the peak is >= 0. (The
         process's RSS is no measure of this: glibc keeps freed blocks mapped and serves new
         tensors from them, so consecutive rows would read alike.)
+
+Frame watch (`watch_frame`), for a tracker's per-frame row, in one more untimed call after the
+memory run (the sections call it from their case's `check`): one `update_batch` under
+fasttrack.trackers.watch.FrameWatch (through `frame_profile`, the one counter), giving
+ops_per_frame (aten ops dispatched), host_reads / host_writes (host <-> device transfers of the
+frame) and host_ms (wall time of that update under the watch). The watch runs Python for every
+op, so host_ms is an upper bound of the frame's host time (on a CUDA device it also holds the
+wait for the device in the frame's final read); the row's `ms` is the plain, unwatched time of
+the same update.
 """
 from __future__ import annotations
 
@@ -34,7 +43,7 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["Case", "UNITS", "ROLES", "time_ms", "synced", "peak_allocated_mb", "measure",
-           "run_cases", "add_ratios"]
+           "run_cases", "add_ratios", "watch_frame"]
 
 UNITS = ("call", "UNet step", "frame")
 ROLES = ("reference", "fasttrack", "other")
@@ -188,6 +197,20 @@ def peak_allocated_mb(fn, device="cpu") -> tuple[Any, float]:
         live += nbytes
         peak = max(peak, live)
     return out, peak / 2**20
+
+
+def watch_frame(tracker, frame) -> dict:
+    """Row fields of one extra, untimed `tracker.update_batch(frame)` under FrameWatch (module
+    docstring): ops_per_frame, host_reads, host_writes (ints) and host_ms. A watch that fails
+    (an op the mode cannot follow) gives "watch_error" instead: the row's timing stands."""
+    from ..trackers.watch import frame_profile
+
+    try:
+        p = frame_profile(tracker, [frame])
+    except Exception as e:
+        return {"watch_error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"}
+    return {"ops_per_frame": int(p["ops_per_frame"]), "host_reads": int(p["reads_per_frame"]),
+            "host_writes": int(p["writes_per_frame"]), "host_ms": p["host_ms_per_frame"]}
 
 
 def _oom(e: BaseException) -> bool:

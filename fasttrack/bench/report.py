@@ -16,8 +16,9 @@ from pathlib import Path
 from .harness import UNITS
 
 _LEAD = ["shape", "op", "name", "impl", "pass", "phase", "targets", "unit"]
-_MEASURES = ["ms", "runs", "frames_per_s", "target_frames_per_s", "gflops", "tflops",
-             "peak_allocated_mb", "speedup", "mem_ratio", "rel_err"]
+_MEASURES = ["ms", "runs", "frames_per_s", "target_frames_per_s", "ops_per_frame", "host_reads",
+             "host_writes", "host_ms", "gflops", "tflops", "peak_allocated_mb", "speedup",
+             "mem_ratio", "rel_err"]
 _TAIL = ["dtype", "note", "error"]
 # Not table columns: the section is the table's heading, the device and the thread count are
 # in the facts, the role is the chart's colour (and reads from impl / name).
@@ -29,6 +30,15 @@ LEGEND = {
     "frames_per_s": "frames per second, one target per frame (1000 / ms)",
     "target_frames_per_s": "target-frames per second: K targets tracked per frame x frames per "
                            "second (1000 K / ms)",
+    "ops_per_frame": "aten ops dispatched in one update_batch (one extra untimed frame under "
+                     "FrameWatch, after the timed ones)",
+    "host_reads": "host reads in that frame (device -> host copies, .item() and the like: each "
+                  "one a host sync; the frame's read of its boxes included)",
+    "host_writes": "host writes in that frame (host -> device copies, torch.tensor of host data; "
+                   "the frame's upload included)",
+    "host_ms": "wall ms of that frame under FrameWatch: an upper bound of its host time (the "
+               "watch runs Python per op; on a CUDA device it includes the wait for the device "
+               "in the final read); ms is the same update unwatched",
     "gflops": "GFLOPs of one timed call (algorithmic count)",
     "tflops": "achieved TFLOP/s (gflops / ms)",
     "peak_allocated_mb": "peak allocated MB: the peak of live tensor memory above the level at "

@@ -14,6 +14,8 @@ DINTR's update is its whole frame: the online in-place fine-tuning step(s) on th
 (a backward through the UNet, fused when patched), the readout at the next frame's latents and
 the token re-fit to the read-out indication: where the paper's 3.2 s per frame go.
 DINTR rows carry interp_steps, the interpolation steps of its frame (what its update ran).
+Every update row also carries ops_per_frame, host_reads, host_writes and host_ms: one more,
+untimed `update_batch` after the measured ones under FrameWatch (harness.watch_frame).
 CPU: the shipped tiny-sd trackers (`pretrained()`) at 96 x 128. quick (the default of
 `fasttrack bench`): K = 1 and 4, DINTR with 2 interpolation steps and 3 learning steps,
 Diff-Tracker with 5 prompt-learning steps and its updater from frame 3; `--full` (quick=False):
@@ -31,7 +33,7 @@ import torch
 
 import fasttrack
 
-from .harness import Case
+from .harness import Case, watch_frame
 
 __all__ = ["cases", "build", "frames_and_boxes"]
 
@@ -127,13 +129,16 @@ def cases(device, quick: bool = False) -> list[Case]:
         for i in range(1, warmup + 1):
             tr.update_batch(frames[i])
         i = itertools.count()
-        return lambda: tr.update_batch(frames[1 + next(i) % (len(frames) - 1)])
+        built["next_frame"] = lambda: frames[1 + next(i) % (len(frames) - 1)]
+        return lambda: tr.update_batch(built["next_frame"]())
 
     def ran(phase, row, out):
         """What the case ran: DINTR's interpolation steps; for init, the learning steps (the
         output of the memory run) and ms per learning step."""
-        tr = built.pop("tracker", None)
+        tr, next_frame = built.pop("tracker", None), built.pop("next_frame", None)
         got = {"interp_steps": int(tr.num_steps)} if hasattr(tr, "num_steps") else {}
+        if phase == "update" and tr is not None and next_frame is not None:
+            got.update(watch_frame(tr, next_frame()))  # one more frame, untimed, under the watch
         if phase == "init" and out:
             got["learning_steps"] = out
             if "ms" in row:

@@ -124,13 +124,18 @@ class FasttrackAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        query = attn.to_q(hidden_states)
+        # The projections on 2-D rows: the same matmuls as on (B, N, C), without the two
+        # reshapes a 3-D nn.Linear adds around each (bit-identical, 4-5 fewer ops per layer).
+        rows = hidden_states.reshape(-1, hidden_states.shape[-1])
+        query = attn.to_q(rows)
         if is_self:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
+            context = rows
+        else:
+            if attn.norm_cross:
+                encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+            context = encoder_hidden_states.reshape(-1, encoder_hidden_states.shape[-1])
+        key = attn.to_k(context)
+        value = attn.to_v(context)
 
         head_dim = key.shape[-1] // attn.heads
         q = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)

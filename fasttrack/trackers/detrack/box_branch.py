@@ -28,6 +28,15 @@ import torch.nn.functional as F
 __all__ = ["BoxBranch", "check_box_branch_inputs"]
 
 
+
+def autocast_on(t: torch.Tensor) -> bool:
+    """Whether autocast is active for t's device type (False for devices autocast does not
+    know, such as meta)."""
+    try:
+        return torch.is_autocast_enabled(t.device.type)
+    except RuntimeError:
+        return False
+
 class BoxBranch(nn.Module):
     """Box branch of one denoising block.
 
@@ -69,7 +78,7 @@ class BoxBranch(nn.Module):
         strides). Returns b_next (B, Nq, C). Under autocast k and v come from autocast matmuls
         while b is the float32 residual stream: they are brought to b's dtype first (the
         matmuls below autocast again)."""
-        if torch.is_autocast_enabled(b.device.type):
+        if autocast_on(b):
             k, v = k.to(b.dtype), v.to(b.dtype)
         check_box_branch_inputs(b, k, v, self.dim, self.heads)
         B, nq, C = b.shape

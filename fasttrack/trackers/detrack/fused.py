@@ -28,7 +28,7 @@ import torch
 from ...ops import dispatch
 from ...ops.limits import BOX_BRANCH_WEIGHTS
 from ...patch import register_swap
-from .box_branch import BoxBranch, check_box_branch_inputs
+from .box_branch import BoxBranch, autocast_on, check_box_branch_inputs
 
 __all__ = ["FusedBoxBranch", "make_fused", "box_branch_torch"]
 
@@ -80,7 +80,7 @@ class FusedBoxBranch(BoxBranch):
         if torch.is_grad_enabled() and (b.requires_grad or k.requires_grad or v.requires_grad
                                         or any(p.requires_grad for p in self.parameters())):
             return super().forward(b, k, v)
-        if torch.is_autocast_enabled(b.device.type):
+        if autocast_on(b):
             return super().forward(b, k, v)
         check_box_branch_inputs(b, k, v, self.dim, self.heads)
         backend = dispatch.backend_module(self.resolve_backend(b, k, v))
