@@ -108,10 +108,11 @@ def search_window(prev_boxes: torch.Tensor, image_size: tuple[int, int], grid: t
     cx, cy = b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2
     half_w = (b[:, 2] * search / 2).clamp_min(W / w)
     half_h = (b[:, 3] * search / 2).clamp_min(H / h)
-    xs = (torch.arange(w, device=b.device, dtype=torch.float32) + 0.5) * (W / w)
-    ys = (torch.arange(h, device=b.device, dtype=torch.float32) + 0.5) * (H / h)
-    in_x = (xs[None] - cx[:, None]).abs() <= half_w[:, None]
-    in_y = (ys[None] - cy[:, None]).abs() <= half_h[:, None]
+    # cell centres j + 1/2 (exact in float32), in pixels
+    xs = torch.arange(0.5, w, 1.0, device=b.device, dtype=torch.float32) * (W / w)
+    ys = torch.arange(0.5, h, 1.0, device=b.device, dtype=torch.float32) * (H / h)
+    in_x = (xs - cx[:, None]).abs() <= half_w[:, None]
+    in_y = (ys - cy[:, None]).abs() <= half_h[:, None]
     return in_y[:, :, None] & in_x[:, None, :]
 
 
@@ -175,11 +176,12 @@ def read_boxes(maps: torch.Tensor, prev_boxes: torch.Tensor, image_size: tuple[i
     prev = prev_boxes.to(device=m.device, dtype=torch.float32)
     window = search_window(prev, (H, W), (h, w), float(search))
     # python scalars, not tensors built from host data: nothing is uploaded inside a frame
-    lo = torch.where(window, m, float("inf")).flatten(1).amin(1).view(K, 1, 1)
-    hi = torch.where(window, m, float("-inf")).flatten(1).amax(1).view(K, 1, 1)
+    lo = torch.where(window, m, float("inf")).amin((1, 2), keepdim=True)
+    below = torch.where(window, m, float("-inf"))
+    hi = below.amax((1, 2), keepdim=True)
     norm = ((m - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
-    norm = torch.where(window, norm, torch.zeros_like(norm))
-    peak = torch.where(window, m, float("-inf")).flatten(1).argmax(1)
+    norm = torch.where(window, norm, 0.0)
+    peak = below.flatten(1).argmax(1)
     start = torch.zeros(K, h * w, device=m.device, dtype=torch.bool)
     start.scatter_(1, peak[:, None], True)
     region = grow_region(start.view(K, h, w), norm >= threshold)[:, None].to(torch.float32)
@@ -189,7 +191,7 @@ def read_boxes(maps: torch.Tensor, prev_boxes: torch.Tensor, image_size: tuple[i
     allowed = F.interpolate(near, size=(H, W), mode="nearest-exact")[:, 0] > 0
     peak_pix = F.interpolate(start.view(K, 1, h, w).to(torch.float32), size=(H, W),
                              mode="nearest-exact")[:, 0] > 0
-    constant = (hi.view(K) <= lo.view(K))[:, None, None]
+    constant = hi <= lo                                   # (K, 1, 1)
     pix = ((up >= threshold) & allowed | peak_pix) & ~constant
     rows, cols = pix.any(2), pix.any(1)
     y0, y1 = _first_last(rows)
@@ -201,14 +203,14 @@ def read_boxes(maps: torch.Tensor, prev_boxes: torch.Tensor, image_size: tuple[i
         wh = torch.minimum(torch.maximum(boxes[:, 2:], prev[:, 2:] / scale_step), prev[:, 2:] * scale_step)
         boxes = torch.cat([centre - wh / 2, wh], 1)
     boxes = torch.where(found[:, None], boxes, prev)
-    top = m.flatten(1).amax(1)
-    peak_val = m.flatten(1).gather(1, peak[:, None])[:, 0]
-    bottom = m.flatten(1).amin(1)
+    flat = m.flatten(1)
+    top, bottom = flat.amax(1), flat.amin(1)
+    peak_val = flat.gather(1, peak[:, None])[:, 0]
     scores = ((peak_val - bottom) / (top - bottom).clamp_min(1e-12)).clamp(0, 1)
     points = torch.stack([(peak % w).to(torch.float32).add(0.5) * (W / w),
                           (peak // w).to(torch.float32).add(0.5) * (H / h)], 1)
     points = torch.where(found[:, None], points, prev[:, :2] + prev[:, 2:] / 2)
-    return Readout(boxes, torch.where(found, scores, torch.zeros_like(scores)), points, pix, found)
+    return Readout(boxes, torch.where(found, scores, 0.0), points, pix, found)
 
 
 class BoxReader:
@@ -249,6 +251,8 @@ class BoxReader:
         read's search window (and DINTR's crop) is centred on; `boxes` itself when motion is 0."""
         if self.boxes is None:
             raise RuntimeError("BoxReader.predicted before start(boxes)")
+        if not self.motion:
+            return self.boxes          # the velocity stays zero
         return torch.cat([self.boxes[:, :2] + self.velocity.to(self.boxes), self.boxes[:, 2:]], 1)
 
     def read(self, maps: torch.Tensor, image_size: tuple[int, int], windows: torch.Tensor | None = None) -> Readout:
@@ -270,17 +274,18 @@ class BoxReader:
             r = read_boxes(maps, to_window(prev, win, side), (side, side), threshold=self.threshold,
                            search=self.search)
             r = r._replace(boxes=from_window(r.boxes, win, side), points=from_window(r.points, win, side))
-        region = r.boxes[:, 2:].clamp_min(1.0)
-        centre = r.boxes[:, :2] + r.boxes[:, 2:] / 2
+        read_wh, prev_wh = r.boxes[:, 2:], prev[:, 2:]
+        region = read_wh.clamp_min(1.0)
+        centre = r.boxes[:, :2] + read_wh / 2
         measured = region * self._ratio
-        bounded = torch.minimum(torch.maximum(measured, prev[:, 2:] / self.scale_step),
-                                prev[:, 2:] * self.scale_step)
+        bounded = torch.minimum(torch.maximum(measured, prev_wh / self.scale_step),
+                                prev_wh * self.scale_step)
         # geometric smoothing: equal steps up and down in log size
-        wh = prev[:, 2:].pow(1 - self.size_lr) * bounded.pow(self.size_lr)
+        wh = prev_wh.pow(1 - self.size_lr) * bounded.pow(self.size_lr)
         if self.calibrate:
             first = (r.found & ~self._calibrated)[:, None]
-            self._ratio.copy_(torch.where(first, prev[:, 2:] / region, self._ratio))
-            wh = torch.where(first, prev[:, 2:], wh)
+            self._ratio.copy_(torch.where(first, prev_wh / region, self._ratio))
+            wh = torch.where(first, prev_wh, wh)
             self._calibrated.copy_(self._calibrated | r.found)
         boxes = torch.where(r.found[:, None], torch.cat([centre - wh / 2, wh], 1), prev)
         if self.motion:
