@@ -121,3 +121,65 @@ def test_frame_profile_counts_a_tracker_frame():
     assert prof["host_ms_per_frame"] > 0
     with pytest.raises(ValueError, match="frames"):
         frame_profile(a, [])
+
+
+@pytest.mark.parametrize("name", ["detrack", "dmtrack", "diff-tracker"])
+def test_precision_runs_init_and_frames_under_autocast_and_restores(name, recwarn):
+    """set_precision("bf16"): init and update run under CPU autocast in bfloat16 (seen from a
+    hook on the model's linear layers; DeTrack's heads turn it off on purpose), fp32 never
+    does, nothing stays enabled after the call. (Accuracy: the held-out check in the README.)"""
+    from fasttrack.bench.trackers import frames_and_boxes
+
+    frames, boxes = frames_and_boxes(3, (72, 96), 1)
+    runs, seen = {}, []
+    for prec in ("fp32", "bf16"):
+        tr = _build(name).set_precision(prec)
+        assert tr.precision == prec
+        root = tr if isinstance(tr, torch.nn.Module) else tr.sd.unet
+        hooks = [m.register_forward_pre_hook(
+            lambda m, a: seen.append((prec, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+            for m in root.modules() if isinstance(m, torch.nn.Linear)]
+        tr.init_batch(frames[0], boxes)
+        runs[prec] = np.stack([tr.update_batch(f) for f in frames[1:]])
+        for h in hooks:
+            h.remove()
+        assert not torch.is_autocast_enabled("cpu")
+    assert not any(on for p, on, _ in seen if p == "fp32")
+    on = [on for p, on, _ in seen if p == "bf16"]
+    assert sum(on) > len(on) / 2, f"{sum(on)} of {len(on)} linear calls under autocast"
+    assert all(dt == torch.bfloat16 for p, on, dt in seen if on)
+    assert np.isfinite(runs["bf16"]).all()
+
+
+def test_precision_rejects_unknown_values_and_tf32_is_a_no_op_on_cpu():
+    from fasttrack.trackers.base import precision_context
+    from fasttrack.trackers.registry import build_tracker
+
+    tr = _build("detrack")
+    with pytest.raises(ValueError, match="precision must be one of fp32, tf32, bf16, fp16, got 'fp8'"):
+        tr.set_precision("fp8")
+    with pytest.raises(ValueError, match="precision"):
+        build_tracker("detrack", precision="half")
+    saved = torch.backends.cuda.matmul.allow_tf32
+    with precision_context("tf32", "cpu"):
+        assert torch.backends.cuda.matmul.allow_tf32 == saved and not torch.is_autocast_enabled("cpu")
+    assert build_tracker("detrack", patched=False, precision="fp16").precision == "fp16"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["detrack", "dmtrack", "diff-tracker"])
+def test_graph_replay_gives_the_eager_boxes(name, recwarn):
+    """On a GPU the frame step is captured once and replayed (fasttrack.trackers.graph): the
+    boxes equal those of the same tracker run eagerly (use_graph=False)."""
+    from fasttrack.bench.trackers import frames_and_boxes
+
+    frames, boxes = frames_and_boxes(6, (72, 96), 2)
+    runs = {}
+    for use_graph in (True, False):
+        tr = _build(name)
+        tr = tr.to("cuda") if isinstance(tr, torch.nn.Module) else type(tr).pretrained(device="cuda", prompt_steps=2)
+        tr.use_graph = use_graph
+        fasttrack.patch(tr)
+        tr.init_batch(frames[0], boxes)
+        runs[use_graph] = np.stack([tr.update_batch(f) for f in frames[1:]])
+    assert np.allclose(runs[True], runs[False], atol=1e-3), (runs[True], runs[False])

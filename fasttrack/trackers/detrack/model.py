@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .box_branch import BoxBranch
+from .box_branch import BoxBranch, autocast_on
 from .center_head import CenterHead, hann_grid
 from .refine import BinMapping, BoxEmbedding, BoxRefiner, block_causal_mask, sinusoidal_bins
 
@@ -337,6 +337,13 @@ class DeTrackNet(nn.Module):
             eps = (b_in - a_prev.sqrt().to(b.dtype) * b) / (1 - a_prev).sqrt().clamp_min(1e-6).to(b.dtype)
             b_in = a_next.sqrt().to(b.dtype) * b + (1 - a_next).sqrt().to(b.dtype) * eps
             x_out, b, _ = self.denoise(z, x, b_in)
-        out = self.head(b, traj_xyxy, x_out)
+        if autocast_on(b):
+            # Under bf16 / fp16 autocast the heads still run in float32: they turn tokens into
+            # pixel coordinates, where bf16's 8-bit mantissa is a whole pixel at 256 px (the
+            # held-out check in the README measured the loss).
+            with torch.autocast(b.device.type, enabled=False):
+                out = self.head(b.float(), traj_xyxy.float(), None if x_out is None else x_out.float())
+        else:
+            out = self.head(b, traj_xyxy, x_out)
         out["box_tokens"] = b
         return out
