@@ -1,23 +1,29 @@
 """DINTR: the interpolation process (offset operator), the indications, and the tracker end to
-end (patched == unpatched, batch == singles, point / box / mask outputs, save / load, bad input).
-CPU, the `tiny` model, fasttrack's "torch" backend for the patched path."""
+end (patched == unpatched, batch == singles, point / box / mask outputs, save / load, bad input);
+what a frame asks of the host (the host-step Adam, host crop windows, batched timestep labels,
+the fine-tuning default). CPU, the `tiny` model (the shipped tiny-sd where named), fasttrack's
+"torch" backend for the patched path."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fasttrack
 
 from fasttrack.data.synthetic import synthetic_sequence
 from fasttrack.eval.metrics import iou
+from fasttrack.recorder import AttentionRecorder, EagerRecorder
 from fasttrack.trackers import DINTR, NotInitializedError
 from fasttrack.trackers.diffusion import sd
-from fasttrack.trackers.diffusion.prompt_learning import initial_prompt
+from fasttrack.trackers.diffusion.crops import crop_images, crop_windows
+from fasttrack.trackers.diffusion.prompt_learning import HostStepAdam, initial_prompt
 from fasttrack.trackers.diffusion.readout import BoxReader
 from fasttrack.trackers.dintr.indication import check_masks, extract, indicator_maps
 from fasttrack.trackers.dintr.interpolation import (blend, interpolate, interpolation_timesteps, offset,
                                                     offset_loss)
+from fasttrack.trackers.watch import FrameWatch
 
 
 # ---------------------------------------------------------------- interpolation
@@ -249,3 +255,209 @@ def test_online_finetuning_restores_and_keeps_half_precision(seq):
         DINTR.tiny(0, finetune_params="everything")
     with pytest.raises(ValueError, match="finetune_steps"):
         DINTR.tiny(0, finetune_steps=-1)
+
+
+# ---------------------------------------------------------------- what a frame asks of the host
+def test_host_step_adam_is_torch_adam_without_host_reads(rng):
+    shapes = [(37, 29), (3,), (5, 7, 3)]
+    start = [torch.randn(sh, generator=rng) for sh in shapes]
+    targets = [torch.randn(sh, generator=rng) for sh in shapes]
+    lr = float(torch.empty(()).uniform_(1e-4, 1e-2, generator=rng))
+    runs = {}
+    for cls in (torch.optim.Adam, HostStepAdam):
+        params = [x.clone().requires_grad_(True) for x in start]
+        opt = cls(params, lr=lr)
+        with FrameWatch() as w:
+            for i in range(7):
+                opt.zero_grad(set_to_none=True)
+                # parameter 1 gets no gradient at steps 2 and 3: skipped, its count lags
+                loss = sum(((p - t) ** 3).abs().sum() * (j + 1) for j, (p, t) in enumerate(zip(params, targets))
+                           if not (j == 1 and i in (2, 3)))
+                loss.backward()
+                opt.step()
+        runs[cls] = params, w.reads
+    for a, b in zip(runs[torch.optim.Adam][0], runs[HostStepAdam][0]):
+        assert torch.equal(a, b)                      # the same update, bit for bit
+    assert runs[torch.optim.Adam][1] > 0 and runs[HostStepAdam][1] == 0
+
+
+def _old_crop_images(image, windows, size):
+    """The per-window reference: each window read back as Python floats, its own downscale and
+    sampling grid (the crops as they were computed from device windows)."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    H, W = t.shape[-2:]
+    out = []
+    for x0, y0, side in windows.to(torch.float32).tolist():
+        src = t
+        if size / side < 1:
+            f = size / side
+            src = F.interpolate(t, size=(max(1, round(H * f)), max(1, round(W * f))), mode="bilinear",
+                                align_corners=False, antialias=True)
+        Hs, Ws = src.shape[-2:]
+        mean = src.mean((2, 3), keepdim=True)
+        j = torch.arange(size, dtype=torch.float32) + 0.5
+        gx = (x0 + j * (side / size)) * (Ws / W) / Ws * 2 - 1
+        gy = (y0 + j * (side / size)) * (Hs / H) / Hs * 2 - 1
+        grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), -1)[None]
+        out.append(F.grid_sample(src - mean, grid, mode="bilinear", padding_mode="zeros",
+                                 align_corners=False) + mean)
+    return (torch.cat(out) / 127.5 - 1.0).clamp(-1.0, 1.0)
+
+
+def test_host_windows_are_the_device_windows_and_crop_from_host_numbers(rng):
+    H, W, size = 71, 93, 29
+    image = torch.randint(0, 256, (H, W, 3), generator=rng, dtype=torch.uint8).numpy()
+    xy = torch.rand(5, 2, generator=rng) * torch.tensor([W, H]) - 10
+    wh = torch.rand(5, 2, generator=rng) * 40 + 0.7
+    boxes = torch.cat([xy, wh], 1)                  # some hang over the frame, some are tiny
+    context = float(torch.empty(()).uniform_(1.0, 4.0, generator=rng))
+    dev = crop_windows(boxes, context)
+    host = crop_windows(boxes.numpy(), context)
+    assert isinstance(host, np.ndarray) and host.dtype == np.float32
+    assert np.array_equal(host, dev.numpy())                       # bit for bit
+    with FrameWatch() as w:
+        x = crop_images(image, host, size, "cpu", torch.float32)
+    assert w.reads == 0
+    assert torch.equal(x, _old_crop_images(image, dev, size))
+    frame = torch.from_numpy(image)                                # an uploaded frame: the same
+    assert torch.equal(crop_images(frame, host, size, "cpu", torch.float32), x)
+
+
+@pytest.fixture(scope="module")
+def odd_seq():
+    return synthetic_sequence(4, size=(83, 101), sprite_size=(19, 23), seed=5)
+
+
+def _three_boxes(seq):
+    return np.stack([seq.gt[0], [55.0, 7.0, 21.0, 17.0], [9.0, 50.0, 15.0, 23.0]]).astype(np.float64)
+
+
+def test_dintr_frame_crops_from_host_windows(odd_seq):
+    """The frame's crops come from the host copy of the last frame's predicted boxes: the same
+    boxes as crops from the device windows read back, one upload and one read per frame."""
+
+    class DeviceWindows(DINTR):
+        """A frame's windows read back from the device (the init's from the init boxes)."""
+
+        def _step(self, image):
+            self._in_step = True
+            try:
+                return super()._step(image)
+            finally:
+                self._in_step = False
+
+        def _host_windows(self):
+            if not getattr(self, "_in_step", False):
+                return super()._host_windows()
+            return crop_windows(self._reader.predicted, self.context).cpu().numpy()
+
+    runs = {}
+    for cls in (DINTR, DeviceWindows):
+        tr = fasttrack.patch(cls.tiny(0, context=3.0, motion=0.3, num_steps=2, threshold=0.8,
+                                      finetune_steps=1), backend="torch")
+        tr.init_batch(odd_seq[0], _three_boxes(odd_seq))
+        out = []
+        for i in range(1, len(odd_seq.frames)):
+            with FrameWatch() as w:
+                out.append(tr.update_batch(odd_seq[i]))
+            if cls is DINTR:
+                assert (w.reads, w.writes) == (1, 1), w.summary()   # the boxes' read, the frame's upload
+        runs[cls] = np.stack(out)
+    assert np.array_equal(runs[DINTR], runs[DeviceWindows])
+    assert len({tuple(b) for b in runs[DINTR][:, 0].tolist()}) > 1
+
+
+def _per_label_maps(tr, z, tokens):
+    """The reference of DINTR._maps: one UNet call per timestep label, recorded together."""
+    K = tokens.shape[0]
+    ctx = tr._context(tokens)
+    with tr.reader.start():
+        for t in tr._t:
+            tr.sd.unet(z.expand(K, -1, -1, -1), t, encoder_hidden_states=ctx)
+    return tr.reader.harmonized(tr.alpha, tr.normalize)
+
+
+@pytest.mark.parametrize("which", ["tiny", "shipped"])
+def test_batched_timestep_labels_equal_one_call_per_label(which, odd_seq, rng):
+    if which == "tiny":
+        # alpha 0 and 0.3 with normalize: S_bar^T C_bar (nonlinear in the recording)
+        trackers = [DINTR.tiny(0, num_steps=3, alpha=a, normalize=n) for a, n in ((0.0, True), (0.3, False))]
+    else:
+        trackers = [DINTR.pretrained(), DINTR.pretrained(alpha=0.0)]
+    for tr in trackers:
+        boxes = _three_boxes(odd_seq)
+        K = len(boxes)
+        z = tr._encode(odd_seq[1])
+        tokens = initial_prompt(tr.sd.null_context, K, 1, tr.sd.prompt_init)
+        tokens = tokens + 0.3 * torch.randn(tokens.shape, generator=rng)
+        for patched in (True, False):
+            (fasttrack.patch(tr, backend="torch") if patched else fasttrack.unpatch(tr))
+            with torch.no_grad():
+                ref = _per_label_maps(tr, z, tokens)
+                got = tr._maps(z, tokens)
+            assert got.shape == ref.shape == (K, tr.resolution, tr.resolution)
+            scale = ref.abs().amax()
+            assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5 * float(scale)), (which, patched, (got - ref).abs().max())
+
+
+@pytest.mark.parametrize("recorder", [AttentionRecorder, EagerRecorder])
+def test_recorder_groups_equal_separate_calls(recorder, rng):
+    """A batch of G groups recorded in one call with `groups=G` gives the maps of the G groups
+    recorded as G calls; the mean of per-group products differs (S^T C is not linear)."""
+    tr = DINTR.tiny(0)
+    unet = tr.sd.unet
+    if recorder is AttentionRecorder:
+        fasttrack.patch(unet, backend="torch")
+    G, B = 3, 2
+    h = unet.config.sample_size
+    x = torch.randn(G, B, 4, h - 3, h - 1, generator=rng)
+    t = torch.randint(1, 900, (G,), generator=rng)
+    ctx = torch.randn(B, tr.sd.null_context.shape[1], tr.sd.null_context.shape[2], generator=rng)
+    rec = recorder(unet, resolution=29, cross_layers="all", self_layers="all", tokens=[1, 2])
+    with torch.no_grad():
+        with rec:
+            for g in range(G):
+                unet(x[g], t[g], encoder_hidden_states=ctx)
+        sep = {n: rec.self_cross(n) for n in (False, True)}
+        sep["h"] = rec.harmonized(0.4, True)
+        sep["c"] = rec.cross()
+        per_group = []
+        for g in range(G):
+            rec.reset()
+            with rec:
+                unet(x[g], t[g], encoder_hidden_states=ctx)
+            per_group.append(rec.self_cross(False))
+        rec.reset()
+        with rec:
+            unet(x.flatten(0, 1), t.repeat_interleave(B), encoder_hidden_states=ctx.repeat(G, 1, 1))
+        one = {n: rec.self_cross(n, groups=G) for n in (False, True)}
+        one["h"] = rec.harmonized(0.4, True, groups=G)
+        one["c"] = rec.harmonized(1.0, groups=G)
+    for key in sep:
+        assert one[key].shape == sep[key].shape
+        assert torch.allclose(one[key], sep[key], rtol=1e-4, atol=1e-6), (key, (one[key] - sep[key]).abs().max())
+    # the mean of the groups' own products is further off by orders of magnitude than rounding
+    naive = (torch.stack(per_group).mean(0) - sep[False]).abs().max()
+    assert naive > 100 * (one[False] - sep[False]).abs().max() + 1e-6, naive
+    with pytest.raises(ValueError, match="groups"):
+        rec.self_cross(groups=4)
+
+
+def test_finetune_default_follows_the_offset_and_skips_the_pair_encode(odd_seq, monkeypatch):
+    assert DINTR.tiny(0, finetune_steps=None)._finetune_count == 0                       # anchor
+    assert DINTR.tiny(0, finetune_steps=None, offset="predicted")._finetune_count == 1
+    assert DINTR.tiny(0, finetune_steps=1)._finetune_count == 1                          # the paper's
+    runs = {}
+    for steps in (None, 0, 1):
+        tr = fasttrack.patch(DINTR.tiny(0, context=3.0, num_steps=2, threshold=0.8, finetune_steps=steps),
+                             backend="torch")
+        tr.init_batch(odd_seq[0], _three_boxes(odd_seq))
+        encodes = []
+        real = tr.sd.encode
+        monkeypatch.setattr(tr.sd, "encode", lambda images, real=real: encodes.append(len(images)) or real(images))
+        before = {n: p.clone() for n, p in tr._tuned.items()}
+        runs[steps] = np.stack([tr.update_batch(odd_seq[i]) for i in (1, 2)])
+        assert encodes == [3] * (2 if steps is None or steps == 0 else 4)   # one VAE encode a frame
+        moved = any(not torch.equal(p, before[n]) for n, p in tr._tuned.items())
+        assert moved == (steps == 1) and (tr._opt is None) == (steps != 1)   # no optimizer state unused
+    assert np.array_equal(runs[None], runs[0])

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..integrations.diffusers_attention import finish_output, flatten_input
 from .base import Recorder
+from .fused import _take
 
 __all__ = ["EagerRecorder", "EagerMapProcessor"]
 
@@ -87,7 +88,9 @@ class EagerRecorder(Recorder):
         self._calls: dict[str, int] = {}
 
     def __enter__(self) -> "EagerRecorder":
-        active = [l for l in self._layers if not self._sel[l.kind].empty]
+        # Only the layers that may be recorded materialize their maps; the others keep the
+        # model's own (fused) processors.
+        active = [l for l in self._layers if self._sel[l.kind].may_match(l.name)]
         for layer in active:
             self._saved.append((layer.module, layer.module.processor))
             layer.module.set_processor(EagerMapProcessor(self._sink(layer)))
@@ -110,7 +113,7 @@ class EagerRecorder(Recorder):
             self._calls[layer.name] = self._calls.get(layer.name, 0) + 1
             p = probs.float() if probs.dtype != torch.float64 else probs
             if self.batch is not None:
-                p = p[self.batch]
+                p = _take(p, 0, self.batch, p.shape[0], "batch", "batch entries")
             if layer.kind == "cross":
                 m = p.transpose(1, 2).reshape(p.shape[0], p.shape[2], *hw)
                 if tuple(hw) != self.grid:
@@ -128,13 +131,15 @@ class EagerRecorder(Recorder):
         if self._cross_count == 0:
             raise ValueError("nothing recorded yet: run the model inside `with recorder:` first")
         c = self._cross_sum / self._cross_count
-        return c if self.tokens is None else c[:, self.tokens]
+        # _take: a view or a cached index tensor, not an index built from a host list per call
+        return c if self.tokens is None else _take(c, 1, self.tokens, c.shape[1], "tokens", "tokens")
 
-    def _self_apply(self, c: torch.Tensor) -> torch.Tensor:
-        """mean(S_up)^T c with the materialized maps: c (B', T', Rh, Rw) -> the same shape."""
+    def _self_apply(self, c: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        """mean(S_up)^T c with the materialized maps: c (B' / groups, T', Rh, Rw) -> the same
+        shape; the mean also runs over the batch groups."""
         if self._self_count == 0:
             raise ValueError("no self-attention layer has been recorded yet")
         b, t = c.shape[:2]
-        s = self._self_sum / self._self_count                                  # (B', M, M)
+        s = self._group_mean(self._self_sum / self._self_count, groups)       # (B' / groups, M, M)
         y = torch.bmm(s.transpose(1, 2), c.reshape(b, t, -1).transpose(1, 2))  # (B', M, T')
         return y.transpose(1, 2).reshape(b, t, *self.grid)

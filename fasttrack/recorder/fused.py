@@ -236,8 +236,10 @@ class AttentionRecorder(Recorder):
         """(B', T', Rh, Rw): head-mean cross-attention, resized, averaged over layers and calls."""
         return self._cbar()
 
-    def _self_apply(self, cbar: torch.Tensor) -> torch.Tensor:
-        """S_bar^T cbar, one fused product per recorded self call: (B', T', Rh, Rw) -> same."""
+    def _self_apply(self, cbar: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        """S_bar^T cbar, one fused product per recorded self call: (B' / groups, T', Rh, Rw) ->
+        same; with groups > 1 each call's product runs on cbar repeated for every group and is
+        averaged over the groups (S_bar^T is linear: the mean of the groups' maps applied)."""
         self._check_resolutions()
         if self._sel["self"].empty:
             raise ValueError("no self-attention layers are recorded (self_layers=None); choose "
@@ -246,9 +248,11 @@ class AttentionRecorder(Recorder):
             raise ValueError("no self-attention layer has been recorded yet; recorded layers run "
                              "inside `with recorder:`")
         b, t = cbar.shape[0], cbar.shape[1]
-        flat = cbar.reshape(b, t, -1).transpose(1, 2)  # (B', M, T')
+        flat = cbar.reshape(b, t, -1).transpose(1, 2)  # (B' / groups, M, T')
+        if groups > 1:
+            flat = flat.repeat(groups, 1, 1)           # group-major, as the recorded batch
         total = None
         for q, k, lse, scale, hw, backend in self._self_entries:
             y = self_cross_entry(q, k, lse, scale, flat, hw, self.grid, self.renormalize, backend)
             total = y if total is None else total + y
-        return total / len(self._self_entries)
+        return self._group_mean(total / len(self._self_entries), groups)

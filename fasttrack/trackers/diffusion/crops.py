@@ -21,10 +21,14 @@ read on a crop cover the window; `to_window` / `from_window` move boxes between 
 the window's own pixel frame of side `size` (the readout's virtual image: fasttrack.trackers.
 diffusion.readout reads sub-cell edges on a `size` x `size` upsampled map).
 
-Measured (tiny-sd, DINTR, 20 "val" sequences x 40 frames, closed loop; benchmarks/results/
-diffusion-trackers-tiny-sd-cpu-2026-12-07): whole frame AO 0.558, crops of side 3 sqrt(w h)
-0.603, of side 3 max(w, h) 0.618 (the shipped DINTR); a later frame costs 362 ms instead of
-307 (one more VAE encode: the previous frame through the new window; 3 test sequences).
+Host and device. A crop's geometry (its downscale size, its sampling grid) is host arithmetic,
+so `crop_images` takes its windows as host numbers and never reads the device; `crop_windows`
+computes the same float32 windows from host boxes (numpy) or device boxes (a tensor), to the
+last bit. A tracker frame computes them twice from the previous frame's boxes: on the host from
+the copy read back with the previous frame's results, for the crops, and on the device for the
+readout, so its only upload is the frame itself.
+
+The settings and their measured effect on the shipped tiny-sd model: tiny_sd.TRACKER_SETTINGS.
 """
 from __future__ import annotations
 
@@ -52,30 +56,45 @@ def check_context(context) -> float:
     return float(context)
 
 
-def crop_windows(boxes: torch.Tensor, context: float) -> torch.Tensor:
+def crop_windows(boxes, context: float):
     """Square windows around boxes (K, 4) [x, y, w, h] -> (K, 3) float32 [x0, y0, L] with
-    L = context * max(w, h) (at least 8 px), centred on each box's centre."""
-    b = boxes.to(torch.float32)
-    side = (context * torch.maximum(b[:, 2], b[:, 3])).clamp_min(8.0)
-    cx, cy = b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2
-    return torch.stack([cx - side / 2, cy - side / 2, side], 1)
+    L = context * max(w, h) (at least 8 px), centred on each box's centre. A torch tensor gives a
+    tensor on its device, a numpy array (or anything numpy takes) a float32 ndarray: the same
+    float32 operations in the same order, so the same windows to the last bit (the trackers
+    compute a frame's windows on the host for the crops and on the device for the readout)."""
+    if isinstance(boxes, torch.Tensor):
+        b = boxes.to(torch.float32)
+        side = (context * torch.maximum(b[:, 2], b[:, 3])).clamp_min(8.0)
+        cx, cy = b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2
+        return torch.stack([cx - side / 2, cy - side / 2, side], 1)
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    # np.float32 scalars: float32 arithmetic as torch's (a Python float times a float32 tensor
+    # is computed in float32)
+    side = np.maximum(np.float32(context) * np.maximum(b[:, 2], b[:, 3]), np.float32(8.0))
+    cx, cy = b[:, 0] + b[:, 2] / np.float32(2), b[:, 1] + b[:, 3] / np.float32(2)
+    return np.stack([cx - side / np.float32(2), cy - side / np.float32(2), side], 1).astype(np.float32)
 
 
-def crop_images(image, windows: torch.Tensor, size: int, device, dtype) -> torch.Tensor:
-    """The K windows (K, 3) of an RGB (H, W, 3) uint8 image (numpy or tensor) -> model inputs
-    (K, 3, size, size) in [-1, 1], outside the frame the frame's mean colour (module docstring).
+def crop_images(image, windows, size: int, device, dtype) -> torch.Tensor:
+    """The K windows of an RGB (H, W, 3) uint8 image -> model inputs (K, 3, size, size) in
+    [-1, 1], outside the frame the frame's mean colour (module docstring).
     Pixel centres map as align_corners=False: output column j samples image x = x0 + (j + 1/2) L / size.
-    The windows are read on the host (each one's downscale size depends on its side): the
-    trackers call this at the start of a frame, when the previous frame's host copy of its
-    boxes has already drained the device queue, so the read waits for nothing."""
+
+    Args:
+        image: (H, W, 3) uint8, a numpy array (uploaded here) or a tensor (moved to `device`
+            if it is not there: pass the frame already on the device to upload it once).
+        windows: (K, 3) [x0, y0, L] host data (numpy float32, as `crop_windows` of host
+            boxes; a CPU tensor is taken as its float32 values): each window's geometry (its
+            downscale size, its sampling grid) is set from host numbers, so this never reads
+            the device.
+        size: output side; device, dtype: of the result.
+    """
+    win = np.asarray(windows, dtype=np.float32).reshape(-1, 3)
     t = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
     t = t.to(device=device).permute(2, 0, 1)[None].float()
     H, W = int(t.shape[-2]), int(t.shape[-1])
-    win = windows.to(device=device, dtype=torch.float32)
-    K = win.shape[0]
     out = []
-    for k in range(K):
-        x0, y0, side = (float(v) for v in win[k].tolist())
+    for x0, y0, side in win.tolist():
         src = t
         f = size / side
         if f < 1:   # antialiased downscale first: bilinear sampling alone would alias textures

@@ -57,8 +57,8 @@ class MapReader:
             return self.unet(latents, timestep, encoder_hidden_states=context).sample
 
     def start(self):
-        """Start a recording spanning several UNet calls (DINTR's averages over steps): returns
-        the recorder context; call `self.unet(...)` inside it."""
+        """Start a recording spanning several UNet calls: returns the recorder context; call
+        `self.unet(...)` inside it."""
         return self._recorder()
 
     def _results(self):
@@ -66,11 +66,14 @@ class MapReader:
             raise ValueError("nothing recorded yet: call run() or record inside start() first")
         return self._active
 
-    def harmonized(self, alpha: float, normalize: bool = False) -> torch.Tensor:
-        """(B, R, R): the prompt tokens' harmonized maps, averaged over those tokens (normalize:
-        S^T C divided by the attention each pixel receives, AttentionRecorder.self_cross)."""
-        return self._results().harmonized(alpha, normalize).mean(1)
+    def harmonized(self, alpha: float, normalize: bool = False, groups: int = 1) -> torch.Tensor:
+        """(B / groups, R, R): the prompt tokens' harmonized maps, averaged over those tokens
+        (normalize: S^T C divided by the attention each pixel receives, AttentionRecorder.
+        self_cross; groups: the batch is `groups` consecutive groups of rows recorded as if in
+        separate calls, their self and cross maps averaged before the product, fasttrack.recorder.
+        base.Recorder.self_cross: DINTR's timestep labels in one batch)."""
+        return self._results().harmonized(alpha, normalize, groups).mean(1)
 
-    def self_cross(self, normalize: bool = False) -> torch.Tensor:
-        """(B, R, R): the prompt tokens' S^T C maps, averaged over those tokens."""
-        return self._results().self_cross(normalize).mean(1)
+    def self_cross(self, normalize: bool = False, groups: int = 1) -> torch.Tensor:
+        """(B / groups, R, R): the prompt tokens' S^T C maps, averaged over those tokens."""
+        return self._results().self_cross(normalize, groups).mean(1)

@@ -12,6 +12,12 @@ Many targets are many batch rows: prompts (K, P, D) -> contexts (K, L, D), and t
 out per target (K,). The loop minimizes their *sum*, so each target's gradient is the one its
 own single run would see and, Adam being element-wise, K targets learned together follow K
 single runs.
+
+`HostStepAdam` is the optimizer of every Adam loop that runs inside a tracker frame (the prompt
+here, DINTR's online fine-tuning): torch.optim.Adam's default update, bit for bit, with the step
+count kept on the host. torch's non-capturable Adam reads its tensor step count back with
+`.item()` on every parameter at every step (a host sync each), and `capturable=True`, which
+keeps it on the device, is refused for CPU tensors.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import torch
 
 from .boxes import normalize_maps
 
-__all__ = ["insert_prompt", "normalized_mse", "learn_prompt", "initial_prompt"]
+__all__ = ["insert_prompt", "normalized_mse", "learn_prompt", "initial_prompt", "HostStepAdam"]
 
 
 def insert_prompt(null_context: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
@@ -57,6 +63,72 @@ def normalized_mse(maps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return diff.pow(2).flatten(1).mean(1)
 
 
+class HostStepAdam:
+    """torch.optim.Adam (no weight decay, no amsgrad) whose step counts are host ints: no host
+    read, no upload, on any device.
+
+    The update is torch.optim.Adam's non-capturable one, bit for bit: the moments are stepped
+    with the same element-wise ops (as torch's foreach implementation, one aten call per op for
+    all parameters) and the bias corrections are the same Python doubles, computed from the host
+    count instead of a `.item()` of a device count. As in torch, a parameter whose `grad` is
+    None is skipped and keeps its own count. The moments are allocated at a parameter's first
+    step.
+
+    Args:
+        params: the tensors to optimize (leaves; their `.grad` is read by `step`).
+        lr, betas, eps: as torch.optim.Adam.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params = list(params)
+        if not float(lr) > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}")
+        self.lr, self.eps = float(lr), float(eps)
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.state: dict[int, list] = {}     # parameter index -> [step count, exp_avg, exp_avg_sq]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget the gradients (set to None; set_to_none=False zeroes them in place)."""
+        for p in self.params:
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
+                p.grad.detach_()
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One Adam step of every parameter that has a gradient."""
+        by_count: dict[int, list[int]] = {}
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            st = self.state.get(i)
+            if st is None:
+                st = self.state[i] = [0, torch.zeros_like(p, memory_format=torch.preserve_format),
+                                      torch.zeros_like(p, memory_format=torch.preserve_format)]
+            st[0] += 1
+            by_count.setdefault(st[0], []).append(i)
+        b1, b2 = self.beta1, self.beta2
+        for count, idx in by_count.items():
+            params = [self.params[i] for i in idx]
+            grads = [p.grad for p in params]
+            exp_avgs = [self.state[i][1] for i in idx]
+            exp_avg_sqs = [self.state[i][2] for i in idx]
+            torch._foreach_lerp_(exp_avgs, grads, 1 - b1)
+            torch._foreach_mul_(exp_avg_sqs, b2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - b2)
+            # torch.optim.Adam's scalars, from the host count
+            step_size = self.lr / (1 - b1 ** count)
+            bias_correction2_sqrt = (1 - b2 ** count) ** 0.5
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denom, bias_correction2_sqrt)
+            torch._foreach_add_(denom, self.eps)
+            torch._foreach_addcdiv_(params, exp_avgs, denom, -step_size)
+
+
 def learn_prompt(prompt: torch.Tensor, loss_fn: Callable[[torch.Tensor, int], torch.Tensor], steps: int,
                  lr: float = 5e-3) -> tuple[torch.Tensor, torch.Tensor]:
     """Adam on the prompt alone (the diffusion model stays frozen).
@@ -75,8 +147,9 @@ def learn_prompt(prompt: torch.Tensor, loss_fn: Callable[[torch.Tensor, int], to
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     # Adam's moments live in float32 even for half-precision models: the prompt is tiny.
+    # HostStepAdam: torch.optim.Adam's numbers without its per-step host reads.
     p = prompt.detach().float().clone().requires_grad_(True)
-    opt = torch.optim.Adam([p], lr=lr)
+    opt = HostStepAdam([p], lr=lr)
     history = []
     for step in range(steps):
         opt.zero_grad(set_to_none=True)

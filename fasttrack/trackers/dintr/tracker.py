@@ -13,16 +13,24 @@ Each new frame k+1, with latents z_{k+1} (the paper's algorithm D.4/D.5, in this
    projection; "cross": the cross-attentions' key / value projections; "all"), learning rate
    `finetune_lr`. Patched, the backward runs through fasttrack's fused attention (no N x N map;
    tested on the CPU only: the GPU path, and the float32 master copies of half-precision
-   models, have never run on a GPU and are unverified).
+   models, have never run on a GPU and are unverified). The optimizer is torch.optim.Adam's
+   update with its step count on the host (prompt_learning.HostStepAdam: no host read).
+   What the fine-tuning is for is psi, the offset of the "predicted" path (step 2); with the
+   "anchor" offset psi is never used and the fine-tuned weights only change the readout's maps
+   as a side effect, so `finetune_steps=None` (the default) means one step with "predicted" and
+   none with "anchor" (the paper's setting, one step with the anchor offset, stays available
+   as `finetune_steps=1`).
    The weights go back to the loaded ones at every `init`: each sequence starts from the
    pretrained model.
 2. the interpolation process to the next frame: offset "anchor" ends at x_0 = z_{k+1} exactly;
    "predicted" runs x_{t-1} = x_t - psi(x_t) / S with the fine-tuned UNet as psi.
 3. the readout at x_0, the next frame's latent, not along the path (a map averaged over
    x_S .. x_1 unions both frames: DESIGN 1.7): the UNet runs at x_0 with the targets' tokens at
-   the S timestep labels of the path, the self and cross maps of the chosen layers averaged over
-   layers and labels and combined as S_bar^T C_bar (DESIGN 1.2; divided by the attention each
-   pixel receives with `normalize`), then read by the diffusion trackers' readout
+   the S timestep labels of the path (one call of batch S K: the labels are batch rows), the
+   self and cross maps of the chosen layers averaged over layers and labels and combined as
+   S_bar^T C_bar (DESIGN 1.2; the recorder averages over the label groups before the product,
+   so the maps are those of one call per label; divided by the attention each pixel receives
+   with `normalize`), then read by the diffusion trackers' readout
    (diffusion.readout: the region holding the peak near the previous box) into a point, box or
    mask (Eq. 12).
 4. the indication re-extracted: the new point / box / mask becomes the target's indicator map
@@ -35,8 +43,15 @@ frame): every step above runs on a square of side context x max(w, h) around eac
 previous box (moved by the readout's velocity estimate with `motion` > 0), resized to the
 UNet's input, instead of the whole frame: the target keeps about 1 / context of the input's
 side whatever its size in the frame, and objects far from it are not in the input. The pair
-of step 1 is both frames seen through the new frame's window; the readout reads each map in its
-window and returns image pixels.
+of step 1 (and the path of the "predicted" offset) is both frames seen through the new frame's
+window: the previous frame, kept on the device, is encoded again through it (skipped when
+neither needs it: "anchor" without fine-tuning). The readout reads each map in its window and
+returns image pixels.
+Host and device: a frame uploads the frame once and reads nothing back until its results. The
+crop geometry is host arithmetic (diffusion.crops): the boxes the next frame's crops are
+centred on (the readout's `predicted` boxes) are read back with each frame's boxes and scores
+(`_read_back`), and the next frame computes its windows from that host copy (from the init
+boxes on the first), the same float32 numbers as the device windows the readout uses.
 Pose and text indications need inputs this pipeline does not have (no pose estimator; a text
 prompt gives the start of a box search, not a box: the paper's D.28 text handling), so they
 are not offered.
@@ -58,7 +73,7 @@ import torch
 from ..base import as_image
 from ..diffusion.boxes import masks_to_boxes
 from ..diffusion.crops import check_context, crop_images, crop_windows, to_window, window_side
-from ..diffusion.prompt_learning import initial_prompt, insert_prompt, learn_prompt, normalized_mse
+from ..diffusion.prompt_learning import HostStepAdam, initial_prompt, insert_prompt, learn_prompt, normalized_mse
 from ..diffusion.sd import SDComponents, preprocess
 from ..diffusion.readout import BoxReader, check_readout
 from ..diffusion.serialization import write_tracker_folder
@@ -118,7 +133,8 @@ class DINTR(DiffusionTracker):
             paper's S^T C; the shipped tiny-sd setting is 1, the cross map alone: see
             tiny_sd.TRACKER_SETTINGS).
         finetune_steps, finetune_lr, finetune_params: the online in-place fine-tuning per frame
-            pair (0 steps: the UNet stays as loaded).
+            pair (0 steps: the UNet stays as loaded; None: 1 with offset "predicted", 0 with
+            "anchor", whose path does not use the fine-tuned offset).
         reinject_steps: Adam steps (learning rate `lr`) that re-fit the tokens to the frame's
             own read-out indication (0: the init tokens are kept).
         context: 0 (the paper: the UNet sees the whole frame) or >= 1: each target's UNet input
@@ -141,7 +157,7 @@ class DINTR(DiffusionTracker):
                  threshold: float = 0.5, search: float = 3.0, scale_step: float = 1.1,
                  size_lr: float = 1.0, calibrate_size: bool = False, motion: float = 0.0,
                  normalize: bool = True, alpha: float = 0.0,
-                 finetune_steps: int = 1, finetune_lr: float = 1e-4, finetune_params: str = "attention",
+                 finetune_steps: int | None = None, finetune_lr: float = 1e-4, finetune_params: str = "attention",
                  reinject_steps: int = 1, context: float = 0.0):
         super().__init__(components, resolution=resolution, cross_layers=cross_layers,
                          self_layers=self_layers, tokens=[1])
@@ -154,6 +170,8 @@ class DINTR(DiffusionTracker):
         self._timesteps = interpolation_timesteps(num_steps, max_timestep)
         for name, v in (("init_steps", init_steps), ("finetune_steps", finetune_steps),
                         ("reinject_steps", reinject_steps)):
+            if name == "finetune_steps" and v is None:
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
         check_readout(threshold, search, scale_step, size_lr, motion)
@@ -167,7 +185,11 @@ class DINTR(DiffusionTracker):
         if isinstance(alpha, bool) or not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         self.alpha = float(alpha)
+        # None: what the fine-tuning is for -- one step with offset "predicted", whose path the
+        # fine-tuned UNet drives; none with "anchor", where x_0 = z_{k+1} whatever the UNet.
         self.finetune_steps, self.finetune_lr = finetune_steps, float(finetune_lr)
+        self._finetune_count = (finetune_steps if finetune_steps is not None
+                                else int(offset == "predicted"))
         self.finetune_params, self.reinject_steps = finetune_params, reinject_steps
         self.context = check_context(context)
         if self.context and self.indication == "mask":
@@ -182,6 +204,8 @@ class DINTR(DiffusionTracker):
             loaded.setdefault(n, p.detach().clone())
         self._pristine = {n: loaded[n] for n in self._tuned}
         self._t = [torch.tensor(t, device=self.device) for t in self._timesteps]
+        self._t_all = torch.tensor(self._timesteps, device=self.device)   # (S,), the batched labels
+        self._t_batch = self._t_all
         self.tokens = None
         self.points = self.masks = None
         self._init_masks = None
@@ -214,29 +238,60 @@ class DINTR(DiffusionTracker):
             self._init_masks = None
 
     # ------------------------------------------------------------------ pieces of a step
-    def _encode(self, image, windows=None) -> torch.Tensor:
-        """Latents of the whole frame (1, 4, h, w), or of the K crop windows (K, 4, h, w)."""
+    def _upload(self, image) -> torch.Tensor:
+        """The frame (H, W, 3) uint8 on the device: a frame's one upload (a tensor already there
+        stays as it is)."""
+        if isinstance(image, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        return image.to(self.device)
+
+    def _encode(self, frame, windows=None) -> torch.Tensor:
+        """Latents of the whole frame (1, 4, h, w), or of the K crop windows (K, 4, h, w).
+        frame: (H, W, 3) uint8, best already on the device (`_upload`); windows: host (K, 3)."""
         with torch.no_grad():
             if windows is None:
-                return self.sd.encode(preprocess(image, self.sd.image_size, self.device, self.dtype))
-            return self.sd.encode(crop_images(image, windows, self.sd.image_size, self.device, self.dtype))
+                return self.sd.encode(preprocess(frame, self.sd.image_size, self.device, self.dtype))
+            return self.sd.encode(crop_images(frame, windows, self.sd.image_size, self.device, self.dtype))
 
-    def _windows(self, boxes: torch.Tensor):
-        """The crop windows (K, 3) around boxes (K, 4) in image pixels (None: whole frame)."""
-        return crop_windows(boxes.to(self.device), self.context) if self.context else None
+    def _host_windows(self):
+        """This frame's crop windows (K, 3) float32 ndarray, from the host copy of the boxes the
+        last frame predicted (`_host_extra`: read back with its results, or the init boxes);
+        None: whole frame. The same numbers as `_device_windows` (crops.crop_windows)."""
+        return crop_windows(self._host_extra, self.context) if self.context else None
+
+    def _device_windows(self):
+        """This frame's crop windows (K, 3) on the device, for the readout (None: whole frame)."""
+        return crop_windows(self._reader.predicted, self.context) if self.context else None
+
+    def _read_back(self):
+        """The boxes (K, 4) the next frame's crops are centred on, read back with this frame's
+        results (the next frame's crop geometry is host arithmetic)."""
+        return self._reader.predicted if self.context else None
 
     def _context(self, tokens: torch.Tensor) -> torch.Tensor:
         return insert_prompt(self.sd.null_context, tokens.to(self.dtype))
 
     def _maps(self, z: torch.Tensor, tokens: torch.Tensor, labels=None) -> torch.Tensor:
         """The targets' maps (K, R, R) at latents z (1 or K, 4, h, w): the UNet at z with the
-        tokens (K, P, D), one call per timestep label (default: all S), maps averaged."""
+        tokens (K, P, D) at every timestep label (default: all S; else a list of 0-d label
+        tensors), all labels in one call of batch G K (label-major), the self and cross maps
+        averaged over layers and labels before their product (MapReader.harmonized's groups):
+        the maps of one call per label, recorded together."""
         K = tokens.shape[0]
+        if labels is None:
+            G = len(self._t)
+            t = self._t_batch if self._t_batch.shape[0] == G * K else self._t_all.repeat_interleave(K)
+        elif len(labels) == 1:
+            G, t = 1, labels[0]
+        else:
+            G, t = len(labels), torch.stack(list(labels)).repeat_interleave(K)
+        x = z.expand(K, -1, -1, -1)
         ctx = self._context(tokens)
+        if G > 1:
+            x, ctx = x.repeat(G, 1, 1, 1), ctx.repeat(G, 1, 1)
         with self.reader.start():
-            for t in (self._t if labels is None else labels):
-                self.sd.unet(z.expand(K, -1, -1, -1), t, encoder_hidden_states=ctx)
-        return self.reader.harmonized(self.alpha, self.normalize)
+            self.sd.unet(x, t, encoder_hidden_states=ctx)
+        return self.reader.harmonized(self.alpha, self.normalize, groups=G)
 
     def _fit_tokens(self, tokens: torch.Tensor, z: torch.Tensor, gt: torch.Tensor, steps: int):
         """Adam on the tokens so that their maps at z match gt (K, R, R); one timestep label
@@ -259,7 +314,7 @@ class DINTR(DiffusionTracker):
 
     def _finetune(self, z_cur: torch.Tensor, z_next: torch.Tensor) -> None:
         """`finetune_steps` Adam steps of Eq. 7 on the pair (z_k, z_{k+1}), in place."""
-        if not self.finetune_steps or not self._tuned:
+        if not self._finetune_count or not self._tuned:
             return
         K = self.tokens.shape[0]
         ctx = self._context(self.tokens).detach()
@@ -268,7 +323,7 @@ class DINTR(DiffusionTracker):
         for p in params:
             p.requires_grad_(True)
         try:
-            for i in range(self.finetune_steps):
+            for i in range(self._finetune_count):
                 s = i % S
                 x_t = blend(z_cur, z_next, S - s, S).expand(K, -1, -1, -1)
                 self._opt.zero_grad(set_to_none=True)
@@ -299,25 +354,31 @@ class DINTR(DiffusionTracker):
         self._image_size = (H, W)
         K = boxes.shape[0]
         b = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
+        # the init boxes are host data: the first frame's windows come from them on both sides
+        self._host_extra = np.asarray(boxes, dtype=np.float32)
+        self._t_batch = self._t_all.repeat_interleave(K)
         with torch.no_grad():
             for n, p in self._tuned.items():
                 p.copy_(self._pristine[n])
         # Half-precision models: Adam steps float32 master copies (its eps and second moments
-        # underflow in float16), copied back into the UNet after each step.
-        tuned = list(self._tuned.values())
+        # underflow in float16), copied back into the UNet after each step. No fine-tuning: no
+        # optimizer, no master copies.
+        tuned = list(self._tuned.values()) if self._finetune_count else []
         half = bool(tuned) and tuned[0].dtype != torch.float32
         self._masters = [p.detach().float().clone() for p in tuned] if half else None
-        self._opt = (torch.optim.Adam(self._masters if half else tuned, lr=self.finetune_lr)
+        # HostStepAdam: torch.optim.Adam's update without its per-step host reads
+        self._opt = (HostStepAdam(self._masters if half else tuned, lr=self.finetune_lr)
                      if tuned else None)
         self.finetune_losses = []
-        windows = self._windows(b)
-        z = self._encode(image, windows)
+        frame = self._upload(image)
+        windows = crop_windows(b, self.context) if self.context else None
+        z = self._encode(frame, self._host_windows())
         masks = None if self._init_masks is None else self._init_masks.to(self.device)
         gt = self._indicator(b, masks, windows)
         self._gt = gt
         self.tokens, self.loss_history = self._fit_tokens(initial_prompt(self.sd.null_context, K, 1, self.sd.prompt_init),
                                                           z, gt, self.init_steps)
-        self._z, self._image = z, image
+        self._z, self._frame = z, frame
         self._reader = BoxReader(self.threshold, self.search, self.scale_step, self.size_lr,
                                  self.calibrate_size, self.motion)
         self._reader.start(b)
@@ -325,12 +386,16 @@ class DINTR(DiffusionTracker):
         self.masks = None
 
     def _step(self, image) -> tuple[torch.Tensor, torch.Tensor]:
-        """One frame, all on the device: boxes (K, 4) and scores (K,) as device tensors."""
-        windows = self._windows(self._reader.predicted)
-        z_next = self._encode(image, windows)
-        if windows is not None and (self.finetune_steps or self.offset == "predicted"):
-            # the pair's first frame seen through this frame's windows
-            self._z = self._encode(self._image, windows)
+        """One frame, all on the device: boxes (K, 4) and scores (K,) as device tensors. Its only
+        upload is the frame; no host read (the crop geometry comes from the host copy of the
+        last frame's predicted boxes, `_host_windows`)."""
+        frame = self._upload(image)
+        host_windows = self._host_windows()
+        windows = self._device_windows()
+        z_next = self._encode(frame, host_windows)
+        if host_windows is not None and (self._finetune_count or self.offset == "predicted"):
+            # the pair's first frame (kept on the device) seen through this frame's windows
+            self._z = self._encode(self._frame, host_windows)
         self._finetune(self._z, z_next)
         x0 = z_next
         if self.offset == "predicted":
@@ -357,7 +422,7 @@ class DINTR(DiffusionTracker):
                 gt = torch.where(out["found"][:, None, None], gt, self._gt)
             self.tokens, _ = self._fit_tokens(self.tokens, z_next, gt, self.reinject_steps)
             self._gt = gt
-        self._z, self._image = z_next, image
+        self._z, self._frame = z_next, frame
         self.points = out.get("points")
         self.masks = out.get("masks")
         return out["boxes"], out["scores"]
