@@ -127,6 +127,25 @@ def mtimes(folder: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in folder.rglob("*.txt")}
 
 
+
+def test_eval_precision_runs_the_tracker_at_that_precision(data, tmp_path, capsys):
+    """--precision bf16: the boxes written are those of the tracker set to bf16 run directly
+    (and not the float32 ones); a bad value is a one-line argparse error naming the option."""
+    from fasttrack.trackers.registry import build_tracker
+
+    rc, out, err = run_cli(capsys, "eval", data, "--tracker", "detrack", "--out", tmp_path,
+                           "--frames", 4, "--precision", "bf16", "--name", "half")
+    assert rc == 0
+    seq = load_got10k(data)[0]
+    got = read_boxes(tmp_path / "half" / seq.name / f"{seq.name}_001.txt")
+    direct, _ = build_tracker("detrack", precision="bf16").run(seq, seq.gt[0], progress=False, limit=4)
+    full, _ = build_tracker("detrack").run(seq, seq.gt[0], progress=False, limit=4)
+    np.testing.assert_allclose(got, direct, atol=6e-4)
+    assert not np.allclose(direct, full, atol=1e-3)
+    with pytest.raises(SystemExit):
+        main(["eval", str(data), "--tracker", "detrack", "--precision", "fp8"])
+    assert "--precision" in capsys.readouterr().err
+
 def test_eval_survives_a_corrupt_frame_then_resumes(data, single, tmp_path, capsys):
     root, broken = corrupt(data, tmp_path)
     [bad] = broken
