@@ -18,6 +18,11 @@ From the frame of 0-based index `update_from` (5: the 6th frame) on, the online 
 lr 5e-4). Without saved updater weights the updater starts as the identity (see updater.py),
 and then a frame skips it (its output would be the prompt itself).
 
+A frame is one upload of the image into a fixed buffer, then VAE, noise, UNet, maps and readout
+as one step through the shared graph runner (fasttrack.trackers.graph: a CUDA graph replay on a
+GPU -- not yet run there, unverified --, the same step eagerly on the CPU), then one read of the
+(K, 5) boxes and scores. The updater, when it runs, moves the fixed prompt in place before it.
+
 Many targets run as batch rows of one UNet pass (`init_batch` / `update_batch`), sharing the
 frame's latents and noise, so K targets give the boxes of K single runs.
 """

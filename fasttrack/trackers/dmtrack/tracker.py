@@ -19,7 +19,8 @@ cross-attention over the text tokens, the diffusion mask module (K samplings as 
 pass per DDIM step, the condition encoded once), the filter and the centre head, map the box back
 to the frame and clip it. The template is the init frame's (OSTrack's). The step reads and
 writes fixed tensors, so on a GPU the whole step, the denoising loop included, is captured once
-in a CUDA graph (DeTrack's StepGraph); the only host copy per frame is the (K, 6) result row.
+in a CUDA graph (fasttrack.trackers.graph); the only host copy per frame is the (K, 6) result
+row and the mask, read together.
 Not run on a GPU yet: the graph path is unverified; the CPU path is tested.
 """
 from __future__ import annotations
