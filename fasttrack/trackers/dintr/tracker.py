@@ -78,6 +78,7 @@ from ..diffusion.sd import SDComponents, preprocess
 from ..diffusion.readout import BoxReader, check_readout
 from ..diffusion.serialization import write_tracker_folder
 from ..diffusion.tracker import DiffusionTracker
+from ..graph import StepGraph
 from .indication import check_indication, check_masks, extract, indicator_maps
 from .interpolation import OFFSETS, blend, interpolate, interpolation_timesteps, offset_loss
 
@@ -379,21 +380,69 @@ class DINTR(DiffusionTracker):
         self.tokens, self.loss_history = self._fit_tokens(initial_prompt(self.sd.null_context, K, 1, self.sd.prompt_init),
                                                           z, gt, self.init_steps)
         self._z, self._frame = z, frame
+        self._st = self._graph = None
         self._reader = BoxReader(self.threshold, self.search, self.scale_step, self.size_lr,
                                  self.calibrate_size, self.motion)
         self._reader.start(b)
         self.points = b[:, :2] + b[:, 2:] / 2
         self.masks = None
 
+    def _graph_frame(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_step` of `_capturable` settings: the model input into a fixed buffer, then the
+        graph runner's step."""
+        host_windows = self._host_windows()
+        with torch.no_grad():
+            x = (preprocess(frame, self.sd.image_size, self.device, self.dtype) if host_windows is None
+                 else crop_images(frame, host_windows, self.sd.image_size, self.device, self.dtype))
+        st = self._st
+        if st is None or st["input"].shape != x.shape or st["input"].dtype != x.dtype:
+            st = self._st = {"input": torch.empty_like(x),
+                             "result": torch.zeros(self.tokens.shape[0], 5, device=self.device)}
+            self._graph = None
+        st["input"].copy_(x)
+        key = (self.patched, self.precision, self.dtype, str(self.device), self.tokens.data_ptr(),
+               tuple(x.shape))
+        if self._graph is None or self._graph.key != key:
+            r = self._reader
+            state = [st["result"], r.boxes, r.velocity, r._ratio, r._calibrated]
+            self._graph = StepGraph(self._frame_step, state, key, use_graph=self.use_graph)
+        self._graph()
+        self._frame, self._z = frame, None      # latents stay inside the step (re-encoded if needed)
+        self.points = self.masks = None
+        return st["result"][:, :4], st["result"][:, 4]
+
+    def _frame_step(self) -> None:
+        """The captured part of a `_capturable` frame: reads the input buffer, the tokens and the
+        readout state; writes the (K, 5) result row and the readout state in place."""
+        st = self._st
+        with torch.no_grad():
+            z = self.sd.encode(st["input"])
+            maps = self._maps(z, self.tokens)
+            out = extract(self.indication, self._reader, maps, self._image_size, self._device_windows())
+            st["result"].copy_(torch.cat([out["boxes"], out["scores"][:, None]], 1))
+
+    def _capturable(self) -> bool:
+        """Whether this frame's work after the model input is a fixed-shape device step that
+        the graph runner can capture: no fine-tuning and no re-injection (their Adam takes host
+        scalars), offset "anchor", indication "box" (the shipped settings)."""
+        return (not self._finetune_count and not self.reinject_steps and self.offset == "anchor"
+                and self.indication == "box")
+
     def _step(self, image) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame, all on the device: boxes (K, 4) and scores (K,) as device tensors. Its only
         upload is the frame; no host read (the crop geometry comes from the host copy of the
-        last frame's predicted boxes, `_host_windows`)."""
+        last frame's predicted boxes, `_host_windows`). With `_capturable` settings, the model
+        input (the crops, whose antialiasing sizes follow the target: eager) goes into a fixed
+        buffer and the rest -- VAE, the batched label evaluations, readout -- runs through the
+        shared graph runner (fasttrack.trackers.graph; a CUDA graph on a GPU, unverified there)."""
         frame = self._upload(image)
+        if self._capturable():
+            return self._graph_frame(frame)
         host_windows = self._host_windows()
         windows = self._device_windows()
         z_next = self._encode(frame, host_windows)
-        if host_windows is not None and (self._finetune_count or self.offset == "predicted"):
+        if (host_windows is not None or self._z is None) and (
+                self._finetune_count or self.offset == "predicted"):
             # the pair's first frame (kept on the device) seen through this frame's windows
             self._z = self._encode(self._frame, host_windows)
         self._finetune(self._z, z_next)
