@@ -52,18 +52,19 @@ def test_strict_watch_names_the_transfer_and_restores_tensor_methods():
             torch.tensor([1.0])
 
 
-def _build(name):
+def _build(name, device="cpu"):
     from fasttrack.trackers.detrack.tracker import DeTrack
     from fasttrack.trackers.diff_tracker import DiffTracker
     from fasttrack.trackers.dintr import DINTR
     from fasttrack.trackers.dmtrack.tracker import DMTrack
 
-    return {"diff-tracker": lambda: DiffTracker.pretrained(prompt_steps=2, use_updater=True, update_from=1),
-            "diff-tracker-updater": lambda: DiffTracker.tiny(0, prompt_steps=2, update_from=1),
-            "dintr": lambda: DINTR.pretrained(init_steps=2),
+    d = dict(device=device)
+    return {"diff-tracker": lambda: DiffTracker.pretrained(prompt_steps=2, use_updater=True, update_from=1, **d),
+            "diff-tracker-updater": lambda: DiffTracker.tiny(0, prompt_steps=2, update_from=1, **d),
+            "dintr": lambda: DINTR.pretrained(init_steps=2, **d),
             "dintr-paper": lambda: DINTR.pretrained(init_steps=2, reinject_steps=1, finetune_steps=1,
-                                                    offset="predicted", context=0.0),
-            "detrack": DeTrack.pretrained, "dmtrack": DMTrack.pretrained}[name]()
+                                                    offset="predicted", context=0.0, **d),
+            "detrack": lambda: DeTrack.pretrained(**d), "dmtrack": lambda: DMTrack.pretrained(**d)}[name]()
 
 
 @pytest.mark.parametrize("patched", [True, False], ids=["patched", "unpatched"])
@@ -167,7 +168,7 @@ def test_precision_rejects_unknown_values_and_tf32_is_a_no_op_on_cpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["detrack", "dmtrack", "diff-tracker"])
+@pytest.mark.parametrize("name", ["detrack", "dmtrack", "diff-tracker", "dintr"])
 def test_graph_replay_gives_the_eager_boxes(name, recwarn):
     """On a GPU the frame step is captured once and replayed (fasttrack.trackers.graph): the
     boxes equal those of the same tracker run eagerly (use_graph=False)."""
@@ -176,8 +177,7 @@ def test_graph_replay_gives_the_eager_boxes(name, recwarn):
     frames, boxes = frames_and_boxes(6, (72, 96), 2)
     runs = {}
     for use_graph in (True, False):
-        tr = _build(name)
-        tr = tr.to("cuda") if isinstance(tr, torch.nn.Module) else type(tr).pretrained(device="cuda", prompt_steps=2)
+        tr = _build(name, device="cuda")
         tr.use_graph = use_graph
         fasttrack.patch(tr)
         tr.init_batch(frames[0], boxes)
