@@ -183,3 +183,19 @@ def test_graph_replay_gives_the_eager_boxes(name, recwarn):
         tr.init_batch(frames[0], boxes)
         runs[use_graph] = np.stack([tr.update_batch(f) for f in frames[1:]])
     assert np.allclose(runs[True], runs[False], atol=1e-3), (runs[True], runs[False])
+
+
+def test_channels_last_diffusion_tracker_gives_the_same_boxes():
+    from fasttrack.bench.trackers import frames_and_boxes
+
+    frames, boxes = frames_and_boxes(4, (72, 96), 2)
+    runs = []
+    for cl in (False, True):
+        tr = fasttrack.patch(_build("diff-tracker"), backend="torch")
+        if cl:
+            assert tr.channels_last() is tr
+            conv = next(m for m in tr.sd.unet.modules() if isinstance(m, torch.nn.Conv2d))
+            assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        tr.init_batch(frames[0], boxes)
+        runs.append(np.stack([tr.update_batch(f) for f in frames[1:]]))
+    np.testing.assert_allclose(runs[1], runs[0], atol=0.05)

@@ -45,6 +45,15 @@ class DiffusionTracker(SerializationMixin, Tracker):
         # Diff-Tracker; the capture has not run on a GPU yet). Set False to run it eagerly.
         self.use_graph = True
 
+    def channels_last(self) -> "DiffusionTracker":
+        """Store the VAE's and UNet's convolution weights channels-last (NHWC), the layout GPU
+        tensor cores and oneDNN convolve fastest; activations follow the weights. Same boxes up
+        to convolution rounding (on this project's CPU: the same boxes). Returns self. Not yet
+        timed on a GPU."""
+        self.sd.vae.to(memory_format=torch.channels_last)
+        self.sd.unet.to(memory_format=torch.channels_last)
+        return self
+
     def _patch_roots(self) -> list[torch.nn.Module]:
         """The models `fasttrack.patch(tracker)` acts on."""
         return [self.sd.vae, self.sd.unet, *self._modules_to_save().values()]
