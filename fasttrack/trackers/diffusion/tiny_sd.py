@@ -60,8 +60,11 @@ TINY_SD_TEXT = dict(dim=32, length=16, heads=2, hidden=64)
 #   0.42, Diff-Tracker's maps (cross maps of up levels 1-2, alpha 1) 0.33 at 20 init steps and
 #   0.46 at 50, and without re-injection 0.54 (100 init steps: 0.558, 200: 0.488). Re-fitting
 #   the token each frame to its own read (lr 0.05) drifts it onto misreads (re-injection alone:
-#   0.47), so DINTR ships with reinject_steps 0; the online fine-tuning stays on (one step:
-#   0.540, none: 0.539, at 50 init steps); num_steps 1 (max_timestep 100): 0.536, 25 % faster;
+#   0.47), so DINTR ships with reinject_steps 0; num_steps 1 (max_timestep 100): 0.536, 25 %
+#   faster (its 3 labels now run as one batched UNet call);
+# - DINTR finetune_steps None (0 with offset "anchor", whose fine-tuned offset prediction is
+#   never used): 10 "val" x 40 frames with all the settings here, one step 0.691 at 1.0 frames/s,
+#   none 0.726 at 1.7 (at 50 init steps without crops, earlier: 0.540 / 0.539);
 # - DINTR context 3 (diffusion.crops: the UNet sees a square of side 3 max(w, h) around the
 #   previous box, the square holding the readout's 3x search window, instead of the whole
 #   frame): 20 "val" sequences x 40 frames 0.618 (0.649 on val 0-9, 0.586 on 10-19), the whole
@@ -98,6 +101,7 @@ TRACKER_SETTINGS = {
                         size_lr=0.5, calibrate_size=True),
     "DINTR": dict(cross_layers=["up_blocks.1.*", "up_blocks.2.*"], self_layers=["up_blocks.2.*"],
                   alpha=1.0, num_steps=3, init_steps=100, lr=0.05, threshold=0.45, normalize=False,
+                  finetune_steps=None,
                   reinject_steps=0, size_lr=0.5, calibrate_size=True, context=3.0, motion=0.3),
 }
 
