@@ -10,9 +10,10 @@
                     `prompt_steps` Adam steps of prompt learning; DINTR: `init_steps` of token
                     learning, a backward through the recorded maps); learning_steps and
                     ms_per_learning_step (ms / steps) beside it.
-DINTR's update is its whole frame: the online in-place fine-tuning step(s) on the frame pair
-(a backward through the UNet, fused when patched), the readout at the next frame's latents and
-the token re-fit to the read-out indication: where the paper's 3.2 s per frame go.
+DINTR's update is its whole frame at the shipped settings: the crops, the S timestep labels
+in one batched UNet call at the next frame's latents, the readout (with finetune_steps or
+reinject_steps > 0, as in the paper, also the in-place fine-tuning on the frame pair and the
+token re-fit: backwards through the UNet, where the paper's 3.2 s per frame go).
 DINTR rows carry interp_steps, the interpolation steps of its frame (what its update ran).
 Every update row also carries ops_per_frame, host_reads, host_writes and host_ms: one more,
 untimed `update_batch` after the measured ones under FrameWatch (harness.watch_frame).
