@@ -320,3 +320,37 @@ def test_trackers_calibrate_size_with_partial_maps(which, rng, monkeypatch):
     out, _ = tr.run(frames, boxes[0], progress=False)
     ious = iou(out[1:], boxes[1:])
     assert ious.min() >= 0.8, ious
+
+
+def test_grow_region_is_the_connected_component_of_blob_masks(rng):
+    """grow_region against scipy's connected-component labelling (an independent reference,
+    4-neighbourhood) on thresholded smooth random maps at odd grid sizes, the peak as seed, K
+    maps at once; and its bound: one round (1 turn) cannot follow a staircase that 6 rounds can."""
+    nd = pytest.importorskip("scipy.ndimage")
+    import torch.nn.functional as F
+
+    from fasttrack.trackers.diffusion.readout import grow_region
+
+    for h, w in ((17, 23), (33, 31), (64, 64)):
+        K = 5
+        x = torch.randn(K, 1, h, w, generator=rng)
+        x = F.avg_pool2d(F.pad(x, (4, 4, 4, 4), mode="reflect"), 9, stride=1)[:, 0]   # blobs
+        thr = torch.quantile(x.flatten(1), 0.6, dim=1).view(K, 1, 1)
+        active = x >= thr
+        peak = x.flatten(1).argmax(1)
+        seed = torch.zeros(K, h * w, dtype=torch.bool)
+        seed[torch.arange(K), peak] = True
+        got = grow_region(seed.view(K, h, w), active)
+        for k in range(K):
+            lab, _ = nd.label(active[k].numpy())
+            want = lab == lab.flatten()[int(peak[k])]
+            assert np.array_equal(got[k].numpy(), want), (h, w, k)
+    # a 4-connected staircase from (0, 0): each step turns twice
+    stair = torch.zeros(1, 9, 9, dtype=torch.bool)
+    for i in range(8):
+        stair[0, i, i] = stair[0, i, i + 1] = True
+    start = torch.zeros_like(stair)
+    start[0, 0, 0] = True
+    assert grow_region(start, stair, rounds=1).sum() < stair.sum()
+    assert torch.equal(grow_region(start, stair, rounds=8), stair)
+    assert not grow_region(start, torch.zeros_like(stair)).any()        # a seed outside: nothing
