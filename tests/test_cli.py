@@ -124,7 +124,7 @@ def test_registry():
     import fasttrack
     from fasttrack.trackers.registry import build_tracker, tracker_names
 
-    assert tracker_names() == ["detrack", "diff-tracker", "dintr", "dmtrack"]
+    assert tracker_names() == ["detrack", "diff-tracker", "dintr", "dmtrack", "kcf", "csrt"]
     with pytest.raises(ValueError, match="detrack, diff-tracker, dintr, dmtrack"):
         build_tracker("ostrack")
     for name in ("detrack", "dmtrack"):

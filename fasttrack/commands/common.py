@@ -30,7 +30,8 @@ def add_tracker_args(parser: argparse.ArgumentParser, default: str | None = None
     --device, --seed and --threads."""
     from ..trackers.registry import TRACKERS
 
-    names = ", ".join(f"{k} ({v.description}; --weights: {v.weights})" for k, v in TRACKERS.items())
+    names = ", ".join(f"{k} ({v.description}; --weights: {v.weights or 'none'})"
+                      for k, v in TRACKERS.items())
     parser.add_argument("--tracker", choices=list(TRACKERS), default=default, required=default is None,
                         metavar="NAME", help=f"tracker to run: {names}"
                         + (" (default: %(default)s)" if default else ""))
@@ -55,14 +56,20 @@ def add_tracker_args(parser: argparse.ArgumentParser, default: str | None = None
                              "shared among --workers; 1 is often fastest for the tiny models)")
 
 
-def default_device(device: str | None) -> str:
+def default_device(device: str | None, tracker: str | None = None) -> str:
     """The --device to run on, checked: `device` ("cpu", "cuda", "cuda:1", "mps"), or "cuda"
-    when a GPU is present, else "cpu". ValueError naming --device when `device` is not a torch
+    when a GPU is present, else "cpu" ("cpu" for a registered `tracker` name that runs on the
+    CPU only: the OpenCV trackers). ValueError naming --device when `device` is not a torch
     device or names one this machine does not have (so a command fails in one line before it
     builds anything)."""
     import torch
 
     if not device:
+        if tracker is not None:
+            from ..trackers.registry import TRACKERS
+
+            if tracker in TRACKERS and TRACKERS[tracker].cpu_only:
+                return "cpu"
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         d = torch.device(device)

@@ -41,7 +41,33 @@ def register(sub) -> argparse.ArgumentParser:
                    help="also write each sequence as OUT/<seq>.mp4 (25 fps), to try "
                         "`fasttrack track` on a video")
     s.set_defaults(func=run, catch_user_errors=True)
+    ph = actions.add_parser(
+        "photos", help="fetch the real photographs the photo sequences are made of",
+        description="Fetch Debian's wallpaper packages (backgrounds) and Tux Paint's stamps "
+                    "(photographed objects with alpha masks) with `apt-get download`, shrink "
+                    "them and write the photo library (fasttrack.data.photos: a fixed split of "
+                    "the photographs into train / val / test). Sources already fetched are "
+                    "kept. The library feeds `fasttrack eval photos:test` and `fasttrack train "
+                    "--data synthetic photos`.",
+        epilog="example:\n  fasttrack dataset photos && fasttrack eval photos:test --tracker detrack",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ph.add_argument("--out", default=None, metavar="DIR",
+                    help="library folder (default: $FASTTRACK_PHOTOS or ~/.cache/fasttrack/photos)")
+    ph.add_argument("--sources", nargs="+", default=None, metavar="PKG",
+                    help="Debian packages to fetch (default: all of fasttrack.data.photos.SOURCES)")
+    ph.set_defaults(func=run_photos, catch_user_errors=True)
     return p
+
+
+def run_photos(args) -> int:
+    """Run `fasttrack dataset photos`; returns the exit status."""
+    from ..data.photos import SOURCES, fetch_photos
+
+    lib = fetch_photos(args.out, args.sources or SOURCES)
+    counts = lib.summary()["counts"]
+    print(f"photo library at {lib.root}: backgrounds {counts['background']}, "
+          f"objects {counts['object']}")
+    return 0
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -47,7 +47,12 @@ def run(args) -> int:
     from ..data import Sequence
     from ..data.synthetic import synthetic_split
     from ..eval import iou, metrics
+    from ..trackers.registry import TRACKERS
 
+    if not TRACKERS[args.tracker].patchable:
+        raise ValueError(f"--tracker {args.tracker}: demo compares plain PyTorch with fasttrack's "
+                         f"kernels, and {args.tracker} has nothing to patch (try `fasttrack eval "
+                         f"synthetic:test --tracker {args.tracker}`)")
     device = default_device(args.device)
     if not 2 <= args.frames <= 60:
         raise ValueError(f"--frames must be in [2, 60], got {args.frames}")

@@ -51,7 +51,9 @@ def register(sub) -> argparse.ArgumentParser:
                    help="data set folder (GOT-10k split, LaSOT root or category, OTB root), one "
                         "sequence folder, or synthetic:test / synthetic:val (fasttrack's held-out "
                         "synthetic splits, generated in memory; synthetic:val:48x60 takes 48 "
-                        "sequences of 60 frames)")
+                        "sequences of 60 frames), or photos:test / photos:val (real photographs, "
+                        "fasttrack.data.photo_sequences; needs `fasttrack dataset photos`; "
+                        "photos:test:grey in greyscale)")
     add_tracker_args(p)
     p.add_argument("--out", default="fasttrack-results", metavar="DIR",
                    help="results folder (default: %(default)s)")
@@ -76,33 +78,62 @@ def register(sub) -> argparse.ArgumentParser:
 def parse_synthetic(dataset: str) -> tuple[str, int | None, int | None]:
     """"synthetic:SPLIT[:NUM[xFRAMES]]" -> (split, num, frames); None keeps the split's default
     (test: 12 x 60, val: 6 x 40). "synthetic:val:48x60" is the 48-sequence val set the
-    DeTrack recipes were compared on (docs/DESIGN.md 1.7), "synthetic:test" the held-out split."""
+    DeTrack recipes were compared on (docs/DESIGN.md 1.7), "synthetic:test" the held-out split.
+    "photos:..." (fasttrack.data.photo_sequences) is read the same way by `parse_generated`."""
+    kind, split, num, frames, grey = parse_generated(dataset)
+    if kind != "synthetic" or grey:
+        raise ValueError(f"DATASET {dataset!r}: not a synthetic:SPLIT[:NUMxFRAMES] name")
+    return split, num, frames
+
+
+def parse_generated(dataset: str) -> tuple[str, str, int | None, int | None, bool]:
+    """"KIND:SPLIT[:NUM[xFRAMES]][:grey]" with KIND synthetic or photos -> (kind, split, num,
+    frames, grey); None keeps the split's default. ":grey" (photos only) gives the same
+    sequences in three equal luminance channels."""
     parts = dataset.split(":")
-    bad = ValueError(f"DATASET {dataset!r}: write synthetic:SPLIT, synthetic:SPLIT:NUM or "
-                     "synthetic:SPLIT:NUMxFRAMES (SPLIT test, val or train; e.g. synthetic:val:48x60)")
-    if len(parts) not in (2, 3) or parts[1] not in ("test", "val", "train"):
+    kind = parts[0]
+    bad = ValueError(f"DATASET {dataset!r}: write {kind}:SPLIT, {kind}:SPLIT:NUM or "
+                     f"{kind}:SPLIT:NUMxFRAMES (SPLIT test, val or train; e.g. {kind}:val:48x60"
+                     + (", and :grey at the end for greyscale" if kind == "photos" else "") + ")")
+    grey = kind == "photos" and len(parts) >= 3 and parts[-1] == "grey"
+    if grey:
+        parts = parts[:-1]
+    if kind not in ("synthetic", "photos") or len(parts) not in (2, 3) \
+            or parts[1] not in ("test", "val", "train"):
         raise bad
     if len(parts) == 2:
-        return parts[1], None, None
+        return kind, parts[1], None, None, grey
     num, sep, frames = parts[2].partition("x")
     if not num.isdigit() or (sep and not frames.isdigit()):
         raise bad
     num, frames = int(num), (int(frames) if frames else None)
     if num < 1 or (frames is not None and frames < 2):
         raise ValueError(f"DATASET {dataset!r}: NUM must be >= 1 and FRAMES >= 2")
-    return parts[1], num, frames
+    return kind, parts[1], num, frames, grey
+
+
+def load_generated(dataset: str) -> list:
+    """The sequences of a "synthetic:..." or "photos:..." DATASET name (parse_generated),
+    scored as GOT-10k (AO / SR pooled over the frames after the first)."""
+    kind, split, num, frames, grey = parse_generated(dataset)
+    if kind == "synthetic":
+        from ..data.synthetic import synthetic_split
+
+        seqs = synthetic_split(split, num, frames)
+    else:
+        from ..data.photo_sequences import photo_split
+
+        seqs = photo_split(split, num, frames, grey=grey)
+    for s in seqs:
+        s.meta["layout"] = "got10k"
+    return seqs
 
 
 def _load(dataset: str):
     from ..data import open_sequences
 
-    if dataset.startswith("synthetic:"):
-        from ..data.synthetic import synthetic_split
-
-        seqs = synthetic_split(*parse_synthetic(dataset))
-        for s in seqs:  # scored as GOT-10k: AO / SR pooled over the frames after the first
-            s.meta["layout"] = "got10k"
-        return seqs
+    if dataset.startswith(("synthetic:", "photos:")):
+        return load_generated(dataset)
     seqs = open_sequences(dataset)
     for s in seqs:
         if s.gt is None:
@@ -124,9 +155,11 @@ def _track(args, seqs, opts: dict, device: str) -> tuple[list[dict], bool]:
     if args.distributed:
         from .distributed import local_device, local_world_size
 
-        # each rank its own GPU (LOCAL_RANK) unless --device says otherwise; the ranks on one
-        # machine share its CPUs
-        opts = {**opts, "device": local_device(args.device) or device,
+        # each rank its own GPU (LOCAL_RANK) unless --device says otherwise or the run is on
+        # the CPU (asked for, no GPU here, or a CPU-only tracker); the ranks on one machine
+        # share its CPUs
+        rank_device = device if device == "cpu" else local_device(args.device) or device
+        opts = {**opts, "device": rank_device,
                 "threads": set_threads(args.threads, local_world_size())}
         return track_distributed(seqs, opts, args.timeout_min, args.resume)
     items = list(enumerate(seqs))
@@ -174,7 +207,7 @@ def _report(results, seqs, out: Path, name: str, wall: float) -> int:
 
 def run(args) -> int:
     """Run `fasttrack eval`; returns the exit status (1 when a sequence failed)."""
-    device = default_device(args.device)
+    device = default_device(args.device, args.tracker)
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.frames is not None and args.frames < 1:

@@ -95,7 +95,7 @@ def _annotator(seq, out: Path, name: str):
 
 def run(args) -> int:
     """Run `fasttrack track`; returns the exit status."""
-    device = default_device(args.device)
+    device = default_device(args.device, args.tracker)
     if args.frames is not None and args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
     if args.text is not None and args.tracker != "dmtrack":
@@ -117,7 +117,12 @@ def run(args) -> int:
             writer.close()
     path = write_boxes(out / f"{name}.txt", boxes)
     n, total = len(boxes), float(times.sum())
-    mode = "fasttrack kernels" if not args.no_patch else "plain PyTorch"
+    from ..trackers.registry import TRACKERS
+
+    if not TRACKERS[args.tracker].patchable:
+        mode = "nothing to patch"
+    else:
+        mode = "fasttrack kernels" if not args.no_patch else "plain PyTorch"
     print(f"tracked {n} frames of {name} with {args.tracker} ({mode}, "
           f"{run_label(device, threads)}): {n / total:.1f} FPS ({1000 * total / n:.1f} ms/frame, "
           "init included)")

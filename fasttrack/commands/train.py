@@ -55,9 +55,13 @@ def register(sub) -> argparse.ArgumentParser:
                         "'center' (fasttrack's joint centre-map head, queried by the box tokens) "
                         "(default: %(default)s)")
     p.add_argument("--data", nargs="+", default=["synthetic"], metavar="SRC",
-                   help="'synthetic' and / or data set folders (GOT-10k split, LaSOT root, OTB "
+                   help="'synthetic', 'photos' (real photographs: `fasttrack dataset photos` "
+                        "first) and / or data set folders (GOT-10k split, LaSOT root, OTB "
                         "root, a sequence folder) (default: synthetic; diff-tracker-updater: "
                         "'none' trains on --unlabeled pseudo-labels alone)")
+    p.add_argument("--augment", type=float, default=0.0, metavar="P",
+                   help="detrack / dmtrack: probability that a training item gets colour "
+                        "jitter, greyscale (a fifth of those) and blur (default: 0)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for last.pt, <model>.pt, curve.json (default: <model>-train)")
     p.add_argument("--minutes", type=float, default=None, metavar="M",
@@ -128,7 +132,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--val-frames", type=int, default=None, metavar="N",
                    help="frames per val sequence (default: 60; diff-tracker-updater 30)")
     p.add_argument("--init-vit", default=None, metavar="PATH",
-                   help="initialise the ViT from an MAE / ViT-B checkpoint (detrack256/384)")
+                   help="initialise the ViT (patch and position embeddings, blocks) from an MAE / "
+                        "timm ViT-B or an OSTrack checkpoint, layout detected from its keys "
+                        "(detrack256/384, dmtrack256; fasttrack.train.vit_init)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--seed", type=int, default=0, help="seeds weights, data and noise (default: 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -143,17 +149,18 @@ def register(sub) -> argparse.ArgumentParser:
 _MODELS = ("detrack", "dmtrack", "tiny-sd", "diff-tracker-updater")
 _UPDATER_ONLY = ("sd", "unlabeled", "epochs", "sequences", "frames", "prompt_steps")
 _DETRACK_ONLY = ("box_head", "t_min", "fixed_noise", "small_jitter", "small_jitter_prob",
-                 "close_distractors", "denoise_weight", "init_vit")
+                 "close_distractors", "denoise_weight")
 _DMTRACK_ONLY = ("mask_module", "single_sample", "text_drop", "wrong_text", "ce_start", "ce_keep")
+_TRACKERS_ONLY = ("init_vit",)  # detrack and dmtrack
 
 
 def _check_model_options(args, parser_defaults: dict) -> None:
     """Options of the other model left at their defaults, or a ValueError naming them."""
-    loop = ("config", "weight_decay", "warmup_steps", "center_jitter", "eval_every",
+    loop = ("config", "weight_decay", "warmup_steps", "center_jitter", "augment", "eval_every",
             "val_sequences", "val_frames", "resume", "steps")
     other = {"detrack": _DMTRACK_ONLY + _UPDATER_ONLY, "dmtrack": _DETRACK_ONLY + _UPDATER_ONLY,
-             "tiny-sd": _DETRACK_ONLY + _DMTRACK_ONLY + _UPDATER_ONLY + loop + ("data",),
-             "diff-tracker-updater": _DETRACK_ONLY + _DMTRACK_ONLY + ("batch",)
+             "tiny-sd": _DETRACK_ONLY + _DMTRACK_ONLY + _TRACKERS_ONLY + _UPDATER_ONLY + loop,
+             "diff-tracker-updater": _DETRACK_ONLY + _DMTRACK_ONLY + _TRACKERS_ONLY + ("batch",)
              + tuple(n for n in loop if not n.startswith("val_"))}[args.model]
     given = [n for n in other if getattr(args, n) != parser_defaults[n]]
     if given:
@@ -192,8 +199,8 @@ def run(args) -> int:
             data=tuple(args.data), out=args.out, minutes=args.minutes, steps=args.steps,
             batch_size=args.batch, lr=args.lr, weight_decay=args.weight_decay,
             warmup_steps=args.warmup_steps, center_jitter=args.center_jitter,
-            text_drop=args.text_drop, wrong_text=args.wrong_text, ce_start=args.ce_start,
-            ce_keep=args.ce_keep, seed=args.seed, eval_every=args.eval_every,
+            augment=args.augment, text_drop=args.text_drop, wrong_text=args.wrong_text, ce_start=args.ce_start,
+            ce_keep=args.ce_keep, init_vit=args.init_vit, seed=args.seed, eval_every=args.eval_every,
             val_sequences=args.val_sequences, val_frames=args.val_frames, device=device,
             resume=args.resume, progress=not args.no_progress)
         train = train_dmtrack
@@ -204,7 +211,8 @@ def run(args) -> int:
                             minutes=args.minutes, steps=args.steps, batch_size=args.batch,
                             lr=args.lr, weight_decay=args.weight_decay,
                             warmup_steps=args.warmup_steps, t_min=args.t_min,
-                            center_jitter=args.center_jitter, small_jitter=args.small_jitter,
+                            center_jitter=args.center_jitter, augment=args.augment,
+                            small_jitter=args.small_jitter,
                             small_jitter_prob=args.small_jitter_prob,
                             fixed_noise=args.fixed_noise, close_distractors=args.close_distractors,
                             denoise_weight=args.denoise_weight,
@@ -229,6 +237,7 @@ def _run_diffusion(args, device: str) -> int:
         from ..train.tiny_sd import TinySDOptions, train_tiny_sd
 
         opts = TinySDOptions(out=args.out, minutes=27.0 if args.minutes is None else args.minutes,
+                             data=tuple(args.data),
                              batch_size=args.batch, lr=args.lr, seed=args.seed,
                              device=device, progress=not args.no_progress)
         opts.check()

@@ -4,10 +4,12 @@ A textured sprite moves along a smooth (Lissajous) path over a background. The s
 at integer pixel positions with an integer size, so its box [x, y, w, h] is exact: the sprite
 covers exactly the pixels ``x <= col < x + w``, ``y <= row < y + h``.
 
-Colour ranges keep the layers apart, pixel by pixel: background channels lie in [40, 160];
-every sprite pixel has one channel (the same for the whole sprite) in [200, 255]; the optional
+Colour never gives the target away: sprite and background pixels are drawn from the same range,
+every channel in [40, 160] (the sprite's palette leans to one channel, which names its colour
+in descriptions; its texture is a checkerboard, blocky noise or a smooth field). The optional
 occluder is dark (all channels in [0, 30]). Without distractors, ``(frame != background).any(-1)``
-is exactly the union of the sprite box and the occluder bar. Distractors are copies of the
+is the union of the sprite box and the occluder bar (up to sprite pixels that happen to equal
+the background's in all three channels). Distractors are copies of the
 target's own texture (so colour alone cannot tell them apart) on their own paths, drawn under
 the target; their boxes are in ``meta["distractors"]``.
 
@@ -99,19 +101,29 @@ def _background(rng: np.random.Generator, h: int, w: int, kind: str = "waves") -
 
 
 def _sprite(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """(h, w, 3) uint8 checkerboard texture whose dominant channel is >= 200 everywhere."""
-    cell = max(2, min(h, w) // 5)
+    """(h, w, 3) uint8 texture with every value in [40, 160], the backgrounds' range: a
+    checkerboard, blocky noise or a smooth field (a third each) in a palette that leans to one
+    channel (its mean the highest, which names the colour in descriptions), so no pixel value
+    tells the sprite from a background."""
+    kind = int(rng.integers(3))
     yy, xx = np.mgrid[0:h, 0:w]
-    checker = ((yy // cell + xx // cell) % 2).astype(np.float64)
+    if kind == 0:
+        cell = max(2, min(h, w) // 5)
+        pattern = ((yy // cell + xx // cell) % 2).astype(np.float64)
+    elif kind == 1:
+        cell = int(rng.integers(2, max(3, min(h, w) // 3)))
+        pattern = rng.random(((h + cell - 1) // cell, (w + cell - 1) // cell))
+        pattern = np.repeat(np.repeat(pattern, cell, 0), cell, 1)[:h, :w]
+    else:
+        pattern = _smooth_field(rng, h, w, waves=3)
     grad = _smooth_field(rng, h, w, waves=2)
     img = np.empty((h, w, 3))
     dom = int(rng.integers(3))
     for c in range(3):
-        lo, hi = (200, 255) if c == dom else (0, 120)
+        lo, hi = (0.55, 1.0) if c == dom else (0.0, 0.6)
         a, b = rng.uniform(lo, hi, size=2)
-        img[..., c] = a * checker + b * (1 - checker)
-        img[..., c] = lo + (img[..., c] - lo) * (0.7 + 0.3 * grad)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        img[..., c] = (a * pattern + b * (1 - pattern)) * (0.8 + 0.2 * grad)
+    return np.clip(np.rint(45 + 110 * img), 40, 160).astype(np.uint8)
 
 
 def _resize_nearest(img: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -5,16 +5,22 @@
     tracker = build_tracker("detrack", weights="detrack.pt")     # a DeTrack.save() checkpoint
     tracker = build_tracker("dintr", weights="sd-2-1/", patched=False)
 
-Names: "detrack", "diff-tracker", "dintr", "dmtrack". Without `weights`, every tracker is the
+Names: "detrack", "diff-tracker", "dintr", "dmtrack", and OpenCV's classical "kcf" and "csrt"
+(fasttrack.trackers.classical: baselines, CPU only, no weights; the extra
+``fasttrack[classical]``). Without `weights`, every fasttrack tracker is the
 tiny model trained on fasttrack's synthetic sequences that ships in the package
 (`DeTrack.pretrained()`, `DMTrack.pretrained()`, and `DiffTracker.pretrained()` /
 `DINTR.pretrained()` on the shipped tiny-sd diffusion model: they track). With `weights`:
 DeTrack and DMTrack load a checkpoint file written by their `save` (`from_checkpoint`);
 Diff-Tracker and DINTR load a local Stable Diffusion folder in the diffusers layout
 (`from_pretrained`; the tracker's own learned parts are read from its subfolder when present).
+kcf and csrt take no weights (a ValueError when given).
 
 `patched=True` swaps in fasttrack's fused kernels (`fasttrack.patch(tracker)`, for every
-tracker); `patched=False` gives the plain PyTorch model. Tracker modules
+tracker whose entry is `patchable`); `patched=False` gives the plain PyTorch model. The OpenCV
+trackers have nothing to patch (`patchable=False`: `patched` changes nothing for them). An entry
+with `cpu_only=True` runs on the CPU only: another device is a ValueError, and the commands run
+it on the CPU when --device is not given. Tracker modules
 are imported only when built, so listing names stays cheap. Errors are ValueErrors naming the
 argument (an unknown name lists the choices; a missing or unreadable weights path names it).
 """
@@ -30,12 +36,16 @@ __all__ = ["TRACKERS", "TrackerEntry", "build_tracker", "tracker_names"]
 
 @dataclass(frozen=True)
 class TrackerEntry:
-    """One registered tracker: a one-line description, what --weights means for it, and the
-    builder (weights or None, seed, device) -> the plain (unpatched) Tracker."""
+    """One registered tracker: a one-line description, what --weights means for it (None: it
+    takes no weights), the builder (weights or None, seed, device) -> the plain (unpatched)
+    Tracker, whether `fasttrack.patch` applies to it (False: no torch modules, `build_tracker`
+    skips the patch) and whether it runs on the CPU only."""
 
     description: str
-    weights: str
+    weights: str | None
     build: Callable
+    patchable: bool = True
+    cpu_only: bool = False
 
 
 def _first_sentence(exc: BaseException) -> str:
@@ -97,6 +107,21 @@ def _diffusion(module: str, cls_name: str):
     return build
 
 
+def _opencv(kind: str):
+    """Builder of OpenCV's `kind` tracker (fasttrack.trackers.classical); weights are refused
+    by build_tracker, the seed is unused (OpenCV's trackers are deterministic). OpenCV's own
+    thread pool takes torch's thread count (the commands' --threads)."""
+    def build(weights, seed: int, device: str):
+        import torch
+
+        from .classical import OpenCVTracker, require_cv2
+
+        tracker = OpenCVTracker(kind, device=device)
+        require_cv2().setNumThreads(torch.get_num_threads())
+        return tracker
+    return build
+
+
 TRACKERS: dict[str, TrackerEntry] = {
     "detrack": TrackerEntry("DeTrack (NeurIPS 2024), in-model latent denoising",
                             "a checkpoint file written by DeTrack.save",
@@ -110,6 +135,11 @@ TRACKERS: dict[str, TrackerEntry] = {
     "dmtrack": TrackerEntry("DMTrack (IJCAI 2024), diffusion mask-driven vision-language tracking",
                             "a checkpoint file written by DMTrack.save",
                             _checkpoint_tracker("fasttrack.trackers.dmtrack", "DMTrack")),
+    "kcf": TrackerEntry("KCF (Henriques et al.), OpenCV's kernelized correlation filter, CPU only",
+                        None, _opencv("kcf"), patchable=False, cpu_only=True),
+    "csrt": TrackerEntry("CSRT (CSR-DCF, Lukezic et al.), OpenCV's channel and spatial "
+                         "reliability correlation filter, CPU only",
+                         None, _opencv("csrt"), patchable=False, cpu_only=True),
 }
 
 
@@ -125,10 +155,12 @@ def build_tracker(name: str, weights=None, *, patched: bool = True, seed: int = 
     Args:
         name: one of :func:`tracker_names`.
         weights: None for the shipped trained tiny model, else a path (see the module docstring).
-        patched: fasttrack's fused kernels (True) or plain PyTorch (False).
+        patched: fasttrack's fused kernels (True) or plain PyTorch (False); no effect on an
+            entry that is not `patchable` (kcf, csrt).
         seed: Diff-Tracker's noise seed (the other trackers are deterministic).
-        device: torch device string.
-        precision: "fp32", "tf32", "bf16" or "fp16" (`Tracker.set_precision`).
+        device: torch device string ("cpu" only for a `cpu_only` entry).
+        precision: "fp32", "tf32", "bf16" or "fp16" (`Tracker.set_precision`; "fp32" only for
+            kcf and csrt).
     Returns:
         a :class:`fasttrack.trackers.Tracker`.
     """
@@ -136,17 +168,21 @@ def build_tracker(name: str, weights=None, *, patched: bool = True, seed: int = 
         raise ValueError(f"unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
     from .base import PRECISIONS
 
+    entry = TRACKERS[name]
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if weights is not None:
         if not isinstance(weights, (str, os.PathLike)):
             raise TypeError(f"weights must be a path, got {type(weights).__name__}")
         weights = os.fspath(weights)
+        if entry.weights is None:
+            raise ValueError(f"weights {weights!r}: the {name} tracker takes no weights (it has "
+                             "nothing to load); drop --weights")
         if not os.path.exists(weights):
             raise ValueError(f"weights {weights!r}: no such file or folder ({name} expects "
-                             f"{TRACKERS[name].weights})")
-    tracker = TRACKERS[name].build(weights, int(seed), str(device)).set_precision(precision)
-    if patched:
+                             f"{entry.weights})")
+    tracker = entry.build(weights, int(seed), str(device)).set_precision(precision)
+    if patched and entry.patchable:
         import fasttrack
 
         fasttrack.patch(tracker)

@@ -1,14 +1,20 @@
 """Training data for fasttrack's trackers: on-the-fly synthetic sequences and real data sets.
 
-A training source is "synthetic" (a pool of `random_synthetic_sequence`s from the "train"
+A training source is "photos" (sequences of the "train" photographs,
+fasttrack.data.photo_sequences: photographed objects over background photographs; the photo
+library must have been fetched with `fasttrack dataset photos`), "synthetic" (a pool of `random_synthetic_sequence`s from the "train"
 seed stream, one of them replaced by a fresh one every `refresh_every` steps, so a long run
 sees thousands of distinct sequences while each step stays cheap) or a folder that
 `fasttrack.data.open_sequences` reads: a GOT-10k split (train/), a LaSOT root or category, an
 OTB root, one sequence folder -- the same readers `fasttrack eval` uses. Frames of real data are
 read from disk when sampled.
 
-Held-out data never comes from the train stream: `validation_sequences` draws the "val" split
-(other seed stream, frame sizes the train split never uses; fasttrack.data.synthetic).
+With both "synthetic" and "photos" the pool is a mix: each draw is a photo sequence with
+probability `photo_fraction` (0.5).
+
+Held-out data never comes from the train stream: `validation_sequences` draws the "val" splits
+(other seed streams, frame sizes the train split never uses, and for photos the val
+photographs, which training never sees; fasttrack.data.synthetic, photo_sequences).
 """
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ import numpy as np
 
 from ..data import open_sequences
 from ..data.synthetic import SPLIT_SIZES, random_synthetic_sequence, synthetic_split
+
+GENERATED = ("synthetic", "photos")
 
 __all__ = ["TrainingData", "validation_sequences"]
 
@@ -36,7 +44,8 @@ class TrainingData:
     """
 
     def __init__(self, sources=("synthetic",), seed: int = 0, pool: int = 64, frames: int = 40,
-                 refresh_every: int = 25, close_distractors: float = 0.0, wrong_text: float = 0.0):
+                 refresh_every: int = 25, close_distractors: float = 0.0, wrong_text: float = 0.0,
+                 photo_fraction: float = 0.5):
         if isinstance(sources, str):
             sources = (sources,)
         sources = list(sources)
@@ -49,23 +58,38 @@ class TrainingData:
         if pool < 1 or frames < 2 or refresh_every < 1:
             raise ValueError(f"pool must be >= 1, frames >= 2 and refresh_every >= 1, got "
                              f"{pool}, {frames}, {refresh_every}")
+        if not 0.0 <= photo_fraction <= 1.0:
+            raise ValueError(f"photo_fraction must be in [0, 1], got {photo_fraction}")
         self.real = []
         for src in sources:
-            if src == "synthetic":
+            if src in GENERATED:
                 continue
             seqs = [s for s in open_sequences(src) if s.gt is not None]
             if not seqs:
                 raise ValueError(f"data source {src!r} holds no sequence with ground truth")
             self.real.extend(seqs)
         self.synthetic = "synthetic" in sources
+        self.photos = None
+        if "photos" in sources:
+            from ..data.photos import PhotoLibrary
+
+            self.photos = PhotoLibrary.open()
+            self.photos.objects("train"), self.photos.backgrounds("train")  # fail now, not later
+        self.photo_fraction = float(photo_fraction) if self.synthetic else 1.0
         self.frames, self.refresh_every = int(frames), int(refresh_every)
         self.close_distractors = float(close_distractors)
         self.wrong_text = float(wrong_text)
         self._rng = np.random.default_rng([404, int(seed)])
-        self._pool = [self._draw() for _ in range(pool)] if self.synthetic else []
+        generated = self.synthetic or self.photos is not None
+        self._pool = [self._draw() for _ in range(pool)] if generated else []
         self._steps = 0
 
     def _draw(self):
+        # (no draw without photos: the synthetic stream of earlier versions stays)
+        if self.photos is not None and (not self.synthetic or self._rng.random() < self.photo_fraction):
+            from ..data.photo_sequences import random_photo_sequence
+
+            return random_photo_sequence(self._rng, self.photos, "train", self.frames)
         return random_synthetic_sequence(self._rng, self.frames, SPLIT_SIZES["train"],
                                          close_distractors=self.close_distractors,
                                          wrong_text=self.wrong_text)
@@ -76,8 +100,10 @@ class TrainingData:
 
     def describe(self) -> str:
         parts = [f"{len(self.real)} real sequences"] if self.real else []
-        if self.synthetic:
-            parts.append(f"synthetic pool of {len(self._pool)} x {self.frames} frames, one "
+        if self._pool:
+            kind = ("synthetic" if self.photos is None else "photo" if not self.synthetic
+                    else f"synthetic + photo ({self.photo_fraction:g} photo)")
+            parts.append(f"{kind} pool of {len(self._pool)} x {self.frames} frames, one "
                          f"replaced every {self.refresh_every} steps")
         return ", ".join(parts)
 
@@ -98,6 +124,15 @@ class TrainingData:
         self._steps = int(state["steps"])
 
 
-def validation_sequences(num: int = 6, frames: int = 40) -> list:
-    """The "val" split: `num` synthetic sequences the train stream never draws."""
-    return synthetic_split("val", num=num, num_frames=frames)
+def validation_sequences(num: int = 6, frames: int = 40, sources=("synthetic",)) -> list:
+    """The "val" split: `num` sequences the train stream never draws: synthetic ones, or with
+    "photos" among `sources` half of them (rounded up) from the photo "val" split."""
+    from ..data.photo_sequences import photo_split
+
+    if "photos" not in sources:
+        return synthetic_split("val", num=num, num_frames=frames)
+    n_photo = (num + 1) // 2 if "synthetic" in sources or len(sources) > 1 else num
+    seqs = photo_split("val", num=n_photo, num_frames=frames)
+    if num > n_photo:
+        seqs = synthetic_split("val", num=num - n_photo, num_frames=frames) + seqs
+    return seqs

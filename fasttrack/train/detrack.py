@@ -46,6 +46,7 @@ class TrainOptions:
     t_min: int | None = None
     fixed_noise: float = 1.0
     close_distractors: float = 0.0
+    augment: float = 0.0
     denoise_weight: float = 1.0
     seed: int = 0
     eval_every: int = 250
@@ -65,6 +66,8 @@ class TrainOptions:
         check_loop_options(self)
         if not 0.0 <= self.close_distractors <= 1.0:
             raise ValueError(f"--close-distractors must be in [0, 1], got {self.close_distractors}")
+        if not 0.0 <= self.augment <= 1.0:
+            raise ValueError(f"--augment must be in [0, 1], got {self.augment}")
         if not 0.0 <= self.small_jitter_prob <= 1.0:
             raise ValueError(f"--small-jitter-prob must be in [0, 1], got {self.small_jitter_prob}")
         if not (self.center_jitter >= 0 and self.small_jitter >= 0):
@@ -89,7 +92,7 @@ def train_detrack(opts: TrainOptions, log=print) -> dict:
         log(f"init from {opts.init_vit}: {len(report['loaded'])} tensors loaded")
     opt = torch.optim.AdamW(tracker.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     data = TrainingData(opts.data, seed=opts.seed, close_distractors=opts.close_distractors)
-    val = validation_sequences(opts.val_sequences, opts.val_frames)
+    val = validation_sequences(opts.val_sequences, opts.val_frames, opts.data)
     rng = np.random.default_rng([505, opts.seed])
     gen = torch.Generator().manual_seed(opts.seed)
     t_min = default_t_min(tracker.config) if opts.t_min is None else opts.t_min
@@ -102,7 +105,7 @@ def train_detrack(opts: TrainOptions, log=print) -> dict:
         return sample_batch(data.sequences, opts.batch_size, tracker.config, device=device,
                             generator=rng, center_jitter=opts.center_jitter,
                             small_jitter=opts.small_jitter,
-                            small_jitter_prob=opts.small_jitter_prob)
+                            small_jitter_prob=opts.small_jitter_prob, augment=opts.augment)
 
     def step(b, progress):
         return train_step(tracker, opt, b, generator=gen, t_min=t_min, weights=weights,

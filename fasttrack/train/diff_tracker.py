@@ -8,7 +8,7 @@ MSE between the harmonized map and the frame's box mask is minimized (Adam, lr 5
 model's own loop, DiffTracker.train_updater).
 
 Data: labeled sequences ("synthetic": the "train" split from index 1000 on, past the frames
-tiny-sd trained on; or data set folders, read like `fasttrack eval` reads them) and unlabeled
+tiny-sd trained on; "photos": the photo "train" split from index 1000 on; or data set folders, read like `fasttrack eval` reads them) and unlabeled
 ones (`unlabeled`: "synthetic" -- train-split sequences whose boxes are dropped -- or video
 files / frame folders), labeled by motion (fasttrack.train.pseudo_labels; the paper used an
 optical-flow model, which does not ship offline). Passes over the data repeat until `minutes`
@@ -79,6 +79,10 @@ def _labeled(opts) -> list:
     for src in opts.data:
         if src == "synthetic":
             seqs += synthetic_split("train", num=opts.sequences, num_frames=opts.frames, start=1000)
+        elif src == "photos":
+            from ..data.photo_sequences import photo_split
+
+            seqs += photo_split("train", num=opts.sequences, num_frames=opts.frames, start=1000)
         else:
             seqs += list(open_sequences(src))[: opts.sequences]
     return seqs
@@ -114,10 +118,10 @@ def _unlabeled(opts) -> tuple[list, list]:
 
 def train_updater(opts: UpdaterTrainOptions) -> dict:
     """Train the updater; writes `opts.out` (module docstring) and returns the log."""
-    from ..data.synthetic import synthetic_split
     from ..trackers.diff_tracker import DiffTracker
     from ..trackers.diff_tracker.updater import PromptUpdater, updater_config_for
     from ..trackers.diffusion.tiny_sd import shipped_folder
+    from .data import validation_sequences
     from .loop import heldout_ao
 
     opts.check()
@@ -133,7 +137,7 @@ def train_updater(opts: UpdaterTrainOptions) -> dict:
     labeled = _labeled(opts)
     pseudo, quality = _unlabeled(opts)
     seqs = labeled + pseudo
-    val = synthetic_split("val", num=opts.val_sequences, num_frames=opts.val_frames)
+    val = validation_sequences(opts.val_sequences, opts.val_frames, opts.data)
     log = {"options": {k: v for k, v in asdict(opts).items()}, "sequences": len(seqs),
            "labeled": len(labeled), "pseudo_labeled": len(pseudo),
            "pseudo_label_iou": float(np.mean(quality)) if quality else None, "passes": []}

@@ -46,10 +46,12 @@ class DMTrackTrainOptions:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     center_jitter: float = 1.5
+    augment: float = 0.0
     text_drop: float = 0.1
     wrong_text: float = 0.2
     ce_start: float = 0.5
     ce_keep: float = 0.7
+    init_vit: str | None = None
     seed: int = 0
     eval_every: int = 250
     val_sequences: int = 24
@@ -64,7 +66,7 @@ class DMTrackTrainOptions:
         if self.mask_module not in MASK_MODULES:
             raise ValueError(f"--mask-module must be one of {MASK_MODULES}, got {self.mask_module!r}")
         check_loop_options(self)
-        for name in ("text_drop", "wrong_text", "ce_start"):
+        for name in ("text_drop", "wrong_text", "ce_start", "augment"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.ce_keep <= 1.0:
@@ -79,9 +81,15 @@ def train_dmtrack(opts: DMTrackTrainOptions, log=print) -> dict:
     opts.check()
     device = torch.device(opts.device)
     tracker = DMTRACK_CONFIGS[opts.config](seed=opts.seed, device=device, mask_module=opts.mask_module)
+    if opts.init_vit:
+        from .vit_init import load_vit_weights
+
+        report = load_vit_weights(tracker.net, opts.init_vit)
+        log(f"init from {opts.init_vit} ({report['format']} layout): {len(report['loaded'])} "
+            f"tensors loaded")
     opt = torch.optim.AdamW(tracker.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     data = TrainingData(opts.data, seed=opts.seed, wrong_text=opts.wrong_text)
-    val = validation_sequences(opts.val_sequences, opts.val_frames)
+    val = validation_sequences(opts.val_sequences, opts.val_frames, opts.data)
     rng = np.random.default_rng([606, opts.seed])
     gen = torch.Generator().manual_seed(opts.seed)
     log(f"train dmtrack {opts.config} (mask module: {opts.mask_module}, "
@@ -91,7 +99,8 @@ def train_dmtrack(opts: DMTrackTrainOptions, log=print) -> dict:
 
     def batch():
         return sample_batch(data.sequences, opts.batch_size, tracker.config, device=device,
-                            generator=rng, text_drop=opts.text_drop, center_jitter=opts.center_jitter)
+                            generator=rng, text_drop=opts.text_drop, center_jitter=opts.center_jitter,
+                            augment=opts.augment)
 
     def step(b, progress):
         # candidate elimination from ce_start of the run on

@@ -1,8 +1,11 @@
 """`train_tiny_sd`: train the tiny-sd latent diffusion model (behind `fasttrack train tiny-sd`).
 
 Data: frames of the synthetic "train" split (`synthetic_split("train", scenes, frames)`, never
-the held-out "val" / "test" the trackers are judged on), squared to 64 x 64 as the trackers see
-them (fasttrack.trackers.diffusion.sd.preprocess), each with its sequence's description.
+the held-out "val" / "test" the trackers are judged on), and with "photos" in `data` half of
+the scenes from the photo "train" split instead (photographed objects over photographs,
+fasttrack.data.photo_sequences: the maps must mean something on real images), squared to
+64 x 64 as the trackers see them (fasttrack.trackers.diffusion.sd.preprocess), each with its
+sequence's description.
 
 Two phases in one time budget (`minutes`, a fraction `vae_share` for the first):
 1. the VAE alone: L1 + MSE reconstruction + 1e-6 KL (Stable Diffusion's KL weight; no
@@ -46,6 +49,7 @@ class TinySDOptions:
     minutes: float = 27.0
     vae_share: float = 0.12
     scenes: int = 400
+    data: tuple = ("synthetic",)
     frames: int = 8
     batch_size: int = 16
     lr: float = 1e-3
@@ -68,6 +72,9 @@ class TinySDOptions:
         if self.scenes < 1 or self.frames < 2 or self.batch_size < 1:
             raise ValueError("scenes must be >= 1, frames >= 2 and --batch >= 1, got "
                              f"{self.scenes}, {self.frames}, {self.batch_size}")
+        bad = [d for d in self.data if d not in ("synthetic", "photos")]
+        if bad or not self.data:
+            raise ValueError(f"tiny-sd --data takes 'synthetic' and / or 'photos', got {list(self.data)}")
         if not self.ground_weight >= 0:
             raise ValueError(f"ground_weight must be >= 0, got {self.ground_weight}")
         if not self.pixel_weight >= 0:
@@ -96,7 +103,18 @@ def _images(opts: TinySDOptions, size: int, grid: int):
     from ..trackers.diffusion.sd import preprocess
 
     imgs, texts, masks = [], [], []
-    for seq in synthetic_split("train", num=opts.scenes, num_frames=opts.frames):
+    n_photo = 0 if "photos" not in opts.data else (
+        opts.scenes if "synthetic" not in opts.data else opts.scenes // 2)
+    seqs = synthetic_split("train", num=opts.scenes - n_photo, num_frames=opts.frames) \
+        if n_photo < opts.scenes else []
+    if n_photo:
+        from ..data.photo_sequences import random_photo_sequence
+        from ..data.photos import PhotoLibrary
+
+        lib = PhotoLibrary.open()
+        seqs += [random_photo_sequence(np.random.default_rng([606, opts.seed, i]), lib, "train",
+                                       opts.frames) for i in range(n_photo)]
+    for seq in seqs:
         size_hw = seq.frames[0].shape[:2]
         masks.append(box_masks(torch.as_tensor(seq.gt, dtype=torch.float32), size_hw, (grid, grid)))
         for f in seq.frames:

@@ -168,10 +168,47 @@ def _crop(frame: np.ndarray, box, factor: float, size: int, device):
                            factor, size)
 
 
+_GREY = (0.299, 0.587, 0.114)
+
+
+def photometric(templates: torch.Tensor, search: torch.Tensor, rng: np.random.Generator,
+                grey: float = 0.2, blur: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The augmentations real trackers train with, on one item's crops (values 0 .. 255):
+    templates (K, 3, h, w) and search (3, H, W) share a brightness gain U(0.7, 1.3), a contrast
+    gain U(0.7, 1.3) about each crop's mean and a saturation U(0.6, 1.4) (0 with probability
+    `grey`: all crops greyscale, ITU-R 601 luminance); the search alone gets a further
+    brightness U(0.9, 1.1) (the light changes between frames) and with probability `blur` a
+    Gaussian blur of sigma U(0.5, 1.5) px (motion and focus)."""
+    b, c, sat = rng.uniform(0.7, 1.3), rng.uniform(0.7, 1.3), rng.uniform(0.6, 1.4)
+    if rng.random() < grey:
+        sat = 0.0
+    extra = rng.uniform(0.9, 1.1)
+    sigma = rng.uniform(0.5, 1.5) if rng.random() < blur else 0.0
+    w = torch.tensor(_GREY, dtype=search.dtype, device=search.device).view(3, 1, 1)
+
+    def jitter(x: torch.Tensor, gain: float) -> torch.Tensor:
+        lum = (x * w).sum(-3, keepdim=True)
+        x = lum + sat * (x - lum)
+        mean = x.mean(dim=(-3, -2, -1), keepdim=True)
+        return ((x - mean) * c + mean) * gain
+
+    search = jitter(search, b * extra)
+    if sigma > 0:
+        r = int(np.ceil(2 * sigma))
+        k = torch.exp(-torch.arange(-r, r + 1, dtype=search.dtype, device=search.device) ** 2
+                      / (2 * sigma ** 2))
+        k = k / k.sum()
+        x = F.pad(search[None], (r, r, r, r), mode="replicate")
+        x = F.conv2d(x, k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+        search = F.conv2d(x, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)[0]
+    return jitter(templates, b).clamp(0, 255), search.clamp(0, 255)
+
+
 def sample_batch(sequences, batch_size: int, cfg, device="cpu", generator: np.random.Generator | None = None,
                  center_jitter: float = 1.5, scale_jitter: float = 0.25, traj_noise: float = 0.3,
                  traj_static: float = 0.3, first_templates: float = 0.5,
-                 small_jitter: float = 0.5, small_jitter_prob: float = 0.0) -> dict:
+                 small_jitter: float = 0.5, small_jitter_prob: float = 0.0,
+                 augment: float = 0.0) -> dict:
     """Sample a training batch (see detrack_losses for its keys) from `sequences`:
     fasttrack.data.Sequence objects (frames read on demand; absent or empty boxes are never
     sampled) or (frames, boxes) pairs, boxes (N, 4) [x, y, w, h].
@@ -196,6 +233,8 @@ def sample_batch(sequences, batch_size: int, cfg, device="cpu", generator: np.ra
     - the templates (cropped 2x at their boxes) come from frames before s, never s itself:
       with probability `first_templates` all K from the first valid frame (what the tracker's
       memory holds until its score gate first opens), else the first plus K-1 random ones.
+    - with probability `augment` the item's crops get `photometric` (colour, greyscale, blur);
+      at 0 nothing is drawn for it, so the streams of earlier runs stay.
     The batch's "sequence" is the list of the B indices into `sequences` the items came from
     (DMTrack reads their descriptions)."""
     if batch_size < 1:
@@ -204,6 +243,8 @@ def sample_batch(sequences, batch_size: int, cfg, device="cpu", generator: np.ra
         raise ValueError("sequences must not be empty")
     if not 0.0 <= small_jitter_prob <= 1.0:
         raise ValueError(f"small_jitter_prob must be in [0, 1], got {small_jitter_prob}")
+    if not 0.0 <= augment <= 1.0:
+        raise ValueError(f"augment must be in [0, 1], got {augment}")
     if not (center_jitter >= 0 and small_jitter >= 0):
         raise ValueError(f"center_jitter and small_jitter must be >= 0, got {center_jitter}, {small_jitter}")
     rng = generator or np.random.default_rng()
@@ -250,9 +291,12 @@ def sample_batch(sequences, batch_size: int, cfg, device="cpu", generator: np.ra
             c = past[:, :2] + past[:, 2:] / 2 + rng.normal(size=(T - 1, 2)) * traj_noise * unit
             wh = past[:, 2:] * np.exp(rng.normal(size=(T - 1, 2)) * traj_noise)
             past = np.concatenate([np.concatenate([c - wh / 2, wh], 1), pred[None]], 0)
-        temps.append(torch.stack(z))
+        z, x = torch.stack(z), x[0]
+        if augment > 0 and rng.random() < augment:
+            z, x = photometric(z, x, rng)
+        temps.append(z)
         picked.append(seq_index)
-        searches.append(x[0])
+        searches.append(x)
         gts.append(frame_to_crop(torch.as_tensor(boxes[s:s + 1], device=device), x0, y0, side)[0])
         trajs.append(frame_to_crop(torch.as_tensor(past[None], dtype=torch.float32, device=device),
                                    x0, y0, side)[0])

@@ -113,10 +113,11 @@ def dmtrack_losses(net: DMTrackNet, batch: dict, generator: torch.Generator | No
 
 
 def sample_batch(sequences, batch_size: int, cfg, device="cpu", generator: np.random.Generator | None = None,
-                 text_drop: float = 0.1, center_jitter: float = 1.5) -> dict:
+                 text_drop: float = 0.1, center_jitter: float = 1.5, augment: float = 0.0) -> dict:
     """A training batch (see dmtrack_losses) from fasttrack Sequences (their `text` is the
     description) or (frames, boxes) pairs (no description). DeTrack's sampler does the crops
-    (one template, no trajectory); each description is dropped with probability text_drop."""
+    (one template, no trajectory, `augment` its photometric augmentation probability); each
+    description is dropped with probability text_drop."""
     if not 0.0 <= text_drop <= 1.0:
         raise ValueError(f"text_drop must be in [0, 1], got {text_drop}")
     rng = generator or np.random.default_rng()
@@ -124,7 +125,7 @@ def sample_batch(sequences, batch_size: int, cfg, device="cpu", generator: np.ra
                            template_size=cfg.template_size, search_factor=cfg.search_factor,
                            search_size=cfg.search_size)
     b = detrack_sample_batch(sequences, batch_size, view, device=device, generator=rng,
-                             center_jitter=center_jitter, traj_static=1.0)
+                             center_jitter=center_jitter, traj_static=1.0, augment=augment)
     texts = [getattr(sequences[i], "text", None) for i in b["sequence"]]
     texts = [None if rng.random() < text_drop else t for t in texts]
     return {"template": b["templates"][:, 0], "search": b["search"], "gt": b["gt"], "texts": texts}
