@@ -17,8 +17,10 @@ and re-scores them.
 
 meta gains "test" (AO per sequence of synthetic:test and their mean, the closed-loop AO
 `fasttrack eval synthetic:test` reports per sequence), "test4_ao" (the first 4 test sequences,
-which the tracker's training tests re-measure), "static_test_ao" (holding the first box) and
-"ms_per_frame" (this machine, one thread). One thread, so the numbers are those of the README.
+which the tracker's training tests re-measure), "static_test_ao" (holding the first box),
+"photos_test" and "photos_test_grey" (the same on photos:test and photos:test:grey, the held-out
+photographs; needs `fasttrack dataset photos`), "static_photos_test_ao" and "ms_per_frame" (this
+machine, one thread, on synthetic:test). One thread, so the numbers are those of the README.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fasttrack.data.photo_sequences import photo_split
 from fasttrack.data.synthetic import synthetic_split
 from fasttrack.eval import metrics
 from fasttrack.train import heldout_ao
@@ -36,6 +39,19 @@ from fasttrack.train import heldout_ao
 PACKAGE = Path(__file__).resolve().parents[1] / "fasttrack" / "trackers"
 TRACKERS = {"detrack": ("fasttrack.trackers.detrack.tracker", "DeTrack"),
             "dmtrack": ("fasttrack.trackers.dmtrack.tracker", "DMTrack")}
+
+
+def static_ao(seqs) -> float:
+    """AO of holding the first box, the mean over sequences as heldout_ao's."""
+    return float(np.mean([metrics(np.repeat(s.gt[:1], len(s), 0), s.gt, skip_first=True)["ao"]
+                          for s in seqs]))
+
+
+def photo_scores(tracker) -> dict:
+    """AO on photos:test and photos:test:grey, and the static box's on photos:test."""
+    return {"photos_test": heldout_ao(tracker, photo_split("test")),
+            "photos_test_grey": heldout_ao(tracker, photo_split("test", grey=True)),
+            "static_photos_test_ao": static_ao(photo_split("test"))}
 
 
 def main() -> int:
@@ -64,9 +80,11 @@ def main() -> int:
     meta["ms_per_frame"] = round(1000 * (time.perf_counter() - start) / frames, 2)
     meta["test"] = res
     meta["test4_ao"] = heldout_ao(tracker, test[:4])["ao"]
-    meta["static_test_ao"] = float(np.mean([
-        metrics(np.repeat(s.gt[:1], len(s), 0), s.gt, skip_first=True)["ao"] for s in test]))
+    meta["static_test_ao"] = static_ao(test)
+    meta.update(photo_scores(tracker))
     tracker.save(args.dest, meta=meta)
+    print(f"photos:test AO {meta['photos_test']['ao']:.3f} (grey {meta['photos_test_grey']['ao']:.3f}, "
+          f"static box {meta['static_photos_test_ao']:.3f})")
     print(f"test AO {res['ao']:.3f} (static box {meta['static_test_ao']:.3f}), first 4: "
           f"{meta['test4_ao']:.4f}, {meta['ms_per_frame']} ms/frame incl. init; per sequence: "
           + ", ".join(f"{k} {v:.3f}" for k, v in res["per_sequence"].items()))
@@ -99,8 +117,7 @@ def ship_tiny_sd(args) -> int:
         if args.updater:
             shutil.copy(Path(args.updater) / "train.json", dest / "updater_train.json")
     test = synthetic_split("test")
-    static = float(np.mean([metrics(np.repeat(s.gt[:1], len(s), 0), s.gt, skip_first=True)["ao"]
-                            for s in test]))
+    static = static_ao(test)
     report = {"static_test_ao": static}
     for cls in (DiffTracker, DINTR):
         settings = dict(TRACKER_SETTINGS[cls.__name__])
@@ -115,7 +132,10 @@ def ship_tiny_sd(args) -> int:
         frames = sum(len(s) for s in test)
         res["ms_per_frame"] = round(1000 * (time.perf_counter() - start) / frames, 1)
         res["settings"] = read_tracker_folder(dest, cls._folder)[0]
+        res.update(photo_scores(tracker))
         report[cls.__name__] = res
+        print(f"{cls.__name__}: photos:test AO {res['photos_test']['ao']:.3f} (grey "
+              f"{res['photos_test_grey']['ao']:.3f}, static box {res['static_photos_test_ao']:.3f})")
         print(f"{cls.__name__}: test AO {res['ao']:.3f} (static box {static:.3f}), "
               f"{res['ms_per_frame']} ms/frame incl. init; per sequence: "
               + ", ".join(f"{k} {v:.3f}" for k, v in res["per_sequence"].items()), flush=True)

@@ -48,3 +48,12 @@ def _fresh_dispatch_cache():
     dispatch.clear_cache()
     yield
     dispatch.clear_cache()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (timing- and training-heavy tests share the CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
