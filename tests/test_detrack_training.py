@@ -421,7 +421,7 @@ def test_cli_train_eval_and_demo(tmp_path, capsys):
     rc, out, err = run_cli(capsys, "demo", "--frames", 4, "--sequence", 3, "--out", tmp_path / "demo",
                            "--threads", 1, "--device", "cpu")
     assert rc == 0, err
-    assert "held-out synthetic sequence test-003" in out and "trained on synthetic" in out
+    assert "held-out synthetic sequence test-003" in out and "trained on synthetic and photo" in out
     from PIL import Image
 
     img = np.asarray(Image.open(tmp_path / "demo" / "00000004.png"))  # on frame 1 red covers green

@@ -36,10 +36,9 @@ def add_tracker_args(parser: argparse.ArgumentParser, default: str | None = None
                         metavar="NAME", help=f"tracker to run: {names}"
                         + (" (default: %(default)s)" if default else ""))
     parser.add_argument("--weights", default=None, metavar="PATH",
-                        help="trained weights (see --tracker); default: detrack uses the tiny "
-                             "model trained on synthetic sequences that ships with fasttrack, "
-                             "the diffusion trackers a random-weight tiny model (speed checks "
-                             "only: its boxes mean nothing)")
+                        help="trained weights (see --tracker); default: the tiny models trained "
+                             "on synthetic and photo sequences that ship with fasttrack (the "
+                             "diffusion trackers: on the shipped tiny-sd)")
     if patch_option:
         parser.add_argument("--no-patch", action="store_true",
                             help="run the plain PyTorch model instead of fasttrack's fused kernels")

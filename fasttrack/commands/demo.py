@@ -68,10 +68,8 @@ def run(args) -> int:
     tracker = make_tracker(tracker_options(args, device, patched=False))
     if args.weights is not None:
         kind = f"weights {args.weights}"
-    elif args.tracker == "detrack":
-        kind = "trained on synthetic sequences, shipped"
     else:
-        kind = "tiny, random weights"
+        kind = "trained on synthetic and photo sequences, shipped"
     m = full.meta
     print(f"demo: {args.tracker} ({kind}) on held-out synthetic sequence {seq.name} "
           f"({len(seq)} frames {seq.size[1]}x{seq.size[0]}, {m['background_kind']} background, "

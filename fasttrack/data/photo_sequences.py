@@ -18,8 +18,9 @@ What varies (each drawn per sequence by `random_photo_sequence`):
 - `grey=True` turns every frame into three equal luminance channels (ITU-R 601).
 
 Boxes: the ground truth of frame i is the bounding box of the pixels where the object's own
-alpha (after resizing and rotation) is at least one half, the full object even where the
-occluder covers it, clipped to the frame. The path keeps the object's centre at least a
+alpha (after resizing and rotation) is at least one half (half its peak, for a thin object
+shrunk to a few pixels whose alpha never reaches it), the full object even where the occluder
+covers it, clipped to the frame. The path keeps the object's centre at least a
 quarter of its size inside the frame.
 
 Splits (`photo_split`): sequence i of split s is drawn from default_rng([tag(s), i]) using
@@ -244,8 +245,10 @@ def photo_sequence_from(rng: np.random.Generator, objects: list, backgrounds: li
         x = int(round(cx[i] - patch.shape[1] / 2))
         y = int(round(cy[i] - patch.shape[0] / 2))
         _paste(frame, patch, x, y)
-        rows = np.flatnonzero((patch[..., 3] >= 0.5).any(1))
-        cols = np.flatnonzero((patch[..., 3] >= 0.5).any(0))
+        # (a thin object shrunk to a few pixels may never reach alpha 0.5: then half its peak)
+        alpha = patch[..., 3]
+        solid = alpha >= 0.5 * min(float(alpha.max()), 1.0) if alpha.max() > 0 else alpha >= 0
+        rows, cols = np.flatnonzero(solid.any(1)), np.flatnonzero(solid.any(0))
         bx0, bx1 = np.clip([x + cols[0], x + cols[-1] + 1], 0, W)
         by0, by1 = np.clip([y + rows[0], y + rows[-1] + 1], 0, H)
         gt[i] = (bx0, by0, bx1 - bx0, by1 - by0)

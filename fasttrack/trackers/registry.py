@@ -8,7 +8,7 @@
 Names: "detrack", "diff-tracker", "dintr", "dmtrack", and OpenCV's classical "kcf" and "csrt"
 (fasttrack.trackers.classical: baselines, CPU only, no weights; the extra
 ``fasttrack[classical]``). Without `weights`, every fasttrack tracker is the
-tiny model trained on fasttrack's synthetic sequences that ships in the package
+tiny model trained on fasttrack's synthetic and photo sequences that ships in the package
 (`DeTrack.pretrained()`, `DMTrack.pretrained()`, and `DiffTracker.pretrained()` /
 `DINTR.pretrained()` on the shipped tiny-sd diffusion model: they track). With `weights`:
 DeTrack and DMTrack load a checkpoint file written by their `save` (`from_checkpoint`);

@@ -1,6 +1,6 @@
 """`DeTrack`: the tracker (DESIGN.md 1.4 and 3): state, the per-frame step, checkpoints.
 
-    tracker = DeTrack.pretrained()              # the tiny model trained on synthetic data
+    tracker = DeTrack.pretrained()              # the tiny model trained on synthetic + photo data
     tracker = DeTrack.tiny(seed=0)              # random weights; or detrack256() / detrack384()
     tracker.init(frame0, [x, y, w, h])
     box = tracker.update(frame1)                # (4,) float32, confidence in tracker.score
@@ -95,14 +95,14 @@ class DeTrack(Tracker, nn.Module):
         """Small model with random weights from `seed` (tests, training from scratch): C = 64,
         4 heads, 4 blocks, patch 8, template 32 px, search 64 px, 128 bins, 2 refine layers,
         about 0.5 M parameters. Its boxes mean nothing until trained: `pretrained()` is this
-        model trained on synthetic sequences."""
+        model trained on synthetic and photo sequences."""
         cfg = dict(_TINY)
         cfg.update(overrides)
         return cls._build(seed, device, dtype, **cfg)
 
     @classmethod
     def pretrained(cls, device="cpu", dtype=torch.float32, **overrides) -> "DeTrack":
-        """The tiny DeTrack trained here on fasttrack's synthetic sequences (shipped inside the
+        """The tiny DeTrack trained here on fasttrack's synthetic and photo sequences (shipped inside the
         package, fasttrack/trackers/detrack/weights/; NOT the paper's weights, which were never
         released): see the README for its recipe and held-out numbers. `overrides` may set the
         run options in RUN_OPTIONS, e.g. denoise_steps=24 for the multi-pass sampler."""

@@ -1,6 +1,6 @@
 """`DMTrack`: the vision-language tracker (the DMTrack paper; DESIGN.md 1.6 and 3).
 
-    tracker = DMTrack.pretrained()                    # the tiny model trained on synthetic data
+    tracker = DMTrack.pretrained()                    # the tiny model trained on synthetic + photo data
     tracker.init(frame0, [x, y, w, h], text="the small red wide box")
     box = tracker.update(frame1)                      # (4,) float32; tracker.score: IoU score
     tracker.init_batch(frame0, boxes, text=[...])     # K targets, one description each (or None)
@@ -94,12 +94,12 @@ class DMTrack(Tracker, nn.Module):
     def tiny(cls, seed: int = 0, device="cpu", dtype=torch.float32, **overrides) -> "DMTrack":
         """Small model, random weights: C = 64, 4 heads, 4 blocks, patch 8, template 32 px,
         search 64 px (8 x 8 mask), 12 text tokens, U-net width 16 (about 0.6 M parameters).
-        `pretrained()` is this model trained on synthetic sequences."""
+        `pretrained()` is this model trained on synthetic and photo sequences."""
         return cls._build(seed, device, dtype, **{**_TINY, **overrides})
 
     @classmethod
     def pretrained(cls, device="cpu", dtype=torch.float32, **overrides) -> "DMTrack":
-        """The tiny DMTrack trained here on fasttrack's synthetic sequences with their generated
+        """The tiny DMTrack trained here on fasttrack's synthetic and photo sequences with their generated
         descriptions (fasttrack/trackers/dmtrack/weights/; NOT the paper's weights): recipe
         and held-out numbers in the README. `overrides`: RUN_OPTIONS, e.g. samples=5."""
         return load_shipped(cls, __package__, PRETRAINED_FILE, device, dtype, overrides)
