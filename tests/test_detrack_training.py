@@ -372,7 +372,7 @@ def test_pretrained_tracks_held_out_sequences(pretrained):
 def _weights_path():
     from importlib import resources
 
-    return resources.files("fasttrack.trackers.detrack").joinpath("weights", "detrack_tiny_synthetic.pt")
+    return resources.files("fasttrack.trackers.detrack").joinpath("weights", "detrack_tiny.pt")
 
 
 def test_pretrained_patched_equals_unpatched_and_batched_equals_single(pretrained):

@@ -82,7 +82,7 @@ def pretrained():
 def _weights_path():
     from importlib import resources
 
-    return resources.files("fasttrack.trackers.dmtrack").joinpath("weights", "dmtrack_tiny_synthetic.pt")
+    return resources.files("fasttrack.trackers.dmtrack").joinpath("weights", "dmtrack_tiny.pt")
 
 
 def test_pretrained_tracks_held_out_sequences(pretrained):

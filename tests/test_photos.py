@@ -396,3 +396,15 @@ def test_training_pool_mixes_photos(tmp_path, fake_apt, monkeypatch):
     only = TrainingData(("photos",), seed=0, pool=4, frames=5)
     assert all(s.name.startswith("photo") for s in only.sequences)
     assert [s.name for s in validation_sequences(4, 10)] == [f"val-{i:03d}" for i in range(4)]
+
+
+def test_faint_objects_keep_a_box():
+    """An object whose alpha never reaches one half (a glass, or a thin object shrunk to a few
+    pixels and blurred) still gets a box (at half its peak alpha) inside the frame."""
+    line = np.zeros((200, 30, 4), np.uint8)
+    line[..., :3], line[..., 3] = 200, 100
+    bg = [np.full((120, 160, 3), 90, np.uint8)]
+    for seed in range(10):
+        seq = photo_sequence_from(np.random.default_rng(seed), [(line, "tools")], bg, 6, (64, 80))
+        assert (seq.gt[:, 2:] >= 1).all() and (seq.gt[:, :2] >= 0).all()
+        assert (seq.gt[:, 0] + seq.gt[:, 2] <= 80).all() and (seq.gt[:, 1] + seq.gt[:, 3] <= 64).all()

@@ -46,7 +46,7 @@ _TINY = dict(dim=64, depth=4, heads=4, patch=8, template_size=32, search_size=64
 RUN_OPTIONS = ("denoise_steps", "infer_t", "iou_gate", "softmax_gate", "clip_margin",
                "center_window")
 
-PRETRAINED_FILE = "detrack_tiny_synthetic.pt"
+PRETRAINED_FILE = "detrack_tiny.pt"
 
 
 class DeTrack(Tracker, nn.Module):

@@ -50,7 +50,7 @@ _TINY = dict(dim=64, depth=4, heads=4, patch=8, template_size=32, search_size=64
 RUN_OPTIONS = ("samples", "mask_steps", "center_window", "clip_margin", "filter_keep",
                "filter_floor", "bert_path")
 
-PRETRAINED_FILE = "dmtrack_tiny_synthetic.pt"
+PRETRAINED_FILE = "dmtrack_tiny.pt"
 
 
 class DMTrack(Tracker, nn.Module):
