@@ -62,6 +62,8 @@ def main() -> int:
     p.add_argument("--updater", default=None, help="tiny-sd: OUT of `fasttrack train "
                    "diff-tracker-updater` (default: Diff-Tracker ships without a trained updater)")
     p.add_argument("--dest", default=None, help="default: the package's weights file")
+    p.add_argument("--skip-photos", action="store_true",
+                   help="score synthetic:test only (no photos:test, photos:test:grey)")
     args = p.parse_args()
     if args.tracker == "tiny-sd":
         return ship_tiny_sd(args)
@@ -81,10 +83,12 @@ def main() -> int:
     meta["test"] = res
     meta["test4_ao"] = heldout_ao(tracker, test[:4])["ao"]
     meta["static_test_ao"] = static_ao(test)
-    meta.update(photo_scores(tracker))
+    if not args.skip_photos:
+        meta.update(photo_scores(tracker))
     tracker.save(args.dest, meta=meta)
-    print(f"photos:test AO {meta['photos_test']['ao']:.3f} (grey {meta['photos_test_grey']['ao']:.3f}, "
-          f"static box {meta['static_photos_test_ao']:.3f})")
+    if not args.skip_photos:
+        print(f"photos:test AO {meta['photos_test']['ao']:.3f} (grey {meta['photos_test_grey']['ao']:.3f}, "
+              f"static box {meta['static_photos_test_ao']:.3f})")
     print(f"test AO {res['ao']:.3f} (static box {meta['static_test_ao']:.3f}), first 4: "
           f"{meta['test4_ao']:.4f}, {meta['ms_per_frame']} ms/frame incl. init; per sequence: "
           + ", ".join(f"{k} {v:.3f}" for k, v in res["per_sequence"].items()))
@@ -132,10 +136,11 @@ def ship_tiny_sd(args) -> int:
         frames = sum(len(s) for s in test)
         res["ms_per_frame"] = round(1000 * (time.perf_counter() - start) / frames, 1)
         res["settings"] = read_tracker_folder(dest, cls._folder)[0]
-        res.update(photo_scores(tracker))
+        if not args.skip_photos:
+            res.update(photo_scores(tracker))
+            print(f"{cls.__name__}: photos:test AO {res['photos_test']['ao']:.3f} (grey "
+                  f"{res['photos_test_grey']['ao']:.3f}, static box {res['static_photos_test_ao']:.3f})")
         report[cls.__name__] = res
-        print(f"{cls.__name__}: photos:test AO {res['photos_test']['ao']:.3f} (grey "
-              f"{res['photos_test_grey']['ao']:.3f}, static box {res['static_photos_test_ao']:.3f})")
         print(f"{cls.__name__}: test AO {res['ao']:.3f} (static box {static:.3f}), "
               f"{res['ms_per_frame']} ms/frame incl. init; per sequence: "
               + ", ".join(f"{k} {v:.3f}" for k, v in res["per_sequence"].items()), flush=True)

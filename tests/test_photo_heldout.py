@@ -14,18 +14,21 @@ import pytest
 
 from fasttrack.eval.metrics import metrics
 
-# The first 4 of the 12 held-out sequences, 30 frames each: about a minute per diffusion tracker
-NUM, FRAMES = 4, 30
-# AO over the static box that each tracker must beat by: the trackers shipped before photo
-# training cleared at most 0.10 on this subset, a tracker that reads the image clears more
-MARGIN = 0.2
+# The 12 held-out sequences at 30 frames; the diffusion trackers, whose first frame alone costs
+# about 15 s of prompt learning, on the first 4 (about a minute each)
+FRAMES = 30
+NUM = {"diff-tracker": 4, "dintr": 4}
+# AO over the static box that each tracker must beat by. On the full split (12 x 50) the
+# DeTrack and DMTrack shipped before photo training cleared 0.08 and 0.05; the ones shipped now
+# clear more than 0.2
+MARGIN = 0.15
 
 
 @pytest.fixture(scope="module")
 def photo_test():
     from fasttrack.data.photo_sequences import photo_split
 
-    return photo_split("test", num=NUM, num_frames=FRAMES)
+    return photo_split("test", num_frames=FRAMES)
 
 
 def _static_ao(seqs) -> float:
@@ -38,6 +41,7 @@ def test_shipped_tracker_beats_the_static_box(name, photo_test, one_thread):
     from fasttrack.train.loop import heldout_ao
     from fasttrack.trackers.registry import build_tracker
 
-    static = _static_ao(photo_test)
-    result = heldout_ao(build_tracker(name), photo_test)
+    seqs = photo_test[:NUM.get(name, len(photo_test))]
+    static = _static_ao(seqs)
+    result = heldout_ao(build_tracker(name), seqs)
     assert result["ao"] >= static + MARGIN, (name, result, static)
