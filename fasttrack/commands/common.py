@@ -36,9 +36,10 @@ def add_tracker_args(parser: argparse.ArgumentParser, default: str | None = None
                         metavar="NAME", help=f"tracker to run: {names}"
                         + (" (default: %(default)s)" if default else ""))
     parser.add_argument("--weights", default=None, metavar="PATH",
-                        help="trained weights (see --tracker); default: the tiny models trained "
-                             "on synthetic and photo sequences that ship with fasttrack (the "
-                             "diffusion trackers: on the shipped tiny-sd)")
+                        help="trained weights (see --tracker); default: what ships with "
+                             "fasttrack: detrack and dmtrack trained on synthetic and photo "
+                             "sequences, the diffusion trackers on tiny-sd (trained on synthetic "
+                             "sequences)")
     if patch_option:
         parser.add_argument("--no-patch", action="store_true",
                             help="run the plain PyTorch model instead of fasttrack's fused kernels")

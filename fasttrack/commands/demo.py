@@ -68,8 +68,10 @@ def run(args) -> int:
     tracker = make_tracker(tracker_options(args, device, patched=False))
     if args.weights is not None:
         kind = f"weights {args.weights}"
-    else:
+    elif args.tracker in ("detrack", "dmtrack"):
         kind = "trained on synthetic and photo sequences, shipped"
+    else:
+        kind = "on tiny-sd trained on synthetic sequences, shipped"
     m = full.meta
     print(f"demo: {args.tracker} ({kind}) on held-out synthetic sequence {seq.name} "
           f"({len(seq)} frames {seq.size[1]}x{seq.size[0]}, {m['background_kind']} background, "

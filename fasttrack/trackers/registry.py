@@ -8,9 +8,9 @@
 Names: "detrack", "diff-tracker", "dintr", "dmtrack", and OpenCV's classical "kcf" and "csrt"
 (fasttrack.trackers.classical: baselines, CPU only, no weights; the extra
 ``fasttrack[classical]``). Without `weights`, every fasttrack tracker is the
-tiny model trained on fasttrack's synthetic and photo sequences that ships in the package
-(`DeTrack.pretrained()`, `DMTrack.pretrained()`, and `DiffTracker.pretrained()` /
-`DINTR.pretrained()` on the shipped tiny-sd diffusion model: they track). With `weights`:
+tiny model that ships in the package: `DeTrack.pretrained()` and `DMTrack.pretrained()`
+(trained on fasttrack's synthetic and photo sequences), `DiffTracker.pretrained()` /
+`DINTR.pretrained()` on the shipped tiny-sd diffusion model (trained on synthetic scenes). With `weights`:
 DeTrack and DMTrack load a checkpoint file written by their `save` (`from_checkpoint`);
 Diff-Tracker and DINTR load a local Stable Diffusion folder in the diffusers layout
 (`from_pretrained`; the tracker's own learned parts are read from its subfolder when present).
