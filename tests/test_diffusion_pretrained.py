@@ -133,17 +133,10 @@ def test_dintr_finetune_backward_makes_no_square_map(test_seqs):
 
 
 # ------------------------------------------------------------- a Stable Diffusion folder's layout
-# Tiny sizes, SD 2.1's structure: three cross-attention levels, linear projections, 4 latent
-# channels, a VAE that downsamples 8x (128 px in, 16 x 16 latents), prompt width 32.
-_UNET = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-             block_out_channels=(32, 32, 64, 64),
-             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-             attention_head_dim=(2, 2, 4, 4), cross_attention_dim=32, norm_num_groups=8,
-             use_linear_projection=True)
-_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16),
-            layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=128)
+# Tiny sizes, SD 2.1's structure (the library's own tiny configs): three cross-attention
+# levels, linear projections, 4 latent channels, a VAE that downsamples 8x (128 px in, 16 x 16
+# latents), prompt width 32.
+from fasttrack.trackers.diffusion.sd import _TINY_UNET as _UNET, _TINY_VAE as _VAE  # noqa: E402
 _CLIP_WIDTH, _CLIP_LEN = 32, 77
 
 
